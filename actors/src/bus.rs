@@ -1,0 +1,119 @@
+//! The in-process ClusterBus of a single node, and the BusListener that hands events from other
+//! nodes to the local rooms.
+//!
+//! On a single node no other node exists, so `publish` has no one to reach: local rooms already
+//! got the event straight from the Writer or the room (one hop fewer than looping it through the
+//! bus). The listener still runs, so the tree has the same shape in both modes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::ids::RoomId;
+use crate::metrics::Metrics;
+use crate::ports::{BusEvent, ClusterBus};
+use crate::room::RoomMsg;
+use crate::rooms::RoomRegistry;
+
+/// A bus with no other node on it.
+pub struct LocalBus {
+    rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
+    // Kept so the receiver never reports "closed" while the node runs.
+    _tx: mpsc::Sender<BusEvent>,
+}
+
+impl LocalBus {
+    pub fn new() -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(1);
+        Arc::new(Self {
+            rx: Mutex::new(Some(rx)),
+            _tx: tx,
+        })
+    }
+}
+
+impl ClusterBus for LocalBus {
+    fn publish(&self, _event: BusEvent) {}
+    fn subscribe(&self, _room: &RoomId) {}
+    fn unsubscribe(&self, _room: &RoomId) {}
+    fn take_receiver(&self) -> Option<mpsc::Receiver<BusEvent>> {
+        self.rx.lock().take()
+    }
+}
+
+pub struct BusListener;
+
+pub struct BusListenerArgs {
+    pub bus: Arc<dyn ClusterBus>,
+    pub rooms: Arc<RoomRegistry>,
+    pub metrics: Metrics,
+}
+
+pub struct BusListenerState {
+    pump: Option<JoinHandle<()>>,
+    metrics: Metrics,
+}
+
+pub enum BusListenerMsg {}
+
+#[ractor::async_trait]
+impl Actor for BusListener {
+    type Msg = BusListenerMsg;
+    type State = BusListenerState;
+    type Arguments = BusListenerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<BusListenerMsg>,
+        args: BusListenerArgs,
+    ) -> Result<BusListenerState, ActorProcessingErr> {
+        args.metrics.actors_alive.with_label_values(&["bus_listener"]).inc();
+        // The pump is a plain task so bus events go straight to the room mailboxes without
+        // an extra hop through this actor's own mailbox.
+        let pump = args.bus.take_receiver().map(|mut rx| {
+            let rooms = args.rooms.clone();
+            let metrics = args.metrics.clone();
+            tokio::spawn(async move {
+                while let Some(ev) = rx.recv().await {
+                    metrics.bus_received.inc();
+                    route(&rooms, ev);
+                }
+            })
+        });
+        Ok(BusListenerState {
+            pump,
+            metrics: args.metrics,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<BusListenerMsg>,
+        state: &mut BusListenerState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(p) = state.pump.take() {
+            p.abort();
+        }
+        state.metrics.actors_alive.with_label_values(&["bus_listener"]).dec();
+        Ok(())
+    }
+}
+
+fn route(rooms: &RoomRegistry, ev: BusEvent) {
+    let Some(h) = ev.room().and_then(|r| rooms.get(r)) else {
+        return;
+    };
+    let msg = match ev {
+        BusEvent::Messages(msgs) => RoomMsg::Deliver {
+            msgs,
+            committed: None::<Instant>,
+        },
+        BusEvent::Presence { joins, leaves, .. } => RoomMsg::RemotePresence { joins, leaves },
+        BusEvent::Typing { user, .. } => RoomMsg::Typing { user, local: false },
+    };
+    h.cast(msg);
+}

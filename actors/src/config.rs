@@ -1,0 +1,69 @@
+//! The limits and timings the actors run with. Built by the edge from its settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's stable id (used to ignore our own bus events).
+    pub node_id: Arc<str>,
+    /// Largest accepted `body`, in bytes.
+    pub max_body_bytes: usize,
+    /// Rooms one connection may have joined at once (`room_limit` past it).
+    pub rooms_per_connection: usize,
+    /// Sustained client frames per second per connection (`rate_limited` past it).
+    pub messages_per_second: f64,
+    /// Burst allowance on top of the sustained rate.
+    pub message_burst: u32,
+    /// Frames one connection may have queued for writing (4000 past it).
+    pub outbound_queue: usize,
+    /// Client frames decoded but not yet handled, per connection (the reader waits past it).
+    pub inbound_queue: usize,
+    /// Sends waiting for the Writer, node-wide (`unavailable` past it).
+    pub writer_queue: usize,
+    /// Largest writer batch.
+    pub writer_batch_max: usize,
+    /// Longest a message waits in a partial batch.
+    pub writer_flush_interval: Duration,
+    /// How long a failing flush is retried before its sends are answered `unavailable`.
+    pub writer_retry_max: Duration,
+    /// Room-bound commands (joins, typing) waiting per room (`unavailable` past it).
+    pub room_queue: usize,
+    /// Most messages replayed on a join with `since`; more sets `replay_truncated`.
+    pub replay_max: u32,
+    /// Largest `history` page.
+    pub history_max: u32,
+    /// A user with no connection left in a room stays present this long.
+    pub presence_grace: Duration,
+    /// Presence changes within this window go out as one diff.
+    pub presence_coalesce: Duration,
+    /// How long a room waits for a missing seq before reading it from the store.
+    pub gap_wait: Duration,
+    /// Enables fault-injection hooks (panicking actors) for tests. Never in production.
+    pub fault_injection: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: Arc::from("node"),
+            max_body_bytes: 4096,
+            rooms_per_connection: 100,
+            messages_per_second: 50.0,
+            message_burst: 100,
+            outbound_queue: 1024,
+            inbound_queue: 32,
+            writer_queue: 20_000,
+            writer_batch_max: 1024,
+            writer_flush_interval: Duration::from_millis(5),
+            writer_retry_max: Duration::from_secs(10),
+            room_queue: 10_000,
+            replay_max: 1000,
+            history_max: 200,
+            presence_grace: Duration::from_secs(3),
+            presence_coalesce: Duration::from_millis(50),
+            gap_wait: Duration::from_millis(30),
+            fault_injection: false,
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! `chatty-actors`: the supervision tree of a Chatty node and every actor in it.
+//!
+//! This crate knows only its ports (`MessageStore`, `ClusterBus`) and nothing of axum, sqlx or
+//! redis: the `chatty` crate plugs the real adapters in, tests plug in fakes.
+
+mod bus;
+mod config;
+mod connection;
+mod connections;
+mod ids;
+mod metrics;
+mod node;
+mod outbox;
+mod ports;
+mod presence;
+mod protocol;
+mod room;
+mod rooms;
+mod writer;
+
+pub use bus::LocalBus;
+pub use config::NodeConfig;
+pub use connection::ConnMsg;
+pub use ids::{Body, BodyError, Cid, ConnId, DisplayName, InvalidId, RoomId, Seq, UserId};
+pub use metrics::{Metrics, LATENCY_BUCKETS};
+pub use node::{Connection, Node, NodeArgs, NodeError};
+pub use outbox::{close, ConnShared, Out, Outbox, STOP_READING};
+pub use ports::{
+    Appended, BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage, StoreError,
+};
+pub use protocol::{
+    Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, Ref, ServerFrame,
+    StoredMessage,
+};
+pub use writer::WriteError;

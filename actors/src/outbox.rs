@@ -1,0 +1,235 @@
+//! The bounded outbound queue of one connection, shared by everything that writes to it
+//! (its rooms, the Writer's acks, its own actor), and the close signal of that connection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::ids::ConnId;
+use crate::metrics::Metrics;
+
+/// The close codes of the protocol.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const OVERLOADED: u16 = 1013;
+    pub const SLOW_CONSUMER: u16 = 4000;
+    pub const IDLE: u16 = 4001;
+
+    /// The short reason sent in the close frame.
+    pub fn reason(code: u16) -> &'static str {
+        match code {
+            NORMAL => "normal",
+            GOING_AWAY => "going away",
+            PROTOCOL => "protocol error",
+            INVALID_PAYLOAD => "invalid payload",
+            POLICY => "policy",
+            TOO_BIG => "message too big",
+            INTERNAL => "internal error",
+            OVERLOADED => "overloaded",
+            SLOW_CONSUMER => "slow consumer",
+            IDLE => "idle",
+            _ => "",
+        }
+    }
+}
+
+/// The value of the close signal that means "stop reading, keep writing" (not a wire code).
+pub const STOP_READING: u16 = 1;
+
+/// One item of the outbound queue.
+#[derive(Debug)]
+pub enum Out {
+    /// An encoded protocol frame, written with the socket's opcode (text or binary).
+    Frame(Bytes),
+    /// A pong answering a client ping.
+    Pong(Bytes),
+}
+
+/// State shared by a connection's actor, its socket tasks and every queue holder.
+pub struct ConnShared {
+    pub id: ConnId,
+    /// Permits for client commands decoded and not yet handled: the reader waits for one
+    /// before handing a command to the actor, so a fast client meets TCP backpressure instead
+    /// of growing the actor's unbounded mailbox.
+    pub inbound: Arc<tokio::sync::Semaphore>,
+    inbound_cap: usize,
+    close: watch::Sender<u16>,
+    /// Milliseconds since `epoch` at which the client last sent anything (any frame).
+    last_seen_ms: AtomicU64,
+    epoch: Instant,
+    outbound_len: std::sync::atomic::AtomicUsize,
+}
+
+impl ConnShared {
+    pub fn new(id: ConnId, inbound_cap: usize) -> Arc<Self> {
+        let (close, _) = watch::channel(0);
+        Arc::new(Self {
+            id,
+            inbound: Arc::new(tokio::sync::Semaphore::new(inbound_cap)),
+            inbound_cap,
+            close,
+            last_seen_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            outbound_len: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Ask the socket tasks to close with `code`. The first request wins (a request to stop
+    /// reading, during shutdown, is the only one a real close code replaces).
+    pub fn request_close(&self, code: u16) {
+        self.close.send_if_modified(|c| {
+            if *c == 0 || (*c == STOP_READING && code != STOP_READING) {
+                *c = code;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Shutdown, first step: stop taking commands from the socket but keep writing to it, so
+    /// the acks of sends already taken can still go out before the 1001 close.
+    pub fn stop_reading(&self) {
+        self.request_close(STOP_READING);
+    }
+
+    /// Decoded commands waiting to be handled.
+    pub fn inbound_used(&self) -> usize {
+        self.inbound_cap - self.inbound.available_permits()
+    }
+
+    /// Frames waiting to be written (as last sampled by the writer side).
+    pub fn outbound_used(&self) -> usize {
+        self.outbound_len.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_outbound_len(&self, n: usize) {
+        self.outbound_len.store(n, Ordering::Relaxed);
+    }
+
+    /// True when no decoded command waits to be handled.
+    pub fn inbound_idle(&self) -> bool {
+        self.inbound.available_permits() == self.inbound_cap
+    }
+
+    /// The requested close code, 0 while open.
+    pub fn close_code(&self) -> u16 {
+        *self.close.borrow()
+    }
+
+    pub fn close_watch(&self) -> watch::Receiver<u16> {
+        self.close.subscribe()
+    }
+
+    /// Record that the client sent something now.
+    pub fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_seen_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Time since the client last sent anything; `None` if it never has.
+    pub fn silent_for(&self) -> Option<std::time::Duration> {
+        let seen = self.last_seen_ms.load(Ordering::Relaxed);
+        if seen == 0 {
+            return None;
+        }
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Some(std::time::Duration::from_millis(now.saturating_sub(seen)))
+    }
+}
+
+/// A handle for pushing frames to one connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Out>,
+    shared: Arc<ConnShared>,
+    metrics: Metrics,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize, shared: Arc<ConnShared>, metrics: Metrics) -> (Self, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Self {
+                tx,
+                shared,
+                metrics,
+            },
+            rx,
+        )
+    }
+
+    pub fn conn(&self) -> ConnId {
+        self.shared.id
+    }
+
+    pub fn shared(&self) -> &Arc<ConnShared> {
+        &self.shared
+    }
+
+    /// Queue a frame without waiting. A full queue means the client is not reading fast
+    /// enough: the connection is closed with 4000 and recovers with `since` on reconnect,
+    /// so one slow reader never holds up a room.
+    pub fn push(&self, frame: Bytes) -> bool {
+        self.push_out(Out::Frame(frame))
+    }
+
+    pub fn push_out(&self, out: Out) -> bool {
+        match self.tx.try_send(out) {
+            Ok(()) => {
+                self.shared
+                    .set_outbound_len(self.tx.max_capacity() - self.tx.capacity());
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.shared.close_code() == 0 {
+                    self.metrics.slow_consumer_closes.inc();
+                }
+                self.shared.request_close(close::SLOW_CONSUMER);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn close(&self, code: u16) {
+        self.shared.request_close(code);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        let c = self.shared.close_code();
+        (c != 0 && c != STOP_READING) || self.tx.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_with_slow_consumer() {
+        let shared = ConnShared::new(ConnId(1), 4);
+        let (ob, _rx) = Outbox::new(2, shared.clone(), Metrics::unregistered());
+        assert!(ob.push(Bytes::from_static(b"a")));
+        assert!(ob.push(Bytes::from_static(b"b")));
+        assert!(!ob.push(Bytes::from_static(b"c")));
+        assert_eq!(shared.close_code(), close::SLOW_CONSUMER);
+    }
+
+    #[test]
+    fn first_close_request_wins() {
+        let shared = ConnShared::new(ConnId(1), 4);
+        shared.request_close(close::GOING_AWAY);
+        shared.request_close(close::SLOW_CONSUMER);
+        assert_eq!(shared.close_code(), close::GOING_AWAY);
+    }
+}

@@ -1,0 +1,120 @@
+//! The ports the actors need from the outside world. `chatty` implements them with sqlx and
+//! redis; tests of single actors implement them with in-memory fakes.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
+use crate::protocol::{PresenceEntry, PresenceLeave, StoredMessage};
+
+/// A message to persist. Within one `append` call, (room, from, cid) keys are unique: the
+/// Writer collapses duplicates of one batch before it reaches the store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: RoomId,
+    pub from: UserId,
+    pub name: DisplayName,
+    pub cid: Cid,
+    pub body: Body,
+}
+
+/// What the store did with one message of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: Seq,
+    pub ts: i64,
+    /// The (room, user, cid) was already stored: `seq`/`ts` are the original ones.
+    pub duplicate: bool,
+}
+
+/// What a connection needs to know before joining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinInfo {
+    /// False for a private room the user is not a member of.
+    pub allowed: bool,
+    /// The user's read marker in that room (0 if none).
+    pub read: Seq,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or is overloaded: retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; logged whole, shown to clients as `internal`.
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+/// Durable storage of rooms, messages, read markers and private-room members.
+///
+/// Guarantees every implementation keeps (checked by the shared contract suite):
+/// per-room seq starts at 1 and is gap-free; `append` commits the whole batch or nothing;
+/// a repeated (room, user, cid) returns the original seq forever.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Persist a batch in one transaction; results are in input order.
+    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError>;
+    /// The room's head seq (0 for a room never written to).
+    async fn head(&self, room: &RoomId) -> Result<Seq, StoreError>;
+    /// Messages with seq > `after`, oldest first, at most `limit`.
+    async fn after(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// The page of at most `limit` messages before `before` (or the newest), oldest first,
+    /// and whether older ones exist.
+    async fn before(
+        &self,
+        room: &RoomId,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError>;
+    async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError>;
+    /// Move the user's read marker forward (never back, never past the head); returns it.
+    async fn set_read(&self, room: &RoomId, user: &UserId, seq: Seq) -> Result<Seq, StoreError>;
+    async fn set_private(&self, room: &RoomId, private: bool) -> Result<(), StoreError>;
+    async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
+    async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
+}
+
+/// An event that crosses nodes.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// Committed messages of one room, ascending seq.
+    Messages(Arc<[StoredMessage]>),
+    Presence {
+        room: RoomId,
+        joins: Vec<PresenceEntry>,
+        leaves: Vec<PresenceLeave>,
+    },
+    Typing {
+        room: RoomId,
+        user: UserId,
+    },
+}
+
+impl BusEvent {
+    pub fn room(&self) -> Option<&RoomId> {
+        match self {
+            BusEvent::Messages(m) => m.first().map(|m| &m.room),
+            BusEvent::Presence { room, .. } | BusEvent::Typing { room, .. } => Some(room),
+        }
+    }
+}
+
+/// Carries events between nodes. Publishing never blocks: implementations queue (bounded)
+/// and count what they drop; Postgres, not the bus, is the source of truth, so a dropped
+/// message event is repaired by the receiving room's gap fill.
+pub trait ClusterBus: Send + Sync + 'static {
+    fn publish(&self, event: BusEvent);
+    /// This node now has members in `room`: start receiving its events.
+    fn subscribe(&self, room: &RoomId);
+    /// The last local member left `room`.
+    fn unsubscribe(&self, room: &RoomId);
+    /// Events from other nodes. Called once, by the BusListener.
+    fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<BusEvent>>;
+}

@@ -1,0 +1,633 @@
+"""Static invariants of the deployment: Terraform (infra/) and docker-compose.yml.
+
+Every check parses the real files (python-hcl2, PyYAML) and resolves the values Terraform
+would use for the example environment (terraform.tfvars.example, else variable defaults).
+Each check is a plain function taking the repository root, so the self-tests at the bottom
+can run it against a mutated copy and prove that it fails when the invariant is broken.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hclutil import META_KEYS, Dir, Environment, Unresolvable, first_block, label, literal, references
+
+# Facts of the server (the contract the deployment is built against).
+PING_INTERVAL_S = 25  # server WebSocket ping interval
+DRAIN_S = 25  # graceful drain after SIGTERM finishes within this
+FARGATE_MAX_STOP_TIMEOUT_S = 120
+APP_PORT = 8080
+METRICS_PORT = 9090
+
+ENV_DIR = Path("infra/environments/example")
+MODULES_DIR = Path("infra/modules")
+
+
+def _env(root: Path) -> Environment:
+    return Environment(root / ENV_DIR)
+
+
+def _module_holding(env: Environment, rtype: str, rname: str):
+    """(module call name, Scope) of the module that declares resource rtype.rname."""
+    found = []
+    for mname in env.env.modules:
+        mod = env.module_dir(mname)
+        if (rtype, rname) in mod.resources:
+            found.append(mname)
+    assert len(found) == 1, f"expected exactly one module declaring {rtype}.{rname}, found {found}"
+    return found[0], env.scope(found[0])
+
+
+def _resolve(scope, value, what: str):
+    try:
+        return scope.value(value)
+    except Unresolvable as e:
+        raise AssertionError(f"{what}: cannot resolve to a literal ({e})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Load balancer and drain timing
+# ----------------------------------------------------------------------------------------------
+
+
+def alb_idle_timeout(root: Path) -> int:
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_lb", "this")
+    body = scope.module.resource("aws_lb", "this")
+    assert "idle_timeout" in body, "aws_lb.this must set idle_timeout (the 60 s default is fine, but be explicit)"
+    return _resolve(scope, body["idle_timeout"], "aws_lb.this.idle_timeout")
+
+
+def deregistration_delay(root: Path) -> int:
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_lb_target_group", "app")
+    body = scope.module.resource("aws_lb_target_group", "app")
+    # Terraform's default is 300 s, which would break the invariant: it must be set.
+    assert "deregistration_delay" in body, "target group must set deregistration_delay (default 300 s)"
+    return int(_resolve(scope, body["deregistration_delay"], "deregistration_delay"))
+
+
+def container_definition(root: Path):
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_ecs_task_definition", "this")
+    td = scope.module.resource("aws_ecs_task_definition", "this")
+    expr = td["container_definitions"]
+    m = re.fullmatch(r"\$\{jsonencode\(\[local\.([A-Za-z0-9_]+)\]\)\}", expr)
+    assert m, f"container_definitions must be jsonencode([local.<name>]) for this test to read it, got {expr}"
+    raw = scope.module.locals[m.group(1)]
+    assert isinstance(raw, dict), "the container definition local must be an object literal"
+    return scope, raw
+
+
+def ecs_stop_timeout(root: Path) -> int:
+    scope, cdef = container_definition(root)
+    assert "stopTimeout" in cdef, "container definition must set stopTimeout (ECS default is 30 s)"
+    return int(_resolve(scope, cdef["stopTimeout"], "stopTimeout"))
+
+
+def check_alb_idle_timeout(root: Path) -> None:
+    idle = alb_idle_timeout(root)
+    assert idle > PING_INTERVAL_S, f"ALB idle_timeout {idle}s must exceed the {PING_INTERVAL_S}s ping interval"
+
+
+def check_drain_timing(root: Path) -> None:
+    delay = deregistration_delay(root)
+    stop = ecs_stop_timeout(root)
+    assert delay <= stop, f"deregistration_delay {delay}s must be <= ECS stopTimeout {stop}s"
+    assert stop <= FARGATE_MAX_STOP_TIMEOUT_S, f"stopTimeout {stop}s exceeds Fargate's {FARGATE_MAX_STOP_TIMEOUT_S}s"
+    assert stop > DRAIN_S, f"stopTimeout {stop}s leaves no room for the {DRAIN_S}s drain"
+
+
+def check_target_group(root: Path) -> None:
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_lb_target_group", "app")
+    tg = scope.module.resource("aws_lb_target_group", "app")
+    assert _resolve(scope, tg["target_type"], "target_type") == "ip", "Fargate (awsvpc) needs target_type ip"
+    assert _resolve(scope, tg["port"], "target group port") == APP_PORT
+    hc = first_block(tg, "health_check")
+    path = _resolve(scope, hc["path"], "health_check.path")
+    assert path == "/readyz", f"health check path must be /readyz (503 while draining), got {path!r}"
+    if "matcher" in hc:
+        assert _resolve(scope, hc["matcher"], "matcher") == "200"
+
+
+def check_listeners(root: Path) -> None:
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_lb_listener", "https")
+    mod = scope.module
+    listeners = mod.resources_of("aws_lb_listener")
+    by_port = {int(_resolve(scope, b["port"], "listener port")): b for b in listeners.values()}
+    assert set(by_port) == {80, 443}, f"expected listeners on 80 and 443 only, got {sorted(by_port)}"
+
+    http_action = first_block(by_port[80], "default_action")
+    assert _resolve(scope, http_action["type"], "http action") == "redirect", "port 80 must redirect"
+    redirect = first_block(http_action, "redirect")
+    assert _resolve(scope, redirect["protocol"], "redirect protocol") == "HTTPS"
+    assert str(_resolve(scope, redirect["port"], "redirect port")) == "443"
+
+    https = by_port[443]
+    assert _resolve(scope, https["protocol"], "https protocol") == "HTTPS"
+    cert = https.get("certificate_arn", "")
+    assert re.fullmatch(r"\$\{var\.[a-z_]+\}", cert), "certificate_arn must come from a variable"
+    assert _resolve(scope, first_block(https, "default_action")["type"], "https action") == "forward"
+
+
+# ----------------------------------------------------------------------------------------------
+# Data stores, registry
+# ----------------------------------------------------------------------------------------------
+
+
+def check_rds(root: Path) -> None:
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_db_instance", "this")
+    db = scope.module.resource("aws_db_instance", "this")
+    assert _resolve(scope, db.get("storage_encrypted", False), "storage_encrypted") is True, "RDS storage must be encrypted"
+    retention = _resolve(scope, db.get("backup_retention_period", 0), "backup_retention_period")
+    assert retention >= 1, "automated backups must be on"
+    assert _resolve(scope, db.get("publicly_accessible", False), "publicly_accessible") is False
+    # multi_az is a variable (per environment), not hard-wired.
+    assert re.fullmatch(r"\$\{var\.[a-z_]+\}", str(db.get("multi_az", ""))), "multi_az must come from a variable"
+
+
+def check_redis(root: Path) -> None:
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_elasticache_replication_group", "this")
+    rg = scope.module.resource("aws_elasticache_replication_group", "this")
+    transit = _resolve(scope, rg.get("transit_encryption_enabled", False), "transit_encryption_enabled")
+    assert transit is True, "Redis transit_encryption_enabled must be true"
+    at_rest = _resolve(scope, rg.get("at_rest_encryption_enabled", False), "at_rest_encryption_enabled")
+    assert at_rest is True, "Redis at_rest_encryption_enabled must be true"
+    assert rg.get("auth_token"), "Redis must use an auth_token"
+
+
+def check_ecr(root: Path) -> None:
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_ecr_repository", "this")
+    repo = scope.module.resource("aws_ecr_repository", "this")
+    scanning = first_block(repo, "image_scanning_configuration")
+    assert _resolve(scope, scanning["scan_on_push"], "scan_on_push") is True
+
+
+# ----------------------------------------------------------------------------------------------
+# Security groups
+# ----------------------------------------------------------------------------------------------
+
+
+def _rules(mod: Dir, rtype: str):
+    for name, body in mod.resources_of(rtype).items():
+        yield name, body
+
+
+def check_security_groups(root: Path) -> None:
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_security_group", "tasks")
+    mod = scope.module
+
+    def sg_of(body):
+        m = re.fullmatch(r"\$\{aws_security_group\.([a-z_]+)\.id\}", body["security_group_id"])
+        assert m, f"rule must attach to a security group of this module: {body['security_group_id']}"
+        return m.group(1)
+
+    def ports(body):
+        return (_resolve(scope, body["from_port"], "from_port"), _resolve(scope, body["to_port"], "to_port"))
+
+    ingress = [(n, b) for n, b in _rules(mod, "aws_vpc_security_group_ingress_rule")]
+    assert not mod.resources_of("aws_security_group_rule"), "use the per-rule resources only"
+    for sg_type in ("aws_security_group",):
+        for name, body in mod.resources_of(sg_type).items():
+            assert "ingress" not in body and "egress" not in body, f"{name}: inline rules hide the rule set"
+
+    tasks_in = [b for _, b in ingress if sg_of(b) == "tasks"]
+    assert tasks_in, "tasks need ingress rules"
+    for b in tasks_in:
+        p = ports(b)
+        if p == (APP_PORT, APP_PORT):
+            assert b.get("referenced_security_group_id") == "${aws_security_group.alb.id}", \
+                "the public port of the tasks must be open to the ALB security group only"
+            assert "cidr_ipv4" not in b
+        elif p == (METRICS_PORT, METRICS_PORT):
+            assert b.get("cidr_ipv4") == "${var.vpc_cidr}", "the metrics port must be open to the VPC CIDR only"
+        else:
+            raise AssertionError(f"unexpected ingress to tasks on ports {p}")
+
+    for store, port in (("rds", 5432), ("redis", 6379)):
+        rules = [b for _, b in ingress if sg_of(b) == store]
+        assert rules, f"{store} needs an ingress rule from the tasks"
+        for b in rules:
+            assert ports(b) == (port, port), f"{store} ingress must be on {port} only"
+            assert b.get("referenced_security_group_id") == "${aws_security_group.tasks.id}", \
+                f"{store} must accept the tasks' security group only"
+        egress = [b for _, b in _rules(mod, "aws_vpc_security_group_egress_rule") if sg_of(b) == store]
+        assert not egress, f"{store} needs no egress rules"
+
+    for name, b in ingress:
+        if sg_of(b) != "alb":
+            cidr = b.get("cidr_ipv4")
+            assert cidr not in ('"0.0.0.0/0"',), f"{name}: only the ALB may be open to the internet"
+
+    # The security module must be given the VPC's real CIDR.
+    sec_inputs = env.env.modules["security"]
+    assert sec_inputs.get("vpc_cidr") == "${module.network.vpc_cidr}", "security.vpc_cidr must be the VPC's CIDR"
+
+
+# ----------------------------------------------------------------------------------------------
+# ECS task definition
+# ----------------------------------------------------------------------------------------------
+
+
+def check_task_definition(root: Path) -> None:
+    scope, cdef = container_definition(root)
+    hc = cdef.get("healthCheck")
+    assert hc, "container healthCheck missing"
+    cmd = _resolve(scope, hc["command"], "healthCheck.command")
+    assert cmd == ["CMD", "chatty", "healthcheck"], f"container health check must run `chatty healthcheck`, got {cmd}"
+
+    log = cdef.get("logConfiguration", {})
+    assert literal(log.get("logDriver")) == "awslogs", "logs must go to CloudWatch through awslogs"
+
+    secrets_expr = cdef.get("secrets", "")
+    assert "valueFrom" in secrets_expr, "secrets must be injected with valueFrom (Secrets Manager / SSM)"
+
+    ports = [_resolve(scope, p["containerPort"], "containerPort") for p in cdef.get("portMappings", [])]
+    assert sorted(ports) == [APP_PORT, METRICS_PORT], f"container ports must be {APP_PORT} and {METRICS_PORT}, got {ports}"
+
+    # Nothing secret in plain environment variables of the environment's module call.
+    env = _env(root)
+    for mname, body in env.env.modules.items():
+        plain = body.get("environment")
+        if isinstance(plain, dict):
+            for key in plain:
+                k = label(key)
+                assert not re.search(r"SECRET|API_KEY|PASSWORD|DATABASE__URL|REDIS__URL", k), \
+                    f"module {mname}: {k} must come from Secrets Manager, not plain environment"
+
+    svc_mod = scope.module
+    svc = svc_mod.resource("aws_ecs_service", "this")
+    lb = first_block(svc, "load_balancer")
+    assert _resolve(scope, lb["container_port"], "container_port") == APP_PORT
+    net = first_block(svc, "network_configuration")
+    assert _resolve(scope, net.get("assign_public_ip", False), "assign_public_ip") is False
+
+
+def check_autoscaling(root: Path) -> None:
+    env = _env(root)
+    _, scope = _module_holding(env, "aws_appautoscaling_target", "this")
+    policies = scope.module.resources_of("aws_appautoscaling_policy")
+    metrics = set()
+    for body in policies.values():
+        cfg = first_block(body, "target_tracking_scaling_policy_configuration")
+        if "predefined_metric_specification" in cfg:
+            metrics.add(literal(first_block(cfg, "predefined_metric_specification")["predefined_metric_type"]))
+        if "customized_metric_specification" in cfg:
+            text = str(cfg["customized_metric_specification"])
+            if "ActiveConnectionCount" in text:
+                metrics.add("ActiveConnectionCount")
+    for needed in ("ECSServiceAverageCPUUtilization", "ECSServiceAverageMemoryUtilization", "ALBRequestCountPerTarget"):
+        assert needed in metrics, f"missing a target tracking policy on {needed}"
+    assert "ActiveConnectionCount" in metrics, "missing the connections scaling policy"
+
+
+# ----------------------------------------------------------------------------------------------
+# Hygiene: documented variables, consistent references
+# ----------------------------------------------------------------------------------------------
+
+
+def _all_dirs(root: Path) -> list[Path]:
+    dirs = sorted(p for p in (root / MODULES_DIR).iterdir() if p.is_dir())
+    return dirs + [root / ENV_DIR]
+
+
+def check_variables_documented(root: Path) -> None:
+    missing = []
+    for d in _all_dirs(root):
+        mod = Dir.load(d)
+        for name, body in mod.variables.items():
+            desc = body.get("description")
+            if not (isinstance(desc, str) and len(literal(desc).strip()) >= 10):
+                missing.append(f"{d.relative_to(root)}: variable {name}")
+        for name, body in mod.outputs.items():
+            if not body.get("description"):
+                missing.append(f"{d.relative_to(root)}: output {name}")
+    assert not missing, "undocumented: " + ", ".join(missing)
+
+
+def check_references(root: Path) -> None:
+    problems = []
+    for d in _all_dirs(root):
+        mod = Dir.load(d)
+        for kind, name, attr in references(mod.text):
+            if kind == "var" and name not in mod.variables:
+                problems.append(f"{d.name}: var.{name} not declared")
+            if kind == "local" and name not in mod.locals:
+                problems.append(f"{d.name}: local.{name} not declared")
+    env = _env(root)
+    for mname, body in env.env.modules.items():
+        mod = env.module_dir(mname)
+        meta_args = {"source", "depends_on", "providers", "count", "for_each"}
+        args = {k for k in body if k not in META_KEYS and k not in meta_args}
+        for a in sorted(args - set(mod.variables)):
+            problems.append(f"module {mname}: argument {a} is not a variable of {mod.path.name}")
+        for v, vbody in mod.variables.items():
+            if "default" not in vbody and v not in args:
+                problems.append(f"module {mname}: required variable {v} not passed")
+    for kind, name, attr in references(env.env.text):
+        if kind == "module":
+            if name not in env.env.modules:
+                problems.append(f"module.{name} is not called")
+            elif attr and attr not in env.module_dir(name).outputs:
+                problems.append(f"module.{name}.{attr} is not an output")
+    assert not problems, "; ".join(problems)
+
+
+def check_tfvars_example(root: Path) -> None:
+    env = _env(root)
+    required = [n for n, b in env.env.variables.items() if "default" not in b]
+    missing = [n for n in required if n not in env.tfvars]
+    assert not missing, f"terraform.tfvars.example lacks required variables: {missing}"
+    unknown = [n for n in env.tfvars if n not in env.env.variables]
+    assert not unknown, f"terraform.tfvars.example sets undeclared variables: {unknown}"
+
+
+# ----------------------------------------------------------------------------------------------
+# docker-compose.yml
+# ----------------------------------------------------------------------------------------------
+
+
+def _compose(root: Path) -> dict:
+    with open(root / "docker-compose.yml", encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)  # resolves YAML anchors and << merge keys
+    assert isinstance(data, dict) and "services" in data
+    return data
+
+
+def _env_map(svc: dict) -> dict:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return env
+
+
+def _chatty_services(compose: dict) -> dict:
+    return {
+        name: svc
+        for name, svc in compose["services"].items()
+        if any(str(k).startswith("CHATTY__") for k in _env_map(svc))
+    }
+
+
+def _healthcheck_cmd(svc: dict) -> str:
+    hc = svc.get("healthcheck")
+    assert hc and not hc.get("disable"), "healthcheck missing or disabled"
+    test = hc.get("test")
+    assert test and test != ["NONE"], "healthcheck has no test"
+    return " ".join(test) if isinstance(test, list) else str(test)
+
+
+def _volumes(svc: dict) -> list[tuple[str, str, bool]]:
+    out = []
+    for v in svc.get("volumes", []):
+        if isinstance(v, str):
+            parts = v.split(":")
+            src, dst = parts[0], parts[1]
+            ro = len(parts) > 2 and "ro" in parts[2].split(",")
+        else:
+            src, dst, ro = v.get("source"), v.get("target"), bool(v.get("read_only"))
+        out.append((src, dst, ro))
+    return out
+
+
+def check_compose_start_order(root: Path) -> None:
+    compose = _compose(root)
+    services = compose["services"]
+    for dep, probe in (("postgres", "pg_isready"), ("redis", "redis-cli")):
+        assert dep in services, f"compose needs a {dep} service"
+        cmd = _healthcheck_cmd(services[dep])
+        assert probe in cmd, f"{dep} healthcheck must use {probe}, got {cmd!r}"
+        if dep == "redis":
+            assert "ping" in cmd.lower(), "redis healthcheck must ping"
+
+    nodes = _chatty_services(compose)
+    assert len(nodes) >= 2, f"need at least two chatty nodes, found {sorted(nodes)}"
+    node_ids = set()
+    for name, svc in nodes.items():
+        deps = svc.get("depends_on")
+        assert isinstance(deps, dict), f"{name}: depends_on must use the long form with conditions"
+        for dep in ("postgres", "redis"):
+            assert dep in deps, f"{name} must depend on {dep}"
+            cond = deps[dep].get("condition")
+            assert cond == "service_healthy", f"{name} -> {dep}: condition must be service_healthy, got {cond}"
+        env = _env_map(svc)
+        assert env.get("CHATTY__REDIS__URL"), f"{name}: CHATTY__REDIS__URL must be set (cluster mode)"
+        assert env.get("CHATTY__DATABASE__URL", "").startswith("postgres"), f"{name}: Postgres URL missing"
+        assert env.get("CHATTY__SERVER__HOST") == "0.0.0.0", f"{name}: must listen on 0.0.0.0"
+        node_ids.add(env.get("CHATTY__NODE__ID"))
+        assert "chatty" in _healthcheck_cmd(svc) and "healthcheck" in _healthcheck_cmd(svc)
+        grace = str(svc.get("stop_grace_period", "10s"))
+        m = re.fullmatch(r"(\d+)s", grace)
+        assert m and int(m.group(1)) > DRAIN_S, f"{name}: stop_grace_period {grace} must exceed the {DRAIN_S}s drain"
+    assert None not in node_ids and len(node_ids) == len(nodes), "every chatty node needs its own CHATTY__NODE__ID"
+
+
+def check_compose_grafana_mounts(root: Path) -> None:
+    compose = _compose(root)
+    services = compose["services"]
+    assert "grafana" in services, "compose needs a grafana service"
+    mounts = {dst: (src, ro) for src, dst, ro in _volumes(services["grafana"])}
+    for dst, src in (("/etc/grafana/provisioning", "./grafana/provisioning"),
+                     ("/var/lib/grafana/dashboards", "./grafana/dashboards")):
+        assert dst in mounts, f"grafana must mount {dst}"
+        assert mounts[dst][0] == src, f"grafana {dst} must come from {src}, got {mounts[dst][0]}"
+        assert mounts[dst][1], f"grafana {dst} must be read-only"
+
+    prom = [s for s in services.values() if "prometheus" in str(s.get("image", ""))]
+    assert prom, "compose needs a prometheus service"
+    pmounts = {src: dst for src, dst, _ in _volumes(prom[0])}
+    assert "./grafana/prometheus.yml" in pmounts, "prometheus must mount ./grafana/prometheus.yml"
+
+    cfg_path = root / "grafana" / "prometheus.yml"
+    assert cfg_path.exists(), "grafana/prometheus.yml is referenced by compose but missing"
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    targets = {
+        t
+        for job in cfg.get("scrape_configs", [])
+        for sc in job.get("static_configs", [])
+        for t in sc.get("targets", [])
+    }
+    for node in _chatty_services(compose):
+        assert f"{node}:{METRICS_PORT}" in targets, f"prometheus must scrape {node}:{METRICS_PORT}"
+
+
+def check_compose_load_balancer(root: Path) -> None:
+    compose = _compose(root)
+    services = compose["services"]
+    nodes = _chatty_services(compose)
+    lbs = [(n, s) for n, s in services.items() if re.search(r"nginx|haproxy", str(s.get("image", "")))]
+    assert len(lbs) == 1, "compose needs exactly one nginx/haproxy load balancer"
+    name, lb = lbs[0]
+    assert any(str(p).split(":")[-1] == "8080" or str(p).endswith(":8080") for p in lb.get("ports", [])), \
+        "the load balancer must publish the chat page (container port 8080)"
+    conf_src = [src for src, dst, ro in _volumes(lb) if dst.startswith("/etc/nginx")]
+    assert conf_src, "nginx config must be mounted from the repository"
+    conf = (root / conf_src[0]).read_text(encoding="utf-8")
+    for node in nodes:
+        assert re.search(rf"server\s+{re.escape(node)}:{APP_PORT}\b", conf), f"upstream must include {node}:{APP_PORT}"
+    ws = re.search(r"location\s+(=\s*)?/ws\s*\{(?P<body>.*?)\n\s*\}", conf, re.S)
+    assert ws, "nginx needs a location for /ws"
+    body = ws.group("body")
+    assert re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade;", body), "/ws must pass the Upgrade header"
+    assert re.search(r"proxy_set_header\s+Connection\s+\$\w+;", body), "/ws must pass the Connection header"
+    assert re.search(r"proxy_http_version\s+1\.1;", body), "/ws needs HTTP/1.1 to upstream"
+    m = re.search(r"proxy_read_timeout\s+(\d+)s?;", body)
+    assert m and int(m.group(1)) > PING_INTERVAL_S, "/ws proxy_read_timeout must exceed the ping interval"
+
+
+# ----------------------------------------------------------------------------------------------
+# The tests
+# ----------------------------------------------------------------------------------------------
+
+CHECKS = [
+    check_alb_idle_timeout,
+    check_drain_timing,
+    check_target_group,
+    check_listeners,
+    check_rds,
+    check_redis,
+    check_ecr,
+    check_security_groups,
+    check_task_definition,
+    check_autoscaling,
+    check_variables_documented,
+    check_references,
+    check_tfvars_example,
+    check_compose_start_order,
+    check_compose_grafana_mounts,
+    check_compose_load_balancer,
+]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
+def test_invariant(check, root):
+    check(root)
+
+
+def test_values_are_read_not_assumed(root):
+    """The resolved numbers are what the example environment deploys with."""
+    idle, delay, stop = alb_idle_timeout(root), deregistration_delay(root), ecs_stop_timeout(root)
+    print(f"idle_timeout={idle}s deregistration_delay={delay}s stopTimeout={stop}s")
+    assert all(isinstance(x, int) for x in (idle, delay, stop))
+
+
+# ----------------------------------------------------------------------------------------------
+# Self-tests: each mutation breaks one invariant in a copy of the repository; the matching
+# check must fail on it. This proves the checks read real values.
+# ----------------------------------------------------------------------------------------------
+
+
+def _sub(path: Path, pattern: str, repl: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    new, n = re.subn(pattern, repl, text, flags=re.M)
+    assert n, f"mutation pattern {pattern!r} matched nothing in {path}"
+    path.write_text(new, encoding="utf-8")
+
+
+MUTATIONS = {
+    "idle_timeout_below_ping": (
+        check_alb_idle_timeout,
+        [(ENV_DIR / "terraform.tfvars.example", r"^alb_idle_timeout\s*=.*$", "alb_idle_timeout = 20")],
+    ),
+    "idle_timeout_default_below_ping": (
+        check_alb_idle_timeout,
+        [
+            (ENV_DIR / "terraform.tfvars.example", r"^alb_idle_timeout\s*=.*$", ""),
+            (ENV_DIR / "variables.tf", r'(variable "alb_idle_timeout" \{[^}]*default\s*=\s*)\d+', r"\g<1>25"),
+        ],
+    ),
+    "deregistration_delay_above_stop_timeout": (
+        check_drain_timing,
+        [(ENV_DIR / "terraform.tfvars.example", r"^deregistration_delay\s*=.*$", "deregistration_delay = 90")],
+    ),
+    "deregistration_delay_unset": (
+        check_drain_timing,
+        [(MODULES_DIR / "alb/main.tf", r"^\s*deregistration_delay\s*=.*$", "")],
+    ),
+    "stop_timeout_above_fargate_max": (
+        check_drain_timing,
+        [
+            (ENV_DIR / "terraform.tfvars.example", r"^stop_timeout\s*=.*$", "stop_timeout = 150"),
+            (ENV_DIR / "terraform.tfvars.example", r"^deregistration_delay\s*=.*$", "deregistration_delay = 30"),
+        ],
+    ),
+    "health_check_path": (
+        check_target_group,
+        [(ENV_DIR / "main.tf", r'health_check_path(\s*)= "/readyz"', r'health_check_path\1= "/healthz"')],
+    ),
+    "target_type_instance": (
+        check_target_group,
+        [(MODULES_DIR / "alb/main.tf", r'target_type = "ip"', 'target_type = "instance"')],
+    ),
+    "rds_unencrypted": (
+        check_rds,
+        [(MODULES_DIR / "rds/main.tf", r"storage_encrypted(\s*)= true", r"storage_encrypted\1= false")],
+    ),
+    "redis_plaintext": (
+        check_redis,
+        [(MODULES_DIR / "redis/main.tf", r"transit_encryption_enabled = true", "transit_encryption_enabled = false")],
+    ),
+    "ecr_no_scan": (
+        check_ecr,
+        [(MODULES_DIR / "ecr/main.tf", r"scan_on_push = true", "scan_on_push = false")],
+    ),
+    "metrics_open_to_world": (
+        check_security_groups,
+        [(MODULES_DIR / "security/main.tf", r"cidr_ipv4(\s*)= var\.vpc_cidr", r'cidr_ipv4\1= "0.0.0.0/0"')],
+    ),
+    "undocumented_variable": (
+        check_variables_documented,
+        [(MODULES_DIR / "redis/variables.tf", r'^  description = "Redis port\."$|^  description = "ElastiCache node type\."$', "")],
+    ),
+    "undeclared_variable": (
+        check_references,
+        [(MODULES_DIR / "alb/main.tf", r"var\.idle_timeout", "var.idle_timeout_s")],
+    ),
+    "compose_started_not_healthy": (
+        check_compose_start_order,
+        [("docker-compose.yml", r"condition: service_healthy", "condition: service_started")],
+    ),
+    "compose_no_pg_healthcheck": (
+        check_compose_start_order,
+        [("docker-compose.yml", r"pg_isready", "true")],
+    ),
+    "grafana_mount_elsewhere": (
+        check_compose_grafana_mounts,
+        [("docker-compose.yml", r"\./grafana/dashboards:", "./dashboards:")],
+    ),
+    "nginx_no_upgrade_header": (
+        check_compose_load_balancer,
+        [("deploy/nginx.conf", r"proxy_set_header Upgrade \$http_upgrade;", "")],
+    ),
+}
+
+
+@pytest.fixture
+def repo_copy(root, tmp_path):
+    dst = tmp_path / "repo"
+    for rel in ("infra", "deploy", "grafana"):
+        if (root / rel).exists():
+            shutil.copytree(root / rel, dst / rel, ignore=shutil.ignore_patterns(".terraform", "__pycache__"))
+    shutil.copy2(root / "docker-compose.yml", dst / "docker-compose.yml")
+    return dst
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_check_fails_on_mutation(mutation, repo_copy):
+    check, edits = MUTATIONS[mutation]
+    check(repo_copy)  # the unmodified copy passes
+    for rel, pattern, repl in edits:
+        _sub(repo_copy / rel, pattern, repl)
+    with pytest.raises(AssertionError):
+        check(repo_copy)

@@ -1,0 +1,269 @@
+//! The server HTTP API for backends (behind the API key) and the health endpoints. Handlers
+//! only translate between HTTP and the node; every rule lives in the actors and the store.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chatty_actors::{
+    Body, BodyError, Cid, DisplayName, HistoryItem, NodeError, PresenceEntry, RoomId, UserId,
+    WriteError,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::startup::AppState;
+
+/// Every way an API call can fail. 500s are opaque to the client and logged whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong API key")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("body larger than max_body_bytes")]
+    TooLarge,
+    #[error("try again later")]
+    Unavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "api internal error");
+                "internal error".to_string()
+            }
+            other => other.to_string(),
+        };
+        (status, Json(json!({ "error": code, "message": message }))).into_response()
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::Store(chatty_actors::StoreError::Other(m)) => ApiError::Internal(m),
+            NodeError::Start(m) => ApiError::Internal(m),
+            _ => ApiError::Unavailable,
+        }
+    }
+}
+
+impl From<chatty_actors::StoreError> for ApiError {
+    fn from(e: chatty_actors::StoreError) -> Self {
+        NodeError::Store(e).into()
+    }
+}
+
+/// Constant-time comparison, so the key cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    if same(given.as_bytes(), state.settings.auth.api_key.expose().as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn room_id(room: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(room).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+#[derive(Deserialize)]
+pub struct PublishBody {
+    from: String,
+    name: Option<String>,
+    cid: String,
+    body: String,
+}
+
+#[derive(Serialize)]
+struct Published {
+    seq: u64,
+    ts: i64,
+    /// Extension: true when the cid was already stored (seq/ts are the original ones).
+    duplicate: bool,
+}
+
+/// `POST /api/v1/rooms/{room}/messages`
+pub async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    Json(b): Json<PublishBody>,
+) -> Result<Response, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    let from = UserId::parse(&b.from).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let cid = Cid::parse(&b.cid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let body = Body::parse(&b.body, state.settings.limits.max_body_bytes).map_err(|e| match e {
+        BodyError::TooLarge => ApiError::TooLarge,
+        BodyError::Empty => ApiError::BadRequest("body must not be empty".into()),
+        BodyError::Nul => ApiError::BadRequest("body must not contain NUL".into()),
+    })?;
+    let name = DisplayName::sanitize(b.name.as_deref().unwrap_or(from.as_str()));
+    match state.node.publish(room, from, name, cid, body).await {
+        Ok(a) => Ok((
+            StatusCode::CREATED,
+            Json(Published {
+                seq: a.seq,
+                ts: a.ts,
+                duplicate: a.duplicate,
+            }),
+        )
+            .into_response()),
+        Err(WriteError::Unavailable) => Err(ApiError::Unavailable),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/rooms/{room}/messages?before=&limit=`
+pub async fn history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 {
+        return Err(ApiError::BadRequest("limit must be >= 1".into()));
+    }
+    let (msgs, more) = state.node.history(&room, q.before, limit).await?;
+    let messages: Vec<HistoryItem<'_>> = msgs.iter().map(HistoryItem::from).collect();
+    Ok(Json(json!({ "messages": messages, "more": more })).into_response())
+}
+
+/// `GET /api/v1/rooms/{room}/presence`
+pub async fn presence(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    let users: Vec<PresenceEntry> = state.node.presence(&room).await?;
+    Ok(Json(json!({ "users": users })))
+}
+
+#[derive(Deserialize)]
+pub struct RoomBody {
+    private: bool,
+}
+
+/// `PUT /api/v1/rooms/{room}`
+pub async fn put_room(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    Json(b): Json<RoomBody>,
+) -> Result<StatusCode, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    state.node.store().set_private(&room, b.private).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/v1/rooms/{room}/members/{user}`
+pub async fn put_member(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((room, user)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    let user = UserId::parse(&user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    state.node.store().add_member(&room, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/rooms/{room}/members/{user}`
+pub async fn delete_member(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((room, user)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    let user = UserId::parse(&user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    state.node.store().remove_member(&room, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /healthz`: the process is alive.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: accepting new sockets (503 while draining). A broken database or Redis does
+/// not flip it: that shows in metrics and logs, and must not take the whole fleet out of the
+/// load balancer at once.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+/// Fault injection (`debug.fault_injection` only): `POST /debug/rooms/{room}/panic`.
+pub async fn inject_room_panic(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    if state.node.inject_room_panic(&room) {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Ok(StatusCode::NOT_FOUND)
+    }
+}
+
+/// Fault injection (`debug.fault_injection` only): `POST /debug/writer/panic`.
+pub async fn inject_writer_panic(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    check_key(&state, &headers)?;
+    if state.node.inject_writer_panic() {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Ok(StatusCode::NOT_FOUND)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn key_comparison_needs_equal_bytes() {
+        assert!(super::same(b"abc", b"abc"));
+        assert!(!super::same(b"abc", b"abd"));
+        assert!(!super::same(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,181 @@
+//! JWT authentication at the handshake (HS256). Tokens are never logged.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chatty_actors::{DisplayName, UserId};
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::settings::AuthSettings;
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+}
+
+/// Who a socket belongs to.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: UserId,
+    pub name: DisplayName,
+}
+
+/// Why a token was refused (a bounded label for metrics; never the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    TooLong,
+    Invalid,
+}
+
+impl AuthError {
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthError::Missing => "token_missing",
+            AuthError::TooLong => "token_too_long",
+            AuthError::Invalid => "token_invalid",
+        }
+    }
+}
+
+/// Verifies and mints tokens with the configured secret.
+#[derive(Clone)]
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+    audience: Option<String>,
+    issuer: Option<String>,
+}
+
+impl Authenticator {
+    pub fn new(s: &AuthSettings) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        validation.validate_nbf = true;
+        let audience = (!s.jwt_audience.is_empty()).then(|| s.jwt_audience.clone());
+        let issuer = (!s.jwt_issuer.is_empty()).then(|| s.jwt_issuer.clone());
+        match &audience {
+            Some(a) => validation.set_audience(&[a]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(i) = &issuer {
+            validation.set_issuer(&[i]);
+        }
+        let secret = s.jwt_secret.expose().as_bytes();
+        Self {
+            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret),
+            validation,
+            audience,
+            issuer,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLong);
+        }
+        let data = decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|_| AuthError::Invalid)?;
+        let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::Invalid)?;
+        let name = DisplayName::sanitize(data.claims.name.as_deref().unwrap_or(user.as_str()));
+        Ok(Identity { user, name })
+    }
+
+    /// Mint a token for `user`, valid for `ttl`.
+    pub fn mint(&self, user: &str, name: Option<&str>, ttl: Duration) -> Result<String, String> {
+        UserId::parse(user).map_err(|e| e.to_string())?;
+        let exp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|e| e.to_string())?
+            .saturating_add(ttl)
+            .as_secs();
+        let claims = Claims {
+            sub: user.to_owned(),
+            exp,
+            name: name.map(str::to_owned),
+            aud: self.audience.clone(),
+            iss: self.issuer.clone(),
+            nbf: None,
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| e.to_string())
+    }
+}
+
+/// Parse `30s`, `15m`, `1h`, `7d` (or plain seconds).
+pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid ttl `{s}`"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("invalid ttl unit in `{s}` (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Secret;
+
+    fn settings(aud: &str, iss: &str) -> AuthSettings {
+        AuthSettings {
+            jwt_secret: Secret::new("0123456789abcdef0123"),
+            jwt_audience: aud.into(),
+            jwt_issuer: iss.into(),
+            api_key: Secret::new("k"),
+            allowed_origins: vec![],
+        }
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let a = Authenticator::new(&settings("chat", "me"));
+        let t = a.mint("alice", Some("Alice"), Duration::from_secs(60)).unwrap();
+        let id = a.verify(&t).unwrap();
+        assert_eq!(id.user.as_str(), "alice");
+        assert_eq!(id.name.as_str(), "Alice");
+    }
+
+    #[test]
+    fn wrong_key_audience_and_garbage_are_refused() {
+        let a = Authenticator::new(&settings("chat", ""));
+        let mut other = settings("chat", "");
+        other.jwt_secret = Secret::new("another-secret-entirely");
+        let t = Authenticator::new(&other).mint("bob", None, Duration::from_secs(60)).unwrap();
+        assert_eq!(a.verify(&t).unwrap_err(), AuthError::Invalid);
+        let wrong_aud = Authenticator::new(&settings("other", ""))
+            .mint("bob", None, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(a.verify(&wrong_aud).unwrap_err(), AuthError::Invalid);
+        assert_eq!(a.verify("garbage").unwrap_err(), AuthError::Invalid);
+        assert_eq!(a.verify(&"x".repeat(5000)).unwrap_err(), AuthError::TooLong);
+    }
+
+    #[test]
+    fn ttl_parses_units() {
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_ttl("1y").is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! `chatty`: the edge and the adapters of the Chatty engine: settings, telemetry, the axum
+//! router and WebSocket upgrade, the wire decoders, the PostgreSQL store, JWT and metrics.
+//! The actors themselves live in `chatty-actors`.
+
+pub mod api;
+pub mod auth;
+pub mod settings;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod wire;
+pub mod ws;
+
+pub use settings::Settings;
+pub use startup::Application;

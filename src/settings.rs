@@ -1,0 +1,348 @@
+//! Settings, loaded in layers by the `config` crate: built-in defaults → `config/base.toml` →
+//! `config/{CHATTY_ENVIRONMENT}.toml` (`local` by default) → `CHATTY__SECTION__KEY` variables.
+//! Invalid settings stop startup with a message naming the key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatty_actors::NodeConfig;
+use serde::Deserialize;
+
+/// A secret string: never printed, never logged.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("\"[redacted]\"")
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Local,
+    Production,
+}
+
+impl Environment {
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("CHATTY_ENVIRONMENT").as_deref() {
+            Err(_) | Ok("") | Ok("local") => Ok(Environment::Local),
+            Ok("production") => Ok(Environment::Production),
+            Ok(other) => Err(format!(
+                "CHATTY_ENVIRONMENT: `{other}` is not `local` or `production`"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Local => "local",
+            Environment::Production => "production",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub node: NodeSettings,
+    pub auth: AuthSettings,
+    pub limits: Limits,
+    pub writer: WriterSettings,
+    pub presence: PresenceSettings,
+    pub log: LogSettings,
+    pub debug: DebugSettings,
+    #[serde(skip, default = "default_env")]
+    pub environment: Environment,
+}
+
+fn default_env() -> Environment {
+    Environment::Local
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub metrics_port: u16,
+    /// Time allowed to send a request's headers (slowloris guard).
+    pub header_read_timeout_ms: u64,
+    /// Upgraded sockets must send their first frame within this time.
+    pub first_frame_timeout_ms: u64,
+    pub ping_interval_ms: u64,
+    pub pong_timeout_ms: u64,
+    /// Hard limit for the whole shutdown sequence.
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DatabaseSettings {
+    /// `postgres://…`; empty selects the embedded SQLite store.
+    pub url: Secret,
+    pub max_connections: u32,
+    pub migrate_on_start: bool,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct RedisSettings {
+    /// Empty: single node.
+    pub url: Secret,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct NodeSettings {
+    /// Stable id of this node; generated when empty.
+    pub id: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: Secret,
+    pub jwt_audience: String,
+    pub jwt_issuer: String,
+    pub api_key: Secret,
+    /// Exact origins (scheme://host[:port]) allowed to open sockets; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_body_bytes: usize,
+    pub rooms_per_connection: usize,
+    pub messages_per_second: f64,
+    pub message_burst: u32,
+    pub outbound_queue: usize,
+    pub inbound_queue: usize,
+    pub room_queue: usize,
+    pub writer_queue: usize,
+    pub replay_max: u32,
+    pub history_max: u32,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WriterSettings {
+    pub batch_max: usize,
+    pub flush_interval_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PresenceSettings {
+    pub grace_ms: u64,
+    pub coalesce_ms: u64,
+    pub gap_wait_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct LogSettings {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// An `EnvFilter` directive, e.g. `info,chatty=debug`.
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct DebugSettings {
+    /// Test-only hooks that make actors panic. Refused in production.
+    pub fault_injection: bool,
+}
+
+/// The built-in defaults, the first layer.
+const DEFAULTS: &[(&str, &str)] = &[
+    ("server.host", "127.0.0.1"),
+    ("server.port", "8080"),
+    ("server.metrics_port", "9090"),
+    ("server.header_read_timeout_ms", "10000"),
+    ("server.first_frame_timeout_ms", "30000"),
+    ("server.ping_interval_ms", "25000"),
+    ("server.pong_timeout_ms", "10000"),
+    ("server.shutdown_timeout_ms", "25000"),
+    ("database.url", ""),
+    ("database.max_connections", "10"),
+    ("database.migrate_on_start", "true"),
+    ("database.connect_timeout_ms", "5000"),
+    ("redis.url", ""),
+    ("node.id", ""),
+    ("auth.jwt_secret", ""),
+    ("auth.jwt_audience", ""),
+    ("auth.jwt_issuer", ""),
+    ("auth.api_key", ""),
+    ("limits.max_frame_bytes", "65536"),
+    ("limits.max_message_bytes", "65536"),
+    ("limits.max_body_bytes", "4096"),
+    ("limits.rooms_per_connection", "100"),
+    ("limits.messages_per_second", "50"),
+    ("limits.message_burst", "100"),
+    ("limits.outbound_queue", "1024"),
+    ("limits.inbound_queue", "32"),
+    ("limits.room_queue", "10000"),
+    ("limits.writer_queue", "20000"),
+    ("limits.replay_max", "1000"),
+    ("limits.history_max", "200"),
+    ("limits.max_connections", "19000"),
+    ("writer.batch_max", "1024"),
+    ("writer.flush_interval_ms", "5"),
+    ("writer.retry_max_ms", "10000"),
+    ("presence.grace_ms", "3000"),
+    ("presence.coalesce_ms", "50"),
+    ("presence.gap_wait_ms", "30"),
+    ("log.format", "pretty"),
+    ("log.level", "info"),
+    ("debug.fault_injection", "false"),
+];
+
+impl Settings {
+    /// Load from `config_dir` and the process environment.
+    pub fn load(config_dir: &Path) -> Result<Settings, String> {
+        let env = Environment::from_env()?;
+        let mut b = config::Config::builder();
+        for (k, v) in DEFAULTS {
+            b = b.set_default(*k, *v).map_err(|e| e.to_string())?;
+        }
+        b = b.set_default("auth.allowed_origins", Vec::<String>::new()).map_err(|e| e.to_string())?;
+        let settings: Settings = b
+            .add_source(config::File::from(config_dir.join("base.toml")).required(false))
+            .add_source(
+                config::File::from(config_dir.join(format!("{}.toml", env.as_str())))
+                    .required(false),
+            )
+            .add_source(
+                config::Environment::with_prefix("CHATTY")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("auth.allowed_origins")
+                    .try_parsing(true),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| format!("invalid settings: {e}"))?;
+        let mut settings = Settings {
+            environment: env,
+            ..settings
+        };
+        if settings.node.id.is_empty() {
+            settings.node.id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The default config directory: `$CHATTY_CONFIG_DIR`, else `./config`.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("CHATTY_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"))
+    }
+
+    /// Check what the types cannot: every error names its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        let mut need = |ok: bool, key: &str, why: &str| {
+            if !ok {
+                errs.push(format!("{key}: {why}"));
+            }
+        };
+        let l = &self.limits;
+        need(self.auth.jwt_secret.expose().len() >= 16, "auth.jwt_secret", "must be set, at least 16 bytes");
+        need(!self.auth.api_key.expose().is_empty(), "auth.api_key", "must be set");
+        need((64..=16 << 20).contains(&l.max_frame_bytes), "limits.max_frame_bytes", "must be 64 B..16 MiB");
+        need(l.max_message_bytes >= l.max_frame_bytes && l.max_message_bytes <= 64 << 20, "limits.max_message_bytes", "must be >= limits.max_frame_bytes and <= 64 MiB");
+        need(l.max_body_bytes >= 1 && l.max_body_bytes + 512 <= l.max_message_bytes, "limits.max_body_bytes", "must be >= 1 and leave 512 B of room under limits.max_message_bytes");
+        need(l.rooms_per_connection >= 1, "limits.rooms_per_connection", "must be >= 1");
+        need(l.messages_per_second > 0.0, "limits.messages_per_second", "must be > 0");
+        need(l.outbound_queue >= 8, "limits.outbound_queue", "must be >= 8");
+        need(l.inbound_queue >= 1, "limits.inbound_queue", "must be >= 1");
+        need(l.room_queue >= 1, "limits.room_queue", "must be >= 1");
+        need(l.writer_queue >= 1, "limits.writer_queue", "must be >= 1");
+        need((1..=10_000).contains(&l.history_max), "limits.history_max", "must be 1..10000");
+        need(l.replay_max >= 1, "limits.replay_max", "must be >= 1");
+        need(l.max_connections >= 1, "limits.max_connections", "must be >= 1");
+        need(self.writer.batch_max >= 1 && self.writer.batch_max <= 8192, "writer.batch_max", "must be 1..8192");
+        need(self.writer.flush_interval_ms >= 1, "writer.flush_interval_ms", "must be >= 1");
+        need(self.server.ping_interval_ms >= 100, "server.ping_interval_ms", "must be >= 100");
+        need(self.server.pong_timeout_ms >= 100, "server.pong_timeout_ms", "must be >= 100");
+        need(self.server.header_read_timeout_ms >= 100, "server.header_read_timeout_ms", "must be >= 100");
+        need(self.server.first_frame_timeout_ms >= 100, "server.first_frame_timeout_ms", "must be >= 100");
+        need(matches!(self.log.format.as_str(), "pretty" | "json"), "log.format", "must be `pretty` or `json`");
+        need(!(self.debug.fault_injection && self.environment == Environment::Production), "debug.fault_injection", "is refused in production");
+        let url = self.database.url.expose();
+        need(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://"), "database.url", "must be a postgres:// URL (or empty for the embedded store)");
+        need(!url.is_empty(), "database.url", "must be set: this build persists to PostgreSQL");
+        for o in &self.auth.allowed_origins {
+            need(o.starts_with("http://") || o.starts_with("https://"), "auth.allowed_origins", "entries must be scheme://host[:port]");
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("; "))
+        }
+    }
+
+    /// The actors' view of the settings.
+    pub fn node_config(&self) -> NodeConfig {
+        let l = &self.limits;
+        NodeConfig {
+            node_id: Arc::from(self.node.id.as_str()),
+            max_body_bytes: l.max_body_bytes,
+            rooms_per_connection: l.rooms_per_connection,
+            messages_per_second: l.messages_per_second,
+            message_burst: l.message_burst,
+            outbound_queue: l.outbound_queue,
+            inbound_queue: l.inbound_queue,
+            writer_queue: l.writer_queue,
+            writer_batch_max: self.writer.batch_max,
+            writer_flush_interval: Duration::from_millis(self.writer.flush_interval_ms),
+            writer_retry_max: Duration::from_millis(self.writer.retry_max_ms),
+            room_queue: l.room_queue,
+            replay_max: l.replay_max,
+            history_max: l.history_max,
+            presence_grace: Duration::from_millis(self.presence.grace_ms),
+            presence_coalesce: Duration::from_millis(self.presence.coalesce_ms),
+            gap_wait: Duration::from_millis(self.presence.gap_wait_ms),
+            fault_injection: self.debug.fault_injection,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = Secret::new("hunter2-hunter2-hunter2");
+        assert_eq!(format!("{s:?}"), "\"[redacted]\"");
+        assert!(!format!("{:?}", AuthSettings {
+            jwt_secret: s.clone(),
+            jwt_audience: String::new(),
+            jwt_issuer: String::new(),
+            api_key: s,
+            allowed_origins: vec![],
+        })
+        .contains("hunter2"));
+    }
+}

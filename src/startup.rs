@@ -1,0 +1,357 @@
+//! `Application`: builds the node from settings, binds the listeners (port 0 in tests) and
+//! serves until a shutdown future resolves, then drains in the order DESIGN.md gives.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use axum::Router;
+use chatty_actors::{LocalBus, Metrics, Node, NodeArgs};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+
+use crate::api;
+use crate::auth::Authenticator;
+use crate::settings::Settings;
+use crate::store::PgStore;
+use crate::ws;
+
+/// Metrics of the edge (HTTP, handshakes, pool) beside the actors' own.
+pub struct EdgeMetrics {
+    pub handshake_rejections: IntCounterVec,
+    pub http_requests: IntCounterVec,
+    pub http_seconds: HistogramVec,
+    pub db_pool: IntGaugeVec,
+    pub build_info: IntGaugeVec,
+    pub draining: IntGauge,
+}
+
+impl EdgeMetrics {
+    fn new(r: &Registry) -> anyhow::Result<Self> {
+        let m = EdgeMetrics {
+            handshake_rejections: IntCounterVec::new(
+                Opts::new("chatty_handshake_rejections_total", "WebSocket handshakes refused, by reason."),
+                &["reason"],
+            )?,
+            http_requests: IntCounterVec::new(
+                Opts::new("chatty_http_requests_total", "HTTP requests, by matched route and status."),
+                &["route", "status"],
+            )?,
+            http_seconds: HistogramVec::new(
+                HistogramOpts::new("chatty_http_request_duration_seconds", "HTTP request duration, by matched route.")
+                    .buckets(chatty_actors::LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )?,
+            db_pool: IntGaugeVec::new(
+                Opts::new("chatty_db_pool_connections", "Database pool connections, by state."),
+                &["state"],
+            )?,
+            build_info: IntGaugeVec::new(
+                Opts::new("chatty_build_info", "Build information; always 1."),
+                &["version"],
+            )?,
+            draining: IntGauge::new("chatty_draining", "1 while the node drains for shutdown.")?,
+        };
+        r.register(Box::new(m.handshake_rejections.clone()))?;
+        r.register(Box::new(m.http_requests.clone()))?;
+        r.register(Box::new(m.http_seconds.clone()))?;
+        r.register(Box::new(m.db_pool.clone()))?;
+        r.register(Box::new(m.build_info.clone()))?;
+        r.register(Box::new(m.draining.clone()))?;
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for reason in ["origin", "subprotocol", "token_missing", "token_invalid", "token_too_long", "capacity", "draining"] {
+            m.handshake_rejections.with_label_values(&[reason]);
+        }
+        Ok(m)
+    }
+}
+
+/// The state every handler shares.
+pub struct AppStateInner {
+    pub settings: Settings,
+    pub auth: Authenticator,
+    pub node: Arc<Node>,
+    pub edge_metrics: EdgeMetrics,
+    draining: AtomicBool,
+    registry: Registry,
+    pool: PgPool,
+}
+
+/// What every handler gets: a cheap clone of the shared state.
+#[derive(Clone)]
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+pub struct Application {
+    listener: TcpListener,
+    metrics_listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connect, migrate, start the tree and bind the listeners.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = connect(&settings).await?;
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry);
+        let edge_metrics = EdgeMetrics::new(&registry)?;
+        let node = Node::start(NodeArgs {
+            store: Arc::new(PgStore::new(pool.clone())),
+            bus: LocalBus::new(),
+            config: settings.node_config(),
+            metrics,
+        })
+        .await?;
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .await
+            .with_context(|| format!("server.port: cannot bind {}:{}", settings.server.host, settings.server.port))?;
+        let metrics_listener =
+            TcpListener::bind((settings.server.host.as_str(), settings.server.metrics_port))
+                .await
+                .with_context(|| format!("server.metrics_port: cannot bind {}:{}", settings.server.host, settings.server.metrics_port))?;
+        let auth = Authenticator::new(&settings.auth);
+        let state = AppState(Arc::new(AppStateInner {
+            settings,
+            auth,
+            node,
+            draining: AtomicBool::new(false),
+            edge_metrics,
+            registry,
+            pool,
+        }));
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn node(&self) -> Arc<Node> {
+        self.state.node.clone()
+    }
+
+    /// Serve until `shutdown` resolves, then drain: readiness 503 and upgrades refused, every
+    /// socket told to stop sending, the Writer commits and acks, every socket closed with 1001,
+    /// the tree stopped, the pool closed. Returns whether the drain finished in time.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<bool> {
+        let state = self.state.clone();
+        let router = public_router(state.clone());
+        let header_timeout = Duration::from_millis(state.settings.server.header_read_timeout_ms);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(accept_loop(self.listener, router, header_timeout, stop_rx.clone()));
+        let metrics_app = metrics_router(state.clone());
+        let mut metrics_stop = stop_rx.clone();
+        let metrics_srv = tokio::spawn(async move {
+            let _ = axum::serve(self.metrics_listener, metrics_app)
+                .with_graceful_shutdown(async move {
+                    let _ = metrics_stop.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+
+        shutdown.await;
+        let started = Instant::now();
+        tracing::info!("shutdown: draining");
+        state.draining.store(true, Ordering::Release);
+        state.edge_metrics.draining.set(1);
+        let deadline = started + Duration::from_millis(state.settings.server.shutdown_timeout_ms);
+        // Leave a margin for closing the pool and the listeners.
+        let clean = state
+            .node
+            .shutdown(deadline.checked_sub(Duration::from_secs(1)).unwrap_or(deadline))
+            .await;
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), accept).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), metrics_srv).await;
+        state.pool.close().await;
+        tracing::info!(clean, elapsed_ms = started.elapsed().as_millis() as u64, "shutdown: done");
+        Ok(clean)
+    }
+}
+
+/// Connect to Postgres, creating the database and running migrations when configured to.
+async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    let url = settings.database.url.expose();
+    let timeout = Duration::from_millis(settings.database.connect_timeout_ms);
+    if settings.database.migrate_on_start
+        && !tokio::time::timeout(timeout, sqlx::Postgres::database_exists(url))
+            .await
+            .context("database.url: timed out reaching the database")?
+            .context("database.url: cannot reach the database")?
+    {
+        sqlx::Postgres::create_database(url)
+            .await
+            .context("database.url: cannot create the database")?;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(timeout)
+        .connect(url)
+        .await
+        .context("database.url: cannot connect")?;
+    if settings.database.migrate_on_start {
+        migrate(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// Apply the Postgres migrations embedded in the binary.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("./migrations/postgres")
+        .run(pool)
+        .await
+        .context("running migrations")?;
+    Ok(())
+}
+
+/// `chatty migrate`: create the database if needed and apply migrations.
+pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
+    let url = settings.database.url.expose();
+    if !sqlx::Postgres::database_exists(url).await.context("database.url: cannot reach the database")? {
+        sqlx::Postgres::create_database(url).await.context("database.url: cannot create the database")?;
+    }
+    let pool = PgPoolOptions::new().max_connections(1).connect(url).await.context("database.url: cannot connect")?;
+    migrate(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+fn public_router(state: AppState) -> Router {
+    let mut r = Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/api/v1/rooms/{room}/messages", post(api::publish).get(api::history))
+        .route("/api/v1/rooms/{room}/presence", get(api::presence))
+        .route("/api/v1/rooms/{room}", put(api::put_room))
+        .route(
+            "/api/v1/rooms/{room}/members/{user}",
+            put(api::put_member).delete(api::delete_member),
+        );
+    if state.settings.debug.fault_injection {
+        r = r
+            .route("/debug/rooms/{room}/panic", post(api::inject_room_panic))
+            .route("/debug/writer/panic", post(api::inject_writer_panic));
+    }
+    r.layer(axum::middleware::from_fn_with_state(state.clone(), track_http))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(api::healthz))
+        .with_state(state)
+}
+
+/// Count and time every request by its matched route (bounded labels: the route template,
+/// never the raw path).
+async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.edge_metrics;
+    m.http_seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    m.http_requests.with_label_values(&[&route, resp.status().as_str()]).inc();
+    resp
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let pool = &state.pool;
+    let m = &state.edge_metrics;
+    let size = pool.size() as i64;
+    let idle = pool.num_idle() as i64;
+    m.db_pool.with_label_values(&["open"]).set(size);
+    m.db_pool.with_label_values(&["idle"]).set(idle);
+    m.db_pool.with_label_values(&["in_use"]).set(size - idle);
+    m.db_pool
+        .with_label_values(&["max"])
+        .set(i64::from(state.settings.database.max_connections));
+    state.node.sample_gauges();
+    let mut buf = Vec::new();
+    let _ = prometheus::TextEncoder::new().encode(&state.registry.gather(), &mut buf);
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
+        .body(axum::body::Body::from(buf))
+        .unwrap_or_default()
+}
+
+/// Accept sockets until told to stop. Each connection is served by hyper directly (not
+/// `axum::serve`) so the header-read timeout applies: a client that never finishes its
+/// request line is dropped instead of holding a socket forever.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, addr)) => {
+                tokio::spawn(serve_conn(tcp, addr, router.clone(), header_timeout));
+            }
+            Err(e) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_conn(tcp: TcpStream, addr: SocketAddr, router: Router, header_timeout: Duration) {
+    let _ = tcp.set_nodelay(true);
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+        router.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(tcp), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "http connection ended with an error");
+    }
+}

@@ -1,0 +1,329 @@
+//! PostgreSQL store. A batch is one transaction of five statements whatever its size: ensure
+//! the room rows, lock them in room-id order, find cids already stored, advance the counters,
+//! insert every new message with one `UNNEST`.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use chatty_actors::{
+    Appended, Body, Cid, DisplayName, JoinInfo, MessageStore, NewMessage, RoomId, Seq,
+    StoreError, StoredMessage, UserId,
+};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::Row;
+
+use super::store_err;
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl PgStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Rebuild a message from a row. Rows were validated on the way in; a row that no longer
+/// parses (edited by hand) is reported rather than delivered.
+fn row_to_message(room: &RoomId, r: &PgRow) -> Result<StoredMessage, StoreError> {
+    let bad = |what: &str| StoreError::Other(format!("stored message has an invalid {what}"));
+    let seq: i64 = r.try_get("seq").map_err(store_err)?;
+    let user: String = r.try_get("user_id").map_err(store_err)?;
+    let name: String = r.try_get("name").map_err(store_err)?;
+    let cid: String = r.try_get("cid").map_err(store_err)?;
+    let body: String = r.try_get("body").map_err(store_err)?;
+    let ts: i64 = r.try_get("ts").map_err(store_err)?;
+    Ok(StoredMessage {
+        room: room.clone(),
+        seq: seq as Seq,
+        from: UserId::parse(&user).map_err(|_| bad("user"))?,
+        name: DisplayName::sanitize(&name),
+        cid: Cid::parse(&cid).map_err(|_| bad("cid"))?,
+        body: Body::parse(&body, usize::MAX).map_err(|_| bad("body"))?,
+        ts,
+    })
+}
+
+#[async_trait]
+impl MessageStore for PgStore {
+    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+
+        let mut tx = self.pool.begin().await.map_err(store_err)?;
+        // 1. Make sure every room row exists (inserted in id order, like the locks below).
+        sqlx::query(
+            "insert into rooms (id) select * from unnest($1::text[]) order by 1 on conflict (id) do nothing",
+        )
+        .bind(&rooms)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_err)?;
+        // 2. Lock the counters in room-id order: concurrent writers queue instead of deadlocking.
+        let heads: HashMap<String, i64> = sqlx::query(
+            "select id, last_seq from rooms where id = any($1::text[]) order by id for update",
+        )
+        .bind(&rooms)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+        .collect();
+        // 3. With the locks held, any earlier send of the same cid is committed and visible.
+        let (q_room, q_user, q_cid): (Vec<&str>, Vec<&str>, Vec<&str>) = batch
+            .iter()
+            .map(|m| (m.room.as_str(), m.from.as_str(), m.cid.as_str()))
+            .fold((vec![], vec![], vec![]), |mut acc, (r, u, c)| {
+                acc.0.push(r);
+                acc.1.push(u);
+                acc.2.push(c);
+                acc
+            });
+        let existing: HashMap<(String, String, String), (i64, i64)> = sqlx::query(
+            "select m.room_id, m.user_id, m.cid, m.seq, m.ts
+               from messages m
+               join unnest($1::text[], $2::text[], $3::text[]) as k(room_id, user_id, cid)
+                 on m.room_id = k.room_id and m.user_id = k.user_id and m.cid = k.cid",
+        )
+        .bind(&q_room)
+        .bind(&q_user)
+        .bind(&q_cid)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2)),
+                (r.get::<i64, _>(3), r.get::<i64, _>(4)),
+            )
+        })
+        .collect();
+
+        // 4. Assign seqs in batch order and advance the counters.
+        let ts = now_ms();
+        let mut next: HashMap<&str, i64> = heads.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let mut out = Vec::with_capacity(batch.len());
+        let mut ins_room = Vec::new();
+        let mut ins_seq = Vec::new();
+        let mut ins_user = Vec::new();
+        let mut ins_name = Vec::new();
+        let mut ins_cid = Vec::new();
+        let mut ins_body = Vec::new();
+        for m in batch {
+            let key = (
+                m.room.as_str().to_owned(),
+                m.from.as_str().to_owned(),
+                m.cid.as_str().to_owned(),
+            );
+            if let Some(&(seq, ts)) = existing.get(&key) {
+                out.push(Appended {
+                    seq: seq as Seq,
+                    ts,
+                    duplicate: true,
+                });
+                continue;
+            }
+            let head = next
+                .get_mut(m.room.as_str())
+                .ok_or_else(|| StoreError::Other("room row missing after insert".into()))?;
+            *head += 1;
+            out.push(Appended {
+                seq: *head as Seq,
+                ts,
+                duplicate: false,
+            });
+            ins_room.push(m.room.as_str());
+            ins_seq.push(*head);
+            ins_user.push(m.from.as_str());
+            ins_name.push(m.name.as_str());
+            ins_cid.push(m.cid.as_str());
+            ins_body.push(m.body.as_str());
+        }
+        if !ins_room.is_empty() {
+            let (ids, lasts): (Vec<&str>, Vec<i64>) = next
+                .iter()
+                .filter(|(k, v)| heads.get(**k) != Some(v))
+                .map(|(k, v)| (*k, *v))
+                .unzip();
+            sqlx::query(
+                "update rooms set last_seq = v.last
+                   from unnest($1::text[], $2::bigint[]) as v(id, last)
+                  where rooms.id = v.id",
+            )
+            .bind(&ids)
+            .bind(&lasts)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_err)?;
+            // 5. One statement for every new message of the batch, whatever its size: arrays
+            // are one bind parameter each, so the 65,535-parameter limit never applies.
+            sqlx::query(
+                "insert into messages (room_id, seq, user_id, name, cid, body, ts)
+                 select r, s, u, n, c, b, $7
+                   from unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+                     as t(r, s, u, n, c, b)",
+            )
+            .bind(&ins_room)
+            .bind(&ins_seq)
+            .bind(&ins_user)
+            .bind(&ins_name)
+            .bind(&ins_cid)
+            .bind(&ins_body)
+            .bind(ts)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_err)?;
+        }
+        tx.commit().await.map_err(store_err)?;
+        Ok(out)
+    }
+
+    async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {
+        let h: Option<i64> = sqlx::query_scalar("select last_seq from rooms where id = $1")
+            .bind(room.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_err)?;
+        Ok(h.unwrap_or(0) as Seq)
+    }
+
+    async fn after(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "select seq, user_id, name, cid, body, ts from messages
+              where room_id = $1 and seq > $2 order by seq limit $3",
+        )
+        .bind(room.as_str())
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_err)?;
+        rows.iter().map(|r| row_to_message(room, r)).collect()
+    }
+
+    async fn before(
+        &self,
+        room: &RoomId,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        let before = before.map(|b| b.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX);
+        // One more than asked tells whether older messages exist.
+        let rows = sqlx::query(
+            "select seq, user_id, name, cid, body, ts from messages
+              where room_id = $1 and seq < $2 order by seq desc limit $3",
+        )
+        .bind(room.as_str())
+        .bind(before)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_err)?;
+        let more = rows.len() > limit as usize;
+        let mut msgs = rows
+            .iter()
+            .take(limit as usize)
+            .map(|r| row_to_message(room, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        msgs.reverse();
+        Ok((msgs, more))
+    }
+
+    async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {
+        let row = sqlx::query(
+            "select coalesce((select not r.private
+                                 or exists (select 1 from room_members m
+                                             where m.room_id = $1 and m.user_id = $2)
+                                from rooms r where r.id = $1), true) as allowed,
+                    coalesce((select seq from read_markers
+                               where room_id = $1 and user_id = $2), 0) as read",
+        )
+        .bind(room.as_str())
+        .bind(user.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_err)?;
+        Ok(JoinInfo {
+            allowed: row.get::<bool, _>(0),
+            read: row.get::<i64, _>(1) as Seq,
+        })
+    }
+
+    async fn set_read(&self, room: &RoomId, user: &UserId, seq: Seq) -> Result<Seq, StoreError> {
+        // Clamp to the head and never move backwards.
+        let v: i64 = sqlx::query_scalar(
+            "insert into read_markers (room_id, user_id, seq)
+             values ($1, $2, least($3, coalesce((select last_seq from rooms where id = $1), 0)))
+             on conflict (room_id, user_id)
+               do update set seq = greatest(read_markers.seq, excluded.seq)
+             returning seq",
+        )
+        .bind(room.as_str())
+        .bind(user.as_str())
+        .bind(seq.min(i64::MAX as u64) as i64)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_err)?;
+        Ok(v as Seq)
+    }
+
+    async fn set_private(&self, room: &RoomId, private: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into rooms (id, private) values ($1, $2)
+             on conflict (id) do update set private = excluded.private",
+        )
+        .bind(room.as_str())
+        .bind(private)
+        .execute(&self.pool)
+        .await
+        .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into room_members (room_id, user_id) values ($1, $2) on conflict do nothing",
+        )
+        .bind(room.as_str())
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
+        sqlx::query("delete from room_members where room_id = $1 and user_id = $2")
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+}

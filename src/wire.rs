@@ -1,0 +1,239 @@
+//! Decoding of client frames: bounded and total. Every input either becomes a validated
+//! `Command` or a `DecodeError` naming the protocol error code, carrying the frame's `ref`
+//! whenever one could be read. Size is bounded before we get here (frame and message caps);
+//! nesting depth is bounded by the decoders (JSON 128, MessagePack 32).
+
+use chatty_actors::{Body, BodyError, Cid, Command, Encoding, ErrorCode, RoomId};
+use serde::Deserialize;
+
+/// Longest accepted `ref`.
+pub const MAX_REF_BYTES: usize = 32;
+/// MessagePack nesting limit (the protocol's frames are flat; this only bounds hostile input).
+const MSGPACK_MAX_DEPTH: usize = 32;
+
+/// A frame that could not become a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub r#ref: Option<String>,
+    pub code: ErrorCode,
+    pub message: &'static str,
+}
+
+impl DecodeError {
+    fn new(r#ref: &Option<String>, code: ErrorCode, message: &'static str) -> Self {
+        Self {
+            r#ref: r#ref.clone(),
+            code,
+            message,
+        }
+    }
+}
+
+/// Every field of every client frame, all optional; validation decides what is required.
+#[derive(Deserialize, Default)]
+struct RawFrame {
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    #[serde(rename = "ref")]
+    r#ref: Option<String>,
+    room: Option<String>,
+    since: Option<u64>,
+    cid: Option<String>,
+    body: Option<String>,
+    before: Option<u64>,
+    limit: Option<u64>,
+    seq: Option<u64>,
+}
+
+/// Only the `ref`, for replying to a frame whose other fields did not decode.
+#[derive(Deserialize)]
+struct RefOnly {
+    #[serde(rename = "ref")]
+    r#ref: Option<String>,
+}
+
+fn decode_raw<'a, T: Deserialize<'a>>(bytes: &'a [u8], encoding: Encoding) -> Option<T> {
+    match encoding {
+        Encoding::Json => serde_json::from_slice(bytes).ok(),
+        Encoding::MsgPack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            de.set_max_depth(MSGPACK_MAX_DEPTH);
+            T::deserialize(&mut de).ok()
+        }
+    }
+}
+
+/// Decode one complete client message (already reassembled and size-checked).
+pub fn decode(bytes: &[u8], encoding: Encoding, max_body: usize) -> Result<Command, DecodeError> {
+    let Some(raw) = decode_raw::<RawFrame>(bytes, encoding) else {
+        let r#ref = decode_raw::<RefOnly>(bytes, encoding)
+            .and_then(|r| r.r#ref)
+            .filter(|r| r.len() <= MAX_REF_BYTES);
+        return Err(DecodeError {
+            r#ref,
+            code: ErrorCode::BadRequest,
+            message: "frame is not a valid object of the protocol",
+        });
+    };
+    validate(raw, max_body)
+}
+
+fn validate(raw: RawFrame, max_body: usize) -> Result<Command, DecodeError> {
+    if raw.r#ref.as_ref().is_some_and(|r| r.len() > MAX_REF_BYTES) {
+        return Err(DecodeError::new(&None, ErrorCode::BadRequest, "ref longer than 32 bytes"));
+    }
+    let rf = &raw.r#ref;
+    let bad = |m: &'static str| DecodeError::new(rf, ErrorCode::BadRequest, m);
+    let room = || -> Result<RoomId, DecodeError> {
+        let r = raw.room.as_deref().ok_or_else(|| bad("missing room"))?;
+        RoomId::parse(r).map_err(|_| bad("room must match ^[A-Za-z0-9._-]{1,64}$"))
+    };
+    let boxed = || raw.r#ref.clone().map(String::into_boxed_str);
+    let Some(ty) = raw.ty.as_deref() else {
+        return Err(bad("missing type"));
+    };
+    Ok(match ty {
+        "join" => Command::Join {
+            room: room()?,
+            since: raw.since,
+            r#ref: boxed(),
+        },
+        "leave" => Command::Leave {
+            room: room()?,
+            r#ref: boxed(),
+        },
+        "send" => {
+            let room = room()?;
+            let cid = raw.cid.as_deref().ok_or_else(|| bad("missing cid"))?;
+            let cid = Cid::parse(cid).map_err(|_| bad("cid must match ^[A-Za-z0-9._:-]{1,64}$"))?;
+            let body = raw.body.as_deref().ok_or_else(|| bad("missing body"))?;
+            let body = Body::parse(body, max_body).map_err(|e| match e {
+                BodyError::TooLarge => {
+                    DecodeError::new(rf, ErrorCode::TooLarge, "body larger than max_body_bytes")
+                }
+                BodyError::Empty => bad("body must not be empty"),
+                BodyError::Nul => bad("body must not contain NUL"),
+            })?;
+            Command::Send {
+                room,
+                cid,
+                body,
+                r#ref: boxed(),
+            }
+        }
+        "history" => {
+            let limit = raw.limit.unwrap_or(50);
+            if limit == 0 {
+                return Err(bad("limit must be >= 1"));
+            }
+            Command::History {
+                room: room()?,
+                before: raw.before,
+                // Clamped to the server's maximum by the connection.
+                limit: limit.min(u64::from(u32::MAX)) as u32,
+                r#ref: boxed(),
+            }
+        }
+        "read" => Command::Read {
+            room: room()?,
+            seq: raw.seq.ok_or_else(|| bad("missing seq"))?,
+            r#ref: boxed(),
+        },
+        "typing" => Command::Typing { room: room()? },
+        "ping" => Command::Ping { r#ref: boxed() },
+        _ => {
+            return Err(DecodeError::new(
+                rf,
+                ErrorCode::UnknownType,
+                "unknown frame type",
+            ))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json(s: &str) -> Result<Command, DecodeError> {
+        decode(s.as_bytes(), Encoding::Json, 4096)
+    }
+
+    #[test]
+    fn a_valid_send_decodes() {
+        let c = json(r#"{"type":"send","ref":"1","room":"r","cid":"c1","body":"hi"}"#).unwrap();
+        assert!(matches!(c, Command::Send { .. }));
+    }
+
+    #[test]
+    fn errors_carry_the_ref_even_when_fields_are_wrong() {
+        let e = json(r#"{"type":"join","ref":"7","room":"bad room"}"#).unwrap_err();
+        assert_eq!(e.r#ref.as_deref(), Some("7"));
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = json(r#"{"type":"join","ref":"8","since":"notanumber","room":"r"}"#).unwrap_err();
+        assert_eq!(e.r#ref.as_deref(), Some("8"));
+        let e = json(r#"{"type":"nope","ref":"9"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownType);
+        assert_eq!(e.r#ref.as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn oversized_bodies_are_too_large_and_nul_is_refused() {
+        let body = "x".repeat(4097);
+        let e = json(&format!(r#"{{"type":"send","room":"r","cid":"c","body":"{body}"}}"#)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        let e = json(r#"{"type":"send","room":"r","cid":"c","body":"a\u0000b"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        let deep = format!(r#"{{"type":"ping","x":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(json(&deep).is_err());
+        // MessagePack: 100k nested fixarrays of one element.
+        let mut mp = vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g', 0xa1, b'x'];
+        mp.extend(std::iter::repeat(0x91).take(100_000));
+        mp.push(0xc0);
+        assert!(decode(&mp, Encoding::MsgPack, 4096).is_err());
+    }
+
+    #[test]
+    fn msgpack_length_lies_are_errors() {
+        // map16 claiming 65535 entries, then nothing.
+        assert!(decode(&[0xde, 0xff, 0xff], Encoding::MsgPack, 4096).is_err());
+        // str32 claiming 4 GiB.
+        assert!(decode(&[0x81, 0xa4, b't', b'y', b'p', b'e', 0xdb, 0xff, 0xff, 0xff, 0xff], Encoding::MsgPack, 4096).is_err());
+    }
+
+    #[test]
+    fn msgpack_maps_decode_like_json() {
+        #[derive(serde::Serialize)]
+        struct F<'a> {
+            #[serde(rename = "type")]
+            ty: &'a str,
+            room: &'a str,
+            since: u64,
+        }
+        let b = rmp_serde::to_vec_named(&F { ty: "join", room: "r", since: 3 }).unwrap();
+        assert!(matches!(
+            decode(&b, Encoding::MsgPack, 4096).unwrap(),
+            Command::Join { since: Some(3), .. }
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn any_bytes_decode_or_error_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes, Encoding::Json, 4096);
+            let _ = decode(&bytes, Encoding::MsgPack, 4096);
+        }
+
+        #[test]
+        fn json_objects_with_random_fields_never_panic(ty in "[a-z]{0,8}", room in ".{0,70}", cid in ".{0,70}", body in ".{0,100}", since in any::<u64>()) {
+            let v = serde_json::json!({"type": ty, "room": room, "cid": cid, "body": body, "since": since, "ref": "r"});
+            let _ = decode(v.to_string().as_bytes(), Encoding::Json, 64);
+        }
+    }
+}

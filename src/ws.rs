@@ -1,0 +1,519 @@
+//! The WebSocket edge: the upgrade handler (authenticate, check the origin, pick the encoding,
+//! take a connection slot, hand the socket to a ConnectionActor) and the two plain tasks that
+//! own the socket: the reader (fastwebsockets frames → bounded reassembly → decode → actor) and
+//! the writer (drain the outbox, frame everything queued, one `write` per batch).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use chatty_actors::{
+    close, ConnMsg, ConnShared, Connection, Encoding, ErrorCode, Metrics, Out, Outbox,
+    ServerFrame, STOP_READING,
+};
+use fastwebsockets::upgrade::IncomingUpgrade;
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use serde::Deserialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::startup::AppState;
+use crate::wire;
+
+pub const PROTOCOL_JSON: &str = "chatty.v1.json";
+pub const PROTOCOL_MSGPACK: &str = "chatty.v1.msgpack";
+
+/// The most fragments one message may arrive in (bounds endless empty continuations).
+const MAX_FRAGMENTS: usize = 128;
+/// Stop adding frames to one write past this many bytes.
+const MAX_WRITE_BATCH: usize = 256 * 1024;
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    access_token: Option<String>,
+}
+
+/// Pick the encoding: the first protocol the client offered that we support. `Err` when it
+/// offered some and none is supported; `Ok(None)` when it offered none (JSON, no echo).
+pub fn negotiate(headers: &HeaderMap) -> Result<Option<(Encoding, &'static str)>, ()> {
+    let mut offered = false;
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        let Ok(v) = value.to_str() else {
+            offered = true;
+            continue;
+        };
+        for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            offered = true;
+            match p {
+                PROTOCOL_JSON => return Ok(Some((Encoding::Json, PROTOCOL_JSON))),
+                PROTOCOL_MSGPACK => return Ok(Some((Encoding::MsgPack, PROTOCOL_MSGPACK))),
+                _ => {}
+            }
+        }
+    }
+    if offered {
+        Err(())
+    } else {
+        Ok(None)
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+}
+
+fn reject(state: &AppState, status: StatusCode, reason: &'static str, body: &'static str) -> Response {
+    state
+        .edge_metrics
+        .handshake_rejections
+        .with_label_values(&[reason])
+        .inc();
+    (status, body).into_response()
+}
+
+/// `GET /ws`.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    ws: Result<IncomingUpgrade, StatusCode>,
+) -> Response {
+    if state.is_draining() {
+        return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "draining", "draining\n");
+    }
+    let Ok(ws) = ws else {
+        return reject(&state, StatusCode::BAD_REQUEST, "not_websocket", "expected a WebSocket upgrade\n");
+    };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .map(|o| state.settings.auth.allowed_origins.iter().any(|a| a == o))
+            .unwrap_or(false);
+        if !ok {
+            return reject(&state, StatusCode::FORBIDDEN, "origin", "origin not allowed\n");
+        }
+    }
+    let Ok(protocol) = negotiate(&headers) else {
+        return reject(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "subprotocol",
+            "no supported subprotocol; supported: chatty.v1.json, chatty.v1.msgpack\n",
+        );
+    };
+    let token = bearer(&headers)
+        .or(query.as_ref().ok().and_then(|q| q.access_token.as_deref()))
+        .unwrap_or("");
+    let identity = match state.auth.verify(token) {
+        Ok(id) => id,
+        Err(e) => {
+            return reject(&state, StatusCode::UNAUTHORIZED, e.label(), "invalid or missing token\n");
+        }
+    };
+    if state.node.connection_count() >= state.settings.limits.max_connections {
+        return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "capacity", "server full, try again later\n");
+    }
+    let (encoding, echo) = protocol.map_or((Encoding::Json, None), |(e, p)| (e, Some(p)));
+    let Ok((mut response, fut)) = ws.upgrade() else {
+        return reject(&state, StatusCode::BAD_REQUEST, "not_websocket", "bad upgrade\n");
+    };
+    if let Some(p) = echo {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    let conn = match state
+        .node
+        .open_connection(identity.user, identity.name, encoding)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start a connection actor");
+            return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again later\n");
+        }
+    };
+    let span = tracing::info_span!("connection", conn = %conn.shared.id);
+    tokio::spawn(async move {
+        match fut.await {
+            Ok(socket) => run(state, conn, encoding, socket.into_inner()).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                conn.actor.stop(None);
+            }
+        }
+    }.instrument(span));
+    response.map(axum::body::Body::new).into_response()
+}
+
+/// Own one upgraded socket until it closes.
+async fn run<S>(state: AppState, conn: Connection, encoding: Encoding, stream: S)
+where
+    S: tokio::io::AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let metrics = state.node.metrics.clone();
+    metrics.connections_opened.inc();
+    metrics.connections_active.inc();
+    let (r, w) = tokio::io::split(stream);
+    // fastwebsockets reads; our writer task frames and writes (so it can coalesce).
+    let (mut reader, _unused) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
+    let s = &state.settings;
+    reader.set_max_message_size(s.limits.max_frame_bytes + 1);
+    reader.set_auto_pong(true);
+    reader.set_auto_close(true);
+
+    let timing = Timing {
+        ping_interval: Duration::from_millis(s.server.ping_interval_ms),
+        pong_timeout: Duration::from_millis(s.server.pong_timeout_ms),
+        first_frame: Duration::from_millis(s.server.first_frame_timeout_ms),
+    };
+    let writer = tokio::spawn(write_loop(
+        w,
+        conn.outbound,
+        conn.shared.clone(),
+        encoding,
+        timing,
+        metrics.clone(),
+    ));
+
+    let limits = ReadLimits {
+        max_message: s.limits.max_message_bytes,
+        max_body: s.limits.max_body_bytes,
+    };
+    let code = read_loop(&mut reader, &conn.outbox, &conn.shared, &conn.actor, encoding, limits, &metrics).await;
+    if code != 0 {
+        conn.shared.request_close(code);
+    }
+    // Wait for the writer to send the close frame (or give up on a dead peer).
+    let mut close_rx = conn.shared.close_watch();
+    let _ = tokio::time::timeout(Duration::from_secs(30), close_rx.wait_for(|c| *c != 0 && *c != STOP_READING)).await;
+    let final_code = match tokio::time::timeout(Duration::from_secs(5), writer).await {
+        Ok(Ok(c)) => c,
+        _ => conn.shared.close_code(),
+    };
+    conn.actor.stop(None);
+    metrics.connections_active.dec();
+    metrics
+        .connections_closed
+        .with_label_values(&[&final_code.to_string()])
+        .inc();
+}
+
+#[derive(Clone, Copy)]
+struct ReadLimits {
+    max_message: usize,
+    max_body: usize,
+}
+
+/// Read until the socket ends or a close is requested. Returns the close code to send (0 if a
+/// close was already requested elsewhere).
+async fn read_loop<R>(
+    reader: &mut fastwebsockets::WebSocketRead<R>,
+    outbox: &Outbox,
+    shared: &Arc<ConnShared>,
+    actor: &ractor::ActorRef<ConnMsg>,
+    encoding: Encoding,
+    limits: ReadLimits,
+    metrics: &Metrics,
+) -> u16
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut close_rx = shared.close_watch();
+    let expected = match encoding {
+        Encoding::Json => OpCode::Text,
+        Encoding::MsgPack => OpCode::Binary,
+    };
+    let mut assembling: Option<(OpCode, BytesMut, usize)> = None;
+    let ping_outbox = outbox.clone();
+    let ping_shared = shared.clone();
+    let mut obligated = move |f: Frame<'_>| {
+        // Answer pings through the outbox so the writer task stays the only writer.
+        if f.opcode == OpCode::Pong {
+            ping_shared.touch();
+            ping_outbox.push_out(Out::Pong(Bytes::copy_from_slice(&f.payload)));
+        }
+        std::future::ready(Ok::<(), std::convert::Infallible>(()))
+    };
+    loop {
+        if *close_rx.borrow() != 0 {
+            return 0;
+        }
+        let frame = tokio::select! {
+            biased;
+            _ = close_rx.changed() => return 0,
+            f = reader.read_frame(&mut obligated) => f,
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return read_error_code(&e),
+        };
+        shared.touch();
+        let (opcode, payload) = match frame.opcode {
+            OpCode::Close => {
+                // Echo the client's code when it is one we may send, else a plain normal close.
+                let code = if frame.payload.len() >= 2 {
+                    u16::from_be_bytes([frame.payload[0], frame.payload[1]])
+                } else {
+                    close::NORMAL
+                };
+                return if (1000..=1003).contains(&code) || (3000..=4999).contains(&code) {
+                    code
+                } else {
+                    close::NORMAL
+                };
+            }
+            OpCode::Ping | OpCode::Pong => continue,
+            OpCode::Text | OpCode::Binary => {
+                if assembling.is_some() {
+                    return close::PROTOCOL; // a new message inside a fragmented one
+                }
+                if !frame.fin {
+                    let mut buf = BytesMut::new();
+                    buf.extend_from_slice(&frame.payload);
+                    if buf.len() > limits.max_message {
+                        return close::TOO_BIG;
+                    }
+                    assembling = Some((frame.opcode, buf, 1));
+                    continue;
+                }
+                (frame.opcode, frame.payload.to_vec())
+            }
+            OpCode::Continuation => {
+                let Some((op, mut buf, n)) = assembling.take() else {
+                    return close::PROTOCOL;
+                };
+                if buf.len() + frame.payload.len() > limits.max_message || n + 1 > MAX_FRAGMENTS {
+                    return close::TOO_BIG;
+                }
+                buf.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    assembling = Some((op, buf, n + 1));
+                    continue;
+                }
+                if op == OpCode::Text && std::str::from_utf8(&buf).is_err() {
+                    return close::INVALID_PAYLOAD;
+                }
+                (op, buf.to_vec())
+            }
+        };
+        if opcode != expected {
+            let r#ref = None;
+            outbox.push(
+                ServerFrame::error(r#ref, ErrorCode::BadRequest, "wrong frame type for the negotiated subprotocol")
+                    .encode(encoding),
+            );
+            continue;
+        }
+        match wire::decode(&payload, encoding, limits.max_body) {
+            Ok(cmd) => {
+                metrics
+                    .frames_in
+                    .with_label_values(&[cmd.kind(), encoding.label()])
+                    .inc();
+                // Wait for room in this connection's inbound queue: a client that sends faster
+                // than it is served is slowed down by TCP, not buffered.
+                let permit = tokio::select! {
+                    biased;
+                    _ = close_rx.changed() => return 0,
+                    p = shared.inbound.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return close::INTERNAL,
+                    },
+                };
+                if actor.cast(ConnMsg::Command(cmd, permit)).is_err() {
+                    return close::INTERNAL;
+                }
+            }
+            Err(e) => {
+                metrics.frames_in.with_label_values(&["invalid", encoding.label()]).inc();
+                metrics.errors_sent.with_label_values(&[e.code.as_str()]).inc();
+                outbox.push(ServerFrame::error(e.r#ref.as_deref(), e.code, e.message).encode(encoding));
+            }
+        }
+    }
+}
+
+fn read_error_code(e: &WebSocketError) -> u16 {
+    match e {
+        WebSocketError::FrameTooLarge => close::TOO_BIG,
+        WebSocketError::InvalidUTF8 => close::INVALID_PAYLOAD,
+        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => {
+            close::NORMAL
+        }
+        _ => close::PROTOCOL,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Timing {
+    ping_interval: Duration,
+    pong_timeout: Duration,
+    first_frame: Duration,
+}
+
+/// Append one unmasked server frame.
+fn put_frame(buf: &mut BytesMut, opcode: u8, payload: &[u8]) {
+    buf.put_u8(0x80 | opcode);
+    let n = payload.len();
+    if n < 126 {
+        buf.put_u8(n as u8);
+    } else if n <= usize::from(u16::MAX) {
+        buf.put_u8(126);
+        buf.put_u16(n as u16);
+    } else {
+        buf.put_u8(127);
+        buf.put_u64(n as u64);
+    }
+    buf.extend_from_slice(payload);
+}
+
+fn put_close(buf: &mut BytesMut, code: u16) {
+    let reason = close::reason(code).as_bytes();
+    let mut p = Vec::with_capacity(2 + reason.len());
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(reason);
+    put_frame(buf, 0x8, &p);
+}
+
+/// Write a buffer unless a close that cannot wait (anything but a graceful one) is requested.
+async fn write_or_abort<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+    close_rx: &mut watch::Receiver<u16>,
+) -> Result<(), ()> {
+    tokio::select! {
+        biased;
+        r = w.write_all(buf) => r.map_err(|_| ()),
+        _ = close_rx.wait_for(|c| *c != 0 && *c != STOP_READING && *c != close::GOING_AWAY && *c != close::NORMAL) => Err(()),
+    }
+}
+
+/// The connection's writer task. Returns the close code it sent.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: tokio::sync::mpsc::Receiver<Out>,
+    shared: Arc<ConnShared>,
+    encoding: Encoding,
+    t: Timing,
+    metrics: Metrics,
+) -> u16 {
+    let opcode = match encoding {
+        Encoding::Json => 0x1,
+        Encoding::MsgPack => 0x2,
+    };
+    let frames_out = metrics.frames_out.with_label_values(&[encoding.label()]);
+    let mut close_rx = shared.close_watch();
+    let mut buf = BytesMut::new();
+    let started = Instant::now();
+    let mut last_ping = Instant::now();
+    let code = loop {
+        // The next moment something may be due: a ping, a pong deadline, the first frame.
+        let silent = shared.silent_for();
+        let due = match silent {
+            None => t.first_frame.saturating_sub(started.elapsed()),
+            Some(s) => (t.ping_interval + t.pong_timeout).saturating_sub(s),
+        }
+        .min(t.ping_interval.saturating_sub(last_ping.elapsed()));
+        tokio::select! {
+            biased;
+            r = close_rx.changed() => {
+                let c = *close_rx.borrow();
+                if r.is_err() { break close::INTERNAL; }
+                if c != STOP_READING { break c; }
+            }
+            item = rx.recv() => {
+                let Some(item) = item else { break close::NORMAL };
+                buf.clear();
+                let mut n = 0u64;
+                let mut next = Some(item);
+                while let Some(item) = next.take() {
+                    match item {
+                        Out::Frame(b) => { put_frame(&mut buf, opcode, &b); n += 1; }
+                        Out::Pong(p) => put_frame(&mut buf, 0xA, &p),
+                    }
+                    if buf.len() < MAX_WRITE_BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if write_or_abort(&mut w, &buf, &mut close_rx).await.is_err() {
+                    let _ = w.shutdown().await;
+                    return shared.close_code().max(close::NORMAL);
+                }
+                frames_out.inc_by(n);
+                if buf.capacity() > 64 * 1024 {
+                    buf = BytesMut::new(); // an idle connection should not keep a big buffer
+                }
+            }
+            _ = tokio::time::sleep(due) => {
+                match shared.silent_for() {
+                    None if started.elapsed() >= t.first_frame => break close::IDLE,
+                    Some(s) if s >= t.ping_interval + t.pong_timeout => break close::IDLE,
+                    _ => {}
+                }
+                if last_ping.elapsed() >= t.ping_interval {
+                    buf.clear();
+                    put_frame(&mut buf, 0x9, b"");
+                    if write_or_abort(&mut w, &buf, &mut close_rx).await.is_err() {
+                        break close::NORMAL;
+                    }
+                    last_ping = Instant::now();
+                }
+            }
+        }
+    };
+    shared.request_close(code);
+    buf.clear();
+    if code == close::GOING_AWAY || code == close::NORMAL {
+        // Graceful: what was queued (acks above all) goes out before the close frame.
+        rx.close();
+        while let Ok(item) = rx.try_recv() {
+            match item {
+                Out::Frame(b) => put_frame(&mut buf, opcode, &b),
+                Out::Pong(p) => put_frame(&mut buf, 0xA, &p),
+            }
+        }
+    }
+    put_close(&mut buf, code);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = w.write_all(&buf).await;
+        let _ = w.flush().await;
+        let _ = w.shutdown().await;
+    })
+    .await;
+    code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_takes_the_clients_first_supported_protocol() {
+        let mut h = HeaderMap::new();
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("x, chatty.v1.msgpack, chatty.v1.json"));
+        assert_eq!(negotiate(&h).unwrap().unwrap().0, Encoding::MsgPack);
+        let mut h = HeaderMap::new();
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("foo"));
+        assert!(negotiate(&h).is_err());
+        assert!(negotiate(&HeaderMap::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn frames_use_the_shortest_length_form() {
+        let mut b = BytesMut::new();
+        put_frame(&mut b, 1, &[0; 125]);
+        assert_eq!(&b[..2], &[0x81, 125]);
+        let mut b = BytesMut::new();
+        put_frame(&mut b, 2, &[0; 126]);
+        assert_eq!(&b[..4], &[0x82, 126, 0, 126]);
+        let mut b = BytesMut::new();
+        put_frame(&mut b, 2, &[0; 70_000]);
+        assert_eq!(b[1], 127);
+    }
+}
