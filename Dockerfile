@@ -56,10 +56,11 @@ RUN apt-get update \
 # weeks. The pinned base image tag (and its digest, once Renovate/Dependabot adds it) is what
 # fixes the package set; rebuilding picks up security fixes.
 
+# The server keeps no local state (Postgres is the store, logs go to stdout), so nothing in
+# the image is writable by the service user and the root filesystem can be read-only.
 RUN groupadd --system --gid 10001 chatty \
     && useradd --system --uid 10001 --gid chatty --home-dir /nonexistent --no-create-home \
-       --shell /usr/sbin/nologin chatty \
-    && install -d -o chatty -g chatty -m 0750 /app/data
+       --shell /usr/sbin/nologin chatty
 
 WORKDIR /app
 COPY --from=builder /out/chatty /usr/local/bin/chatty

@@ -89,7 +89,7 @@ impl Node {
             conns: conns.clone(),
             conn_sup: conn_sup.clone(),
         };
-        let (root, _) = Actor::spawn(Some("chatty-node".into()), NodeSupervisor, root_args)
+        let (root, _) = Actor::spawn(None, NodeSupervisor, root_args)
             .await
             .map_err(|e| NodeError::Start(e.to_string()))?;
         Ok(Arc::new(Node {

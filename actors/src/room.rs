@@ -349,6 +349,8 @@ impl RoomState {
         // Presence: the first connection of a user makes them present (or cancels their
         // pending leave, which then never shows).
         if !already {
+            // A user still in their grace period is present already: no diff for the return.
+            let was_present = core.users.contains_key(&member.user);
             let p = core.users.entry(member.user.clone()).or_insert_with(|| UserPresence {
                 name: member.name.clone(),
                 conns: 0,
@@ -357,17 +359,19 @@ impl RoomState {
             p.conns += 1;
             self.epoch += 1;
             p.epoch = self.epoch;
-            if p.conns == 1 && !self.pending_leaves.iter().any(|l| l.user == member.user) {
-                let fresh = !self.pending_joins.iter().any(|j| j.user == member.user);
-                if fresh {
-                    self.pending_joins.push(PresenceEntry {
+            if !was_present {
+                self.args.metrics.presence_entries.inc();
+                // Back before the leave went out: the two cancel.
+                match self.pending_leaves.iter().position(|l| l.user == member.user) {
+                    Some(i) => {
+                        self.pending_leaves.remove(i);
+                    }
+                    None => self.pending_joins.push(PresenceEntry {
                         user: member.user.clone(),
                         name: member.name.clone(),
-                    });
-                    self.args.metrics.presence_entries.inc();
+                    }),
                 }
             }
-            self.pending_leaves.retain(|l| l.user != member.user);
         }
         let presence = presence_list(&core);
 

@@ -15,17 +15,42 @@ from pathlib import Path
 import pytest
 import yaml
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11
+    import tomli as tomllib
+
 from hclutil import META_KEYS, Dir, Environment, Unresolvable, first_block, label, literal, references
 
-# Facts of the server (the contract the deployment is built against).
-PING_INTERVAL_S = 25  # server WebSocket ping interval
-DRAIN_S = 25  # graceful drain after SIGTERM finishes within this
+# Facts of the server (the contract the deployment is built against). The server's built-in
+# defaults; config/base.toml and config/production.toml may override them (read below).
+DEFAULT_PING_INTERVAL_MS = 25_000  # server.ping_interval_ms
+DEFAULT_SHUTDOWN_TIMEOUT_MS = 25_000  # server.shutdown_timeout_ms: the drain after SIGTERM
 FARGATE_MAX_STOP_TIMEOUT_S = 120
 APP_PORT = 8080
 METRICS_PORT = 9090
 
 ENV_DIR = Path("infra/environments/example")
 MODULES_DIR = Path("infra/modules")
+
+
+def server_setting_s(root: Path, key: str, default_ms: int) -> float:
+    """A [server] setting in seconds as production sees it: default, then config/base.toml,
+    then config/production.toml (the image runs with CHATTY_ENVIRONMENT=production)."""
+    value = default_ms
+    for name in ("base.toml", "production.toml"):
+        path = root / "config" / name
+        if path.exists():
+            value = tomllib.loads(path.read_text(encoding="utf-8")).get("server", {}).get(key, value)
+    return value / 1000
+
+
+def ping_interval_s(root: Path) -> float:
+    return server_setting_s(root, "ping_interval_ms", DEFAULT_PING_INTERVAL_MS)
+
+
+def drain_s(root: Path) -> float:
+    return server_setting_s(root, "shutdown_timeout_ms", DEFAULT_SHUTDOWN_TIMEOUT_MS)
 
 
 def _env(root: Path) -> Environment:
@@ -91,8 +116,8 @@ def ecs_stop_timeout(root: Path) -> int:
 
 
 def check_alb_idle_timeout(root: Path) -> None:
-    idle = alb_idle_timeout(root)
-    assert idle > PING_INTERVAL_S, f"ALB idle_timeout {idle}s must exceed the {PING_INTERVAL_S}s ping interval"
+    idle, ping = alb_idle_timeout(root), ping_interval_s(root)
+    assert idle > ping, f"ALB idle_timeout {idle}s must exceed the {ping:g}s ping interval"
 
 
 def check_drain_timing(root: Path) -> None:
@@ -100,7 +125,8 @@ def check_drain_timing(root: Path) -> None:
     stop = ecs_stop_timeout(root)
     assert delay <= stop, f"deregistration_delay {delay}s must be <= ECS stopTimeout {stop}s"
     assert stop <= FARGATE_MAX_STOP_TIMEOUT_S, f"stopTimeout {stop}s exceeds Fargate's {FARGATE_MAX_STOP_TIMEOUT_S}s"
-    assert stop > DRAIN_S, f"stopTimeout {stop}s leaves no room for the {DRAIN_S}s drain"
+    drain = drain_s(root)
+    assert stop > drain, f"stopTimeout {stop}s leaves no room for the {drain:g}s drain"
 
 
 def check_target_group(root: Path) -> None:
@@ -429,7 +455,8 @@ def check_compose_start_order(root: Path) -> None:
         assert "chatty" in _healthcheck_cmd(svc) and "healthcheck" in _healthcheck_cmd(svc)
         grace = str(svc.get("stop_grace_period", "10s"))
         m = re.fullmatch(r"(\d+)s", grace)
-        assert m and int(m.group(1)) > DRAIN_S, f"{name}: stop_grace_period {grace} must exceed the {DRAIN_S}s drain"
+        drain = drain_s(root)
+        assert m and int(m.group(1)) > drain, f"{name}: stop_grace_period {grace} must exceed the {drain:g}s drain"
     assert None not in node_ids and len(node_ids) == len(nodes), "every chatty node needs its own CHATTY__NODE__ID"
 
 
@@ -483,7 +510,7 @@ def check_compose_load_balancer(root: Path) -> None:
     assert re.search(r"proxy_set_header\s+Connection\s+\$\w+;", body), "/ws must pass the Connection header"
     assert re.search(r"proxy_http_version\s+1\.1;", body), "/ws needs HTTP/1.1 to upstream"
     m = re.search(r"proxy_read_timeout\s+(\d+)s?;", body)
-    assert m and int(m.group(1)) > PING_INTERVAL_S, "/ws proxy_read_timeout must exceed the ping interval"
+    assert m and int(m.group(1)) > ping_interval_s(root), "/ws proxy_read_timeout must exceed the ping interval"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,7 +555,11 @@ def test_values_are_read_not_assumed(root):
 # ----------------------------------------------------------------------------------------------
 
 
-def _sub(path: Path, pattern: str, repl: str) -> None:
+def _sub(path: Path, pattern: str | None, repl: str) -> None:
+    if pattern is None:  # replace the whole file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(repl, encoding="utf-8")
+        return
     text = path.read_text(encoding="utf-8")
     new, n = re.subn(pattern, repl, text, flags=re.M)
     assert n, f"mutation pattern {pattern!r} matched nothing in {path}"
@@ -561,6 +592,14 @@ MUTATIONS = {
             (ENV_DIR / "terraform.tfvars.example", r"^stop_timeout\s*=.*$", "stop_timeout = 150"),
             (ENV_DIR / "terraform.tfvars.example", r"^deregistration_delay\s*=.*$", "deregistration_delay = 30"),
         ],
+    ),
+    "ping_interval_raised_in_production_config": (
+        check_alb_idle_timeout,
+        [("config/production.toml", None, "[server]\nping_interval_ms = 150000\n")],
+    ),
+    "drain_longer_than_stop_timeout": (
+        check_drain_timing,
+        [("config/production.toml", None, "[server]\nshutdown_timeout_ms = 60000\n")],
     ),
     "health_check_path": (
         check_target_group,
@@ -616,7 +655,7 @@ MUTATIONS = {
 @pytest.fixture
 def repo_copy(root, tmp_path):
     dst = tmp_path / "repo"
-    for rel in ("infra", "deploy", "grafana"):
+    for rel in ("infra", "deploy", "grafana", "config"):
         if (root / rel).exists():
             shutil.copytree(root / rel, dst / rel, ignore=shutil.ignore_patterns(".terraform", "__pycache__"))
     shutil.copy2(root / "docker-compose.yml", dst / "docker-compose.yml")

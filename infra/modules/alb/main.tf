@@ -47,10 +47,6 @@ resource "aws_lb_target_group" "app" {
   }
 
   tags = var.tags
-
-  lifecycle {
-    create_before_destroy = true
-  }
 }
 
 resource "aws_lb_listener" "http" {

@@ -7,7 +7,7 @@
 # Nothing else is open. RDS and Redis have no egress rules at all.
 
 resource "aws_security_group" "alb" {
-  name        = "${var.name}-alb"
+  name_prefix = "${var.name}-alb-"
   description = "Chatty public ALB"
   vpc_id      = var.vpc_id
 
@@ -19,7 +19,7 @@ resource "aws_security_group" "alb" {
 }
 
 resource "aws_security_group" "tasks" {
-  name        = "${var.name}-tasks"
+  name_prefix = "${var.name}-tasks-"
   description = "Chatty ECS tasks"
   vpc_id      = var.vpc_id
 
@@ -31,7 +31,7 @@ resource "aws_security_group" "tasks" {
 }
 
 resource "aws_security_group" "rds" {
-  name        = "${var.name}-rds"
+  name_prefix = "${var.name}-rds-"
   description = "Chatty PostgreSQL"
   vpc_id      = var.vpc_id
 
@@ -43,7 +43,7 @@ resource "aws_security_group" "rds" {
 }
 
 resource "aws_security_group" "redis" {
-  name        = "${var.name}-redis"
+  name_prefix = "${var.name}-redis-"
   description = "Chatty Redis"
   vpc_id      = var.vpc_id
 

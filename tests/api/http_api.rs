@@ -1,0 +1,122 @@
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn published_messages_are_committed_broadcast_and_idempotent() {
+    let app = spawn_app().await;
+    let mut a = app.connect("alice").await;
+    a.join("news").await;
+    let http = reqwest::Client::new();
+    let url = app.http("/api/v1/rooms/news/messages");
+    let r = http
+        .post(&url)
+        .bearer_auth(app.api_key())
+        .json(&json!({"from":"bot","name":"Bot","cid":"b1","body":"extra!"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(created["seq"], 1);
+    let m = a.messages("news", 1).await;
+    assert_eq!(m[0]["from"], "bot");
+    assert_eq!(m[0]["name"], "Bot");
+    let again: Value = http
+        .post(&url)
+        .bearer_auth(app.api_key())
+        .json(&json!({"from":"bot","cid":"b1","body":"extra!"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["seq"], 1);
+    assert_eq!(app.rows("news").await.len(), 1);
+
+    let page: Value = http
+        .get(format!("{url}?limit=10"))
+        .bearer_auth(app.api_key())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"][0]["body"], "extra!");
+    assert_eq!(page["more"], false);
+}
+
+#[tokio::test]
+async fn the_api_requires_the_key_and_validates_input() {
+    let app = spawn_app().await;
+    let http = reqwest::Client::new();
+    let url = app.http("/api/v1/rooms/news/messages");
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(app.http("/api/v1/rooms/bad%20room/messages"))
+        .bearer_auth(app.api_key())
+        .json(&json!({"from":"bot","cid":"c","body":"x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(&url)
+        .bearer_auth(app.api_key())
+        .json(&json!({"from":"bot","cid":"c","body":"a\u{0}b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(&url)
+        .bearer_auth(app.api_key())
+        .json(&json!({"from":"bot","cid":"c","body":"x".repeat(5000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(app.rows("news").await.is_empty());
+}
+
+#[tokio::test]
+async fn private_rooms_admit_only_their_members() {
+    let app = spawn_app().await;
+    let http = reqwest::Client::new();
+    let put = |path: &str| http.put(app.http(path)).bearer_auth(app.api_key());
+    assert_eq!(put("/api/v1/rooms/vip").json(&json!({"private": true})).send().await.unwrap().status(), 204);
+    assert_eq!(put("/api/v1/rooms/vip/members/alice").send().await.unwrap().status(), 204);
+    let mut a = app.connect("alice").await;
+    let mut m = app.connect("mallory").await;
+    assert_eq!(a.join("vip").await["type"], "joined");
+    m.send(json!({"type":"join","ref":"j","room":"vip"})).await;
+    let e = m.next_of("error").await;
+    assert_eq!(e["code"], "forbidden");
+    assert_eq!(e["ref"], "j");
+    m.send(json!({"type":"history","ref":"h","room":"vip"})).await;
+    assert_eq!(m.next_of("error").await["code"], "forbidden");
+    let r = http
+        .delete(app.http("/api/v1/rooms/vip/members/alice"))
+        .bearer_auth(app.api_key())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut a2 = app.connect("alice").await;
+    a2.send(json!({"type":"join","ref":"j","room":"vip"})).await;
+    assert_eq!(a2.next_of("error").await["code"], "forbidden");
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_and_metrics_stay_off_the_public_port() {
+    let app = spawn_app().await;
+    assert_eq!(reqwest::get(app.http("/healthz")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(app.http("/readyz")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(app.http("/metrics")).await.unwrap().status(), 404);
+    assert!(app.metrics().await.contains("chatty_build_info"));
+}

@@ -1,0 +1,9 @@
+//! Black-box tests: the real application on port 0, real WebSocket clients, real PostgreSQL.
+
+mod helpers;
+
+mod handshake;
+mod http_api;
+mod messaging;
+mod presence;
+mod resilience;
