@@ -275,22 +275,16 @@ EOF
   else
     note "providers from the Terraform registry"
   fi
+  local -a tf=("$TERRAFORM")
+  if [[ -n $cli_config ]]; then tf=(env "TF_CLI_CONFIG_FILE=$cli_config" "$TERRAFORM"); fi
   local env_dir
   for env_dir in "$work"/infra/environments/*/; do
     note "validating ${env_dir#"$work"/}"
-    if ! (
-      cd "$env_dir"
-      if [[ -n $cli_config ]]; then export TF_CLI_CONFIG_FILE=$cli_config; fi
-      "$TERRAFORM" init -backend=false -input=false -no-color >"$work/init.log" 2>&1
-    ); then
+    if ! (cd "$env_dir" && "${tf[@]}" init -backend=false -input=false -no-color >"$work/init.log" 2>&1); then
       sed 's/^/     /' "$work/init.log" | tail -n 15
       return 3 # providers unavailable: not a finding about the code
     fi
-    (
-      cd "$env_dir"
-      if [[ -n $cli_config ]]; then export TF_CLI_CONFIG_FILE=$cli_config; fi
-      "$TERRAFORM" validate -no-color
-    ) || rc=1
+    (cd "$env_dir" && "${tf[@]}" validate -no-color) || rc=1
   done
   return $rc
 }
@@ -410,6 +404,7 @@ if command -v nginx >/dev/null 2>&1 && command -v unshare >/dev/null 2>&1 && [[ 
       echo "127.0.0.1 localhost"
       grep -oE 'server[[:space:]]+[A-Za-z0-9.-]+:[0-9]+' deploy/nginx.conf | awk '{split($2,a,":"); print "127.0.0.1 " a[1]}'
     } >"$hosts"
+    # shellcheck disable=SC2016 # $1/$2 expand in the inner shell
     unshare --mount sh -c 'mount --bind "$1" /etc/hosts && nginx -q -t -c "$2" -p /tmp' sh "$hosts" "$ROOT/deploy/nginx.conf"
     local rc=$?
     rm -f "$hosts"
@@ -421,7 +416,19 @@ else
 fi
 
 # ----------------------------------------------------------------------------------------------
-# 5. Invariant tests
+# 5. Shell scripts of the deployment tooling
+# ----------------------------------------------------------------------------------------------
+
+section "shellcheck scripts/lint-deploy.sh"
+if command -v shellcheck >/dev/null 2>&1; then
+  run_check "shellcheck" "$(shellcheck --version | sed -n 's/^version: /shellcheck /p')" \
+    shellcheck scripts/lint-deploy.sh
+else
+  note "shellcheck not installed (Debian package shellcheck); not run"
+fi
+
+# ----------------------------------------------------------------------------------------------
+# 6. Invariant tests
 # ----------------------------------------------------------------------------------------------
 
 section "pytest infra/tests"
@@ -437,8 +444,18 @@ for line in "${RESULTS[@]}"; do
   printf '   %s\n' "$line"
 done
 if [[ $STRICT == 1 ]]; then note "(strict mode: SKIPPED counts as failure)"; fi
+passed=0 failed=0 skipped=0
+for line in "${RESULTS[@]}"; do
+  case $line in
+    PASS*) passed=$((passed + 1)) ;;
+    FAIL*) failed=$((failed + 1)) ;;
+    SKIP*) skipped=$((skipped + 1)) ;;
+  esac
+done
 if [[ $FAILED != 0 ]]; then
   printf '\n\033[1;31mlint-deploy: FAILED\033[0m\n'
+  printf 'lint-deploy: %d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"
   exit 1
 fi
 printf '\n\033[1;32mlint-deploy: OK\033[0m\n'
+printf 'lint-deploy: %d passed, %d failed, %d skipped\n' "$passed" "$failed" "$skipped"

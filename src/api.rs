@@ -76,7 +76,10 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
-    if same(given.as_bytes(), state.settings.auth.api_key.expose().as_bytes()) {
+    if same(
+        given.as_bytes(),
+        state.settings.auth.api_key.expose().as_bytes(),
+    ) {
         Ok(())
     } else {
         Err(ApiError::Unauthorized)

@@ -151,7 +151,9 @@ mod tests {
     #[test]
     fn minted_tokens_verify() {
         let a = Authenticator::new(&settings("chat", "me"));
-        let t = a.mint("alice", Some("Alice"), Duration::from_secs(60)).unwrap();
+        let t = a
+            .mint("alice", Some("Alice"), Duration::from_secs(60))
+            .unwrap();
         let id = a.verify(&t).unwrap();
         assert_eq!(id.user.as_str(), "alice");
         assert_eq!(id.name.as_str(), "Alice");
@@ -162,7 +164,9 @@ mod tests {
         let a = Authenticator::new(&settings("chat", ""));
         let mut other = settings("chat", "");
         other.jwt_secret = Secret::new("another-secret-entirely");
-        let t = Authenticator::new(&other).mint("bob", None, Duration::from_secs(60)).unwrap();
+        let t = Authenticator::new(&other)
+            .mint("bob", None, Duration::from_secs(60))
+            .unwrap();
         assert_eq!(a.verify(&t).unwrap_err(), AuthError::Invalid);
         let wrong_aud = Authenticator::new(&settings("other", ""))
             .mint("bob", None, Duration::from_secs(60))

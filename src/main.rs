@@ -8,7 +8,11 @@ use chatty::{startup, telemetry, Application, Settings};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "chatty", version, about = "Chatty: a realtime messaging engine")]
+#[command(
+    name = "chatty",
+    version,
+    about = "Chatty: a realtime messaging engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -72,7 +76,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
-    tracing::info!(port = app.port(), metrics_port = app.metrics_port(), "listening");
+    tracing::info!(
+        port = app.port(),
+        metrics_port = app.metrics_port(),
+        "listening"
+    );
     let clean = app.run_until(shutdown_signal()).await?;
     if !clean {
         tracing::warn!("shutdown did not finish every step in time");

@@ -222,7 +222,9 @@ impl Settings {
         for (k, v) in DEFAULTS {
             b = b.set_default(*k, *v).map_err(|e| e.to_string())?;
         }
-        b = b.set_default("auth.allowed_origins", Vec::<String>::new()).map_err(|e| e.to_string())?;
+        b = b
+            .set_default("auth.allowed_origins", Vec::<String>::new())
+            .map_err(|e| e.to_string())?;
         let settings: Settings = b
             .add_source(config::File::from(config_dir.join("base.toml")).required(false))
             .add_source(
@@ -267,33 +269,117 @@ impl Settings {
             }
         };
         let l = &self.limits;
-        need(self.auth.jwt_secret.expose().len() >= 16, "auth.jwt_secret", "must be set, at least 16 bytes");
-        need(!self.auth.api_key.expose().is_empty(), "auth.api_key", "must be set");
-        need((64..=16 << 20).contains(&l.max_frame_bytes), "limits.max_frame_bytes", "must be 64 B..16 MiB");
-        need(l.max_message_bytes >= l.max_frame_bytes && l.max_message_bytes <= 64 << 20, "limits.max_message_bytes", "must be >= limits.max_frame_bytes and <= 64 MiB");
-        need(l.max_body_bytes >= 1 && l.max_body_bytes + 512 <= l.max_message_bytes, "limits.max_body_bytes", "must be >= 1 and leave 512 B of room under limits.max_message_bytes");
-        need(l.rooms_per_connection >= 1, "limits.rooms_per_connection", "must be >= 1");
-        need(l.messages_per_second > 0.0, "limits.messages_per_second", "must be > 0");
-        need(l.outbound_queue >= 8, "limits.outbound_queue", "must be >= 8");
+        need(
+            self.auth.jwt_secret.expose().len() >= 16,
+            "auth.jwt_secret",
+            "must be set, at least 16 bytes",
+        );
+        need(
+            !self.auth.api_key.expose().is_empty(),
+            "auth.api_key",
+            "must be set",
+        );
+        need(
+            (64..=16 << 20).contains(&l.max_frame_bytes),
+            "limits.max_frame_bytes",
+            "must be 64 B..16 MiB",
+        );
+        need(
+            l.max_message_bytes >= l.max_frame_bytes && l.max_message_bytes <= 64 << 20,
+            "limits.max_message_bytes",
+            "must be >= limits.max_frame_bytes and <= 64 MiB",
+        );
+        need(
+            l.max_body_bytes >= 1 && l.max_body_bytes + 512 <= l.max_message_bytes,
+            "limits.max_body_bytes",
+            "must be >= 1 and leave 512 B of room under limits.max_message_bytes",
+        );
+        need(
+            l.rooms_per_connection >= 1,
+            "limits.rooms_per_connection",
+            "must be >= 1",
+        );
+        need(
+            l.messages_per_second > 0.0,
+            "limits.messages_per_second",
+            "must be > 0",
+        );
+        need(
+            l.outbound_queue >= 8,
+            "limits.outbound_queue",
+            "must be >= 8",
+        );
         need(l.inbound_queue >= 1, "limits.inbound_queue", "must be >= 1");
         need(l.room_queue >= 1, "limits.room_queue", "must be >= 1");
         need(l.writer_queue >= 1, "limits.writer_queue", "must be >= 1");
-        need((1..=10_000).contains(&l.history_max), "limits.history_max", "must be 1..10000");
+        need(
+            (1..=10_000).contains(&l.history_max),
+            "limits.history_max",
+            "must be 1..10000",
+        );
         need(l.replay_max >= 1, "limits.replay_max", "must be >= 1");
-        need(l.max_connections >= 1, "limits.max_connections", "must be >= 1");
-        need(self.writer.batch_max >= 1 && self.writer.batch_max <= 8192, "writer.batch_max", "must be 1..8192");
-        need(self.writer.flush_interval_ms >= 1, "writer.flush_interval_ms", "must be >= 1");
-        need(self.server.ping_interval_ms >= 100, "server.ping_interval_ms", "must be >= 100");
-        need(self.server.pong_timeout_ms >= 100, "server.pong_timeout_ms", "must be >= 100");
-        need(self.server.header_read_timeout_ms >= 100, "server.header_read_timeout_ms", "must be >= 100");
-        need(self.server.first_frame_timeout_ms >= 100, "server.first_frame_timeout_ms", "must be >= 100");
-        need(matches!(self.log.format.as_str(), "pretty" | "json"), "log.format", "must be `pretty` or `json`");
-        need(!(self.debug.fault_injection && self.environment == Environment::Production), "debug.fault_injection", "is refused in production");
+        need(
+            l.max_connections >= 1,
+            "limits.max_connections",
+            "must be >= 1",
+        );
+        need(
+            self.writer.batch_max >= 1 && self.writer.batch_max <= 8192,
+            "writer.batch_max",
+            "must be 1..8192",
+        );
+        need(
+            self.writer.flush_interval_ms >= 1,
+            "writer.flush_interval_ms",
+            "must be >= 1",
+        );
+        need(
+            self.server.ping_interval_ms >= 100,
+            "server.ping_interval_ms",
+            "must be >= 100",
+        );
+        need(
+            self.server.pong_timeout_ms >= 100,
+            "server.pong_timeout_ms",
+            "must be >= 100",
+        );
+        need(
+            self.server.header_read_timeout_ms >= 100,
+            "server.header_read_timeout_ms",
+            "must be >= 100",
+        );
+        need(
+            self.server.first_frame_timeout_ms >= 100,
+            "server.first_frame_timeout_ms",
+            "must be >= 100",
+        );
+        need(
+            matches!(self.log.format.as_str(), "pretty" | "json"),
+            "log.format",
+            "must be `pretty` or `json`",
+        );
+        need(
+            !(self.debug.fault_injection && self.environment == Environment::Production),
+            "debug.fault_injection",
+            "is refused in production",
+        );
         let url = self.database.url.expose();
-        need(url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://"), "database.url", "must be a postgres:// URL (or empty for the embedded store)");
-        need(!url.is_empty(), "database.url", "must be set: this build persists to PostgreSQL");
+        need(
+            url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "database.url",
+            "must be a postgres:// URL (or empty for the embedded store)",
+        );
+        need(
+            !url.is_empty(),
+            "database.url",
+            "must be set: this build persists to PostgreSQL",
+        );
         for o in &self.auth.allowed_origins {
-            need(o.starts_with("http://") || o.starts_with("https://"), "auth.allowed_origins", "entries must be scheme://host[:port]");
+            need(
+                o.starts_with("http://") || o.starts_with("https://"),
+                "auth.allowed_origins",
+                "entries must be scheme://host[:port]",
+            );
         }
         if errs.is_empty() {
             Ok(())
@@ -336,13 +422,16 @@ mod tests {
     fn secrets_are_redacted_in_debug_output() {
         let s = Secret::new("hunter2-hunter2-hunter2");
         assert_eq!(format!("{s:?}"), "\"[redacted]\"");
-        assert!(!format!("{:?}", AuthSettings {
-            jwt_secret: s.clone(),
-            jwt_audience: String::new(),
-            jwt_issuer: String::new(),
-            api_key: s,
-            allowed_origins: vec![],
-        })
+        assert!(!format!(
+            "{:?}",
+            AuthSettings {
+                jwt_secret: s.clone(),
+                jwt_audience: String::new(),
+                jwt_issuer: String::new(),
+                api_key: s,
+                allowed_origins: vec![],
+            }
+        )
         .contains("hunter2"));
     }
 }

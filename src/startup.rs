@@ -15,7 +15,9 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use chatty_actors::{LocalBus, Metrics, Node, NodeArgs};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::net::{TcpListener, TcpStream};
@@ -41,20 +43,32 @@ impl EdgeMetrics {
     fn new(r: &Registry) -> anyhow::Result<Self> {
         let m = EdgeMetrics {
             handshake_rejections: IntCounterVec::new(
-                Opts::new("chatty_handshake_rejections_total", "WebSocket handshakes refused, by reason."),
+                Opts::new(
+                    "chatty_handshake_rejections_total",
+                    "WebSocket handshakes refused, by reason.",
+                ),
                 &["reason"],
             )?,
             http_requests: IntCounterVec::new(
-                Opts::new("chatty_http_requests_total", "HTTP requests, by matched route and status."),
+                Opts::new(
+                    "chatty_http_requests_total",
+                    "HTTP requests, by matched route and status.",
+                ),
                 &["route", "status"],
             )?,
             http_seconds: HistogramVec::new(
-                HistogramOpts::new("chatty_http_request_duration_seconds", "HTTP request duration, by matched route.")
-                    .buckets(chatty_actors::LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "chatty_http_request_duration_seconds",
+                    "HTTP request duration, by matched route.",
+                )
+                .buckets(chatty_actors::LATENCY_BUCKETS.to_vec()),
                 &["route"],
             )?,
             db_pool: IntGaugeVec::new(
-                Opts::new("chatty_db_pool_connections", "Database pool connections, by state."),
+                Opts::new(
+                    "chatty_db_pool_connections",
+                    "Database pool connections, by state.",
+                ),
                 &["state"],
             )?,
             build_info: IntGaugeVec::new(
@@ -69,8 +83,18 @@ impl EdgeMetrics {
         r.register(Box::new(m.db_pool.clone()))?;
         r.register(Box::new(m.build_info.clone()))?;
         r.register(Box::new(m.draining.clone()))?;
-        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        for reason in ["origin", "subprotocol", "token_missing", "token_invalid", "token_too_long", "capacity", "draining"] {
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for reason in [
+            "origin",
+            "subprotocol",
+            "token_missing",
+            "token_invalid",
+            "token_too_long",
+            "capacity",
+            "draining",
+        ] {
             m.handshake_rejections.with_label_values(&[reason]);
         }
         Ok(m)
@@ -127,11 +151,21 @@ impl Application {
         .await?;
         let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
             .await
-            .with_context(|| format!("server.port: cannot bind {}:{}", settings.server.host, settings.server.port))?;
+            .with_context(|| {
+                format!(
+                    "server.port: cannot bind {}:{}",
+                    settings.server.host, settings.server.port
+                )
+            })?;
         let metrics_listener =
             TcpListener::bind((settings.server.host.as_str(), settings.server.metrics_port))
                 .await
-                .with_context(|| format!("server.metrics_port: cannot bind {}:{}", settings.server.host, settings.server.metrics_port))?;
+                .with_context(|| {
+                    format!(
+                        "server.metrics_port: cannot bind {}:{}",
+                        settings.server.host, settings.server.metrics_port
+                    )
+                })?;
         let auth = Authenticator::new(&settings.auth);
         let state = AppState(Arc::new(AppStateInner {
             settings,
@@ -154,7 +188,10 @@ impl Application {
     }
 
     pub fn metrics_port(&self) -> u16 {
-        self.metrics_listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.metrics_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     pub fn node(&self) -> Arc<Node> {
@@ -164,12 +201,20 @@ impl Application {
     /// Serve until `shutdown` resolves, then drain: readiness 503 and upgrades refused, every
     /// socket told to stop sending, the Writer commits and acks, every socket closed with 1001,
     /// the tree stopped, the pool closed. Returns whether the drain finished in time.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<bool> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<bool> {
         let state = self.state.clone();
         let router = public_router(state.clone());
         let header_timeout = Duration::from_millis(state.settings.server.header_read_timeout_ms);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let accept = tokio::spawn(accept_loop(self.listener, router, header_timeout, stop_rx.clone()));
+        let accept = tokio::spawn(accept_loop(
+            self.listener,
+            router,
+            header_timeout,
+            stop_rx.clone(),
+        ));
         let metrics_app = metrics_router(state.clone());
         let mut metrics_stop = stop_rx.clone();
         let metrics_srv = tokio::spawn(async move {
@@ -189,13 +234,21 @@ impl Application {
         // Leave a margin for closing the pool and the listeners.
         let clean = state
             .node
-            .shutdown(deadline.checked_sub(Duration::from_secs(1)).unwrap_or(deadline))
+            .shutdown(
+                deadline
+                    .checked_sub(Duration::from_secs(1))
+                    .unwrap_or(deadline),
+            )
             .await;
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), accept).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), metrics_srv).await;
         state.pool.close().await;
-        tracing::info!(clean, elapsed_ms = started.elapsed().as_millis() as u64, "shutdown: done");
+        tracing::info!(
+            clean,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shutdown: done"
+        );
         Ok(clean)
     }
 }
@@ -238,10 +291,19 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// `chatty migrate`: create the database if needed and apply migrations.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
     let url = settings.database.url.expose();
-    if !sqlx::Postgres::database_exists(url).await.context("database.url: cannot reach the database")? {
-        sqlx::Postgres::create_database(url).await.context("database.url: cannot create the database")?;
+    if !sqlx::Postgres::database_exists(url)
+        .await
+        .context("database.url: cannot reach the database")?
+    {
+        sqlx::Postgres::create_database(url)
+            .await
+            .context("database.url: cannot create the database")?;
     }
-    let pool = PgPoolOptions::new().max_connections(1).connect(url).await.context("database.url: cannot connect")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .context("database.url: cannot connect")?;
     migrate(&pool).await?;
     pool.close().await;
     Ok(())
@@ -252,7 +314,10 @@ fn public_router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .route("/api/v1/rooms/{room}/messages", post(api::publish).get(api::history))
+        .route(
+            "/api/v1/rooms/{room}/messages",
+            post(api::publish).get(api::history),
+        )
         .route("/api/v1/rooms/{room}/presence", get(api::presence))
         .route("/api/v1/rooms/{room}", put(api::put_room))
         .route(
@@ -264,9 +329,12 @@ fn public_router(state: AppState) -> Router {
             .route("/debug/rooms/{room}/panic", post(api::inject_room_panic))
             .route("/debug/writer/panic", post(api::inject_writer_panic));
     }
-    r.layer(axum::middleware::from_fn_with_state(state.clone(), track_http))
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-        .with_state(state)
+    r.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        track_http,
+    ))
+    .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+    .with_state(state)
 }
 
 fn metrics_router(state: AppState) -> Router {
@@ -287,8 +355,12 @@ async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> 
     let started = Instant::now();
     let resp = next.run(req).await;
     let m = &state.edge_metrics;
-    m.http_seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
-    m.http_requests.with_label_values(&[&route, resp.status().as_str()]).inc();
+    m.http_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    m.http_requests
+        .with_label_values(&[&route, resp.status().as_str()])
+        .inc();
     resp
 }
 
@@ -343,7 +415,8 @@ async fn accept_loop(
 async fn serve_conn(tcp: TcpStream, addr: SocketAddr, router: Router, header_timeout: Duration) {
     let _ = tcp.set_nodelay(true);
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
         router.clone().oneshot(req.map(axum::body::Body::new))
     });
     let conn = hyper::server::conn::http1::Builder::new()

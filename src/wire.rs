@@ -80,7 +80,11 @@ pub fn decode(bytes: &[u8], encoding: Encoding, max_body: usize) -> Result<Comma
 
 fn validate(raw: RawFrame, max_body: usize) -> Result<Command, DecodeError> {
     if raw.r#ref.as_ref().is_some_and(|r| r.len() > MAX_REF_BYTES) {
-        return Err(DecodeError::new(&None, ErrorCode::BadRequest, "ref longer than 32 bytes"));
+        return Err(DecodeError::new(
+            &None,
+            ErrorCode::BadRequest,
+            "ref longer than 32 bytes",
+        ));
     }
     let rf = &raw.r#ref;
     let bad = |m: &'static str| DecodeError::new(rf, ErrorCode::BadRequest, m);
@@ -181,7 +185,10 @@ mod tests {
     #[test]
     fn oversized_bodies_are_too_large_and_nul_is_refused() {
         let body = "x".repeat(4097);
-        let e = json(&format!(r#"{{"type":"send","room":"r","cid":"c","body":"{body}"}}"#)).unwrap_err();
+        let e = json(&format!(
+            r#"{{"type":"send","room":"r","cid":"c","body":"{body}"}}"#
+        ))
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::TooLarge);
         let e = json(r#"{"type":"send","room":"r","cid":"c","body":"a\u0000b"}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
@@ -191,13 +198,23 @@ mod tests {
     fn deep_nesting_is_refused_not_overflowed() {
         // Deep nesting in an unknown field is skipped without recursion; in a known field it
         // is an error. Neither may overflow the stack.
-        let deep = format!(r#"{{"type":"ping","x":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            r#"{{"type":"ping","x":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert!(json(&deep).is_ok());
-        let deep = format!(r#"{{"type":"join","room":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            r#"{{"type":"join","room":{}{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert!(json(&deep).is_err());
         // MessagePack: 100k nested fixarrays of one element.
-        let mut mp = vec![0x82, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g', 0xa1, b'x'];
-        mp.extend(std::iter::repeat(0x91).take(100_000));
+        let mut mp = vec![
+            0x82, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g', 0xa1, b'x',
+        ];
+        mp.extend(std::iter::repeat_n(0x91, 100_000));
         mp.push(0xc0);
         assert!(decode(&mp, Encoding::MsgPack, 4096).is_err());
     }
@@ -207,7 +224,12 @@ mod tests {
         // map16 claiming 65535 entries, then nothing.
         assert!(decode(&[0xde, 0xff, 0xff], Encoding::MsgPack, 4096).is_err());
         // str32 claiming 4 GiB.
-        assert!(decode(&[0x81, 0xa4, b't', b'y', b'p', b'e', 0xdb, 0xff, 0xff, 0xff, 0xff], Encoding::MsgPack, 4096).is_err());
+        assert!(decode(
+            &[0x81, 0xa4, b't', b'y', b'p', b'e', 0xdb, 0xff, 0xff, 0xff, 0xff],
+            Encoding::MsgPack,
+            4096
+        )
+        .is_err());
     }
 
     #[test]
@@ -219,7 +241,12 @@ mod tests {
             room: &'a str,
             since: u64,
         }
-        let b = rmp_serde::to_vec_named(&F { ty: "join", room: "r", since: 3 }).unwrap();
+        let b = rmp_serde::to_vec_named(&F {
+            ty: "join",
+            room: "r",
+            since: 3,
+        })
+        .unwrap();
         assert!(matches!(
             decode(&b, Encoding::MsgPack, 4096).unwrap(),
             Command::Join { since: Some(3), .. }

@@ -11,8 +11,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use chatty_actors::{
-    close, ConnMsg, ConnShared, Connection, Encoding, ErrorCode, Metrics, Out, Outbox,
-    ServerFrame, STOP_READING,
+    close, ConnMsg, ConnShared, Connection, Encoding, ErrorCode, Metrics, Out, Outbox, ServerFrame,
+    STOP_READING,
 };
 use fastwebsockets::upgrade::IncomingUpgrade;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
@@ -37,9 +37,15 @@ pub struct WsQuery {
     access_token: Option<String>,
 }
 
+/// The client offered subprotocols and none of them is ours.
+#[derive(Debug)]
+pub struct NoSupportedProtocol;
+
 /// Pick the encoding: the first protocol the client offered that we support. `Err` when it
 /// offered some and none is supported; `Ok(None)` when it offered none (JSON, no echo).
-pub fn negotiate(headers: &HeaderMap) -> Result<Option<(Encoding, &'static str)>, ()> {
+pub fn negotiate(
+    headers: &HeaderMap,
+) -> Result<Option<(Encoding, &'static str)>, NoSupportedProtocol> {
     let mut offered = false;
     for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let Ok(v) = value.to_str() else {
@@ -56,7 +62,7 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Option<(Encoding, &'static str)>
         }
     }
     if offered {
-        Err(())
+        Err(NoSupportedProtocol)
     } else {
         Ok(None)
     }
@@ -64,10 +70,16 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Option<(Encoding, &'static str)>
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+    v.strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))
 }
 
-fn reject(state: &AppState, status: StatusCode, reason: &'static str, body: &'static str) -> Response {
+fn reject(
+    state: &AppState,
+    status: StatusCode,
+    reason: &'static str,
+    body: &'static str,
+) -> Response {
     state
         .edge_metrics
         .handshake_rejections
@@ -84,10 +96,20 @@ pub async fn upgrade(
     ws: Result<IncomingUpgrade, StatusCode>,
 ) -> Response {
     if state.is_draining() {
-        return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "draining", "draining\n");
+        return reject(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "draining\n",
+        );
     }
     let Ok(ws) = ws else {
-        return reject(&state, StatusCode::BAD_REQUEST, "not_websocket", "expected a WebSocket upgrade\n");
+        return reject(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            "expected a WebSocket upgrade\n",
+        );
     };
     if let Some(origin) = headers.get(header::ORIGIN) {
         let ok = origin
@@ -95,7 +117,12 @@ pub async fn upgrade(
             .map(|o| state.settings.auth.allowed_origins.iter().any(|a| a == o))
             .unwrap_or(false);
         if !ok {
-            return reject(&state, StatusCode::FORBIDDEN, "origin", "origin not allowed\n");
+            return reject(
+                &state,
+                StatusCode::FORBIDDEN,
+                "origin",
+                "origin not allowed\n",
+            );
         }
     }
     let Ok(protocol) = negotiate(&headers) else {
@@ -112,15 +139,30 @@ pub async fn upgrade(
     let identity = match state.auth.verify(token) {
         Ok(id) => id,
         Err(e) => {
-            return reject(&state, StatusCode::UNAUTHORIZED, e.label(), "invalid or missing token\n");
+            return reject(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                e.label(),
+                "invalid or missing token\n",
+            );
         }
     };
     if state.node.connection_count() >= state.settings.limits.max_connections {
-        return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "capacity", "server full, try again later\n");
+        return reject(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capacity",
+            "server full, try again later\n",
+        );
     }
     let (encoding, echo) = protocol.map_or((Encoding::Json, None), |(e, p)| (e, Some(p)));
     let Ok((mut response, fut)) = ws.upgrade() else {
-        return reject(&state, StatusCode::BAD_REQUEST, "not_websocket", "bad upgrade\n");
+        return reject(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "not_websocket",
+            "bad upgrade\n",
+        );
     };
     if let Some(p) = echo {
         response
@@ -135,19 +177,27 @@ pub async fn upgrade(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "could not start a connection actor");
-            return reject(&state, StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again later\n");
+            return reject(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again later\n",
+            );
         }
     };
     let span = tracing::info_span!("connection", conn = %conn.shared.id);
-    tokio::spawn(async move {
-        match fut.await {
-            Ok(socket) => run(state, conn, encoding, socket.into_inner()).await,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                conn.actor.stop(None);
+    tokio::spawn(
+        async move {
+            match fut.await {
+                Ok(socket) => run(state, conn, encoding, socket.into_inner()).await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    conn.actor.stop(None);
+                }
             }
         }
-    }.instrument(span));
+        .instrument(span),
+    );
     response.map(axum::body::Body::new).into_response()
 }
 
@@ -161,7 +211,8 @@ where
     metrics.connections_active.inc();
     let (r, w) = tokio::io::split(stream);
     // fastwebsockets reads; our writer task frames and writes (so it can coalesce).
-    let (mut reader, _unused) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
+    let (mut reader, _unused) =
+        fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
     let s = &state.settings;
     reader.set_max_message_size(s.limits.max_frame_bytes + 1);
     reader.set_auto_pong(true);
@@ -185,13 +236,26 @@ where
         max_message: s.limits.max_message_bytes,
         max_body: s.limits.max_body_bytes,
     };
-    let code = read_loop(&mut reader, &conn.outbox, &conn.shared, &conn.actor, encoding, limits, &metrics).await;
+    let code = read_loop(
+        &mut reader,
+        &conn.outbox,
+        &conn.shared,
+        &conn.actor,
+        encoding,
+        limits,
+        &metrics,
+    )
+    .await;
     if code != 0 {
         conn.shared.request_close(code);
     }
     // Wait for the writer to send the close frame (or give up on a dead peer).
     let mut close_rx = conn.shared.close_watch();
-    let _ = tokio::time::timeout(Duration::from_secs(30), close_rx.wait_for(|c| *c != 0 && *c != STOP_READING)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        close_rx.wait_for(|c| *c != 0 && *c != STOP_READING),
+    )
+    .await;
     let final_code = match tokio::time::timeout(Duration::from_secs(5), writer).await {
         Ok(Ok(c)) => c,
         _ => conn.shared.close_code(),
@@ -305,8 +369,12 @@ where
         if opcode != expected {
             let r#ref = None;
             outbox.push(
-                ServerFrame::error(r#ref, ErrorCode::BadRequest, "wrong frame type for the negotiated subprotocol")
-                    .encode(encoding),
+                ServerFrame::error(
+                    r#ref,
+                    ErrorCode::BadRequest,
+                    "wrong frame type for the negotiated subprotocol",
+                )
+                .encode(encoding),
             );
             continue;
         }
@@ -331,9 +399,17 @@ where
                 }
             }
             Err(e) => {
-                metrics.frames_in.with_label_values(&["invalid", encoding.label()]).inc();
-                metrics.errors_sent.with_label_values(&[e.code.as_str()]).inc();
-                outbox.push(ServerFrame::error(e.r#ref.as_deref(), e.code, e.message).encode(encoding));
+                metrics
+                    .frames_in
+                    .with_label_values(&["invalid", encoding.label()])
+                    .inc();
+                metrics
+                    .errors_sent
+                    .with_label_values(&[e.code.as_str()])
+                    .inc();
+                outbox.push(
+                    ServerFrame::error(e.r#ref.as_deref(), e.code, e.message).encode(encoding),
+                );
             }
         }
     }
@@ -343,9 +419,9 @@ fn read_error_code(e: &WebSocketError) -> u16 {
     match e {
         WebSocketError::FrameTooLarge => close::TOO_BIG,
         WebSocketError::InvalidUTF8 => close::INVALID_PAYLOAD,
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) | WebSocketError::ConnectionClosed => {
-            close::NORMAL
-        }
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::IoError(_)
+        | WebSocketError::ConnectionClosed => close::NORMAL,
         _ => close::PROTOCOL,
     }
 }
@@ -496,10 +572,16 @@ mod tests {
     #[test]
     fn negotiation_takes_the_clients_first_supported_protocol() {
         let mut h = HeaderMap::new();
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("x, chatty.v1.msgpack, chatty.v1.json"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("x, chatty.v1.msgpack, chatty.v1.json"),
+        );
         assert_eq!(negotiate(&h).unwrap().unwrap().0, Encoding::MsgPack);
         let mut h = HeaderMap::new();
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("foo"));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("foo"),
+        );
         assert!(negotiate(&h).is_err());
         assert!(negotiate(&HeaderMap::new()).unwrap().is_none());
     }

@@ -71,7 +71,10 @@ impl Actor for BusListener {
         _myself: ActorRef<BusListenerMsg>,
         args: BusListenerArgs,
     ) -> Result<BusListenerState, ActorProcessingErr> {
-        args.metrics.actors_alive.with_label_values(&["bus_listener"]).inc();
+        args.metrics
+            .actors_alive
+            .with_label_values(&["bus_listener"])
+            .inc();
         // The pump is a plain task so bus events go straight to the room mailboxes without
         // an extra hop through this actor's own mailbox.
         let pump = args.bus.take_receiver().map(|mut rx| {
@@ -98,7 +101,11 @@ impl Actor for BusListener {
         if let Some(p) = state.pump.take() {
             p.abort();
         }
-        state.metrics.actors_alive.with_label_values(&["bus_listener"]).dec();
+        state
+            .metrics
+            .actors_alive
+            .with_label_values(&["bus_listener"])
+            .dec();
         Ok(())
     }
 }

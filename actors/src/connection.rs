@@ -102,7 +102,10 @@ impl Actor for ConnectionActor {
             .actors_alive
             .with_label_values(&["connection"])
             .inc();
-        let bucket = TokenBucket::new(args.ctx.config.messages_per_second, args.ctx.config.message_burst);
+        let bucket = TokenBucket::new(
+            args.ctx.config.messages_per_second,
+            args.ctx.config.message_burst,
+        );
         Ok(ConnState {
             args,
             rooms: HashMap::new(),
@@ -138,7 +141,11 @@ impl Actor for ConnectionActor {
         let ConnMsg::Command(cmd, _permit) = msg;
         if !state.bucket.take() {
             state.args.ctx.metrics.rate_limited.inc();
-            state.error(cmd_ref(&cmd), ErrorCode::RateLimited, "too many frames; slow down");
+            state.error(
+                cmd_ref(&cmd),
+                ErrorCode::RateLimited,
+                "too many frames; slow down",
+            );
             return Ok(());
         }
         state.command(cmd).await;
@@ -189,8 +196,14 @@ impl ConnState {
             }),
             Command::Join { r#ref, room, since } => {
                 let r = r#ref.as_deref();
-                if !self.rooms.contains_key(&room) && self.rooms.len() >= ctx.config.rooms_per_connection {
-                    return self.error(r, ErrorCode::RoomLimit, "too many rooms on this connection");
+                if !self.rooms.contains_key(&room)
+                    && self.rooms.len() >= ctx.config.rooms_per_connection
+                {
+                    return self.error(
+                        r,
+                        ErrorCode::RoomLimit,
+                        "too many rooms on this connection",
+                    );
                 }
                 let read = match ctx.store.join_info(&room, &self.args.user).await {
                     Ok(info) if !info.allowed => {
@@ -205,12 +218,12 @@ impl ConnState {
                 let Some(h) = ctx.rooms.get_or_spawn(&room).await else {
                     return self.error(r, ErrorCode::Unavailable, "try again later");
                 };
-                let member = Member {
+                let member = Box::new(Member {
                     outbox: self.args.outbox.clone(),
                     user: self.args.user.clone(),
                     name: self.args.name.clone(),
                     encoding: self.args.encoding,
-                };
+                });
                 if h.cast(RoomMsg::Join {
                     member,
                     r#ref: r#ref.clone(),

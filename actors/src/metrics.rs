@@ -3,14 +3,14 @@
 //! never room or user ids, so cardinality stays bounded.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// Buckets from 50 µs to 10 s: fine enough for sub-millisecond hops, wide enough for stalls.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01,
-    0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.0025, 0.005, 0.0075, 0.01, 0.015,
+    0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 const BATCH_BUCKETS: &[f64] = &[
@@ -75,7 +75,10 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram
 impl Metrics {
     pub fn new(r: &Registry) -> Self {
         let counter = |name: &str, help: &str| {
-            reg(r, IntCounter::new(name, help).expect("static counter options are valid"))
+            reg(
+                r,
+                IntCounter::new(name, help).expect("static counter options are valid"),
+            )
         };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             reg(
@@ -85,7 +88,10 @@ impl Metrics {
             )
         };
         let gauge = |name: &str, help: &str| {
-            reg(r, IntGauge::new(name, help).expect("static gauge options are valid"))
+            reg(
+                r,
+                IntGauge::new(name, help).expect("static gauge options are valid"),
+            )
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             reg(

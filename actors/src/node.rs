@@ -15,7 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bus::{BusListener, BusListenerArgs};
 use crate::config::NodeConfig;
 use crate::connection::{ConnArgs, ConnContext, ConnMsg, ConnectionActor};
-use crate::connections::{ConnRegistry, ConnSupArgs, ConnectionSupervisor, ConnectionSupervisorMsg};
+use crate::connections::{
+    ConnRegistry, ConnSupArgs, ConnectionSupervisor, ConnectionSupervisorMsg,
+};
 use crate::ids::{Body, Cid, ConnId, DisplayName, RoomId, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnShared, Out, Outbox};
@@ -116,8 +118,11 @@ impl Node {
         let sup = self.conn_sup.read().clone().ok_or(NodeError::Unavailable)?;
         let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let shared = ConnShared::new(id, self.config.inbound_queue);
-        let (outbox, outbound) =
-            Outbox::new(self.config.outbound_queue, shared.clone(), self.metrics.clone());
+        let (outbox, outbound) = Outbox::new(
+            self.config.outbound_queue,
+            shared.clone(),
+            self.metrics.clone(),
+        );
         let args = ConnArgs {
             ctx: self.conn_context(),
             outbox: outbox.clone(),
@@ -218,7 +223,8 @@ impl Node {
         let room_q: usize = rooms.iter().map(|h| h.queued()).sum();
         let q = &self.metrics.queue_depth;
         q.with_label_values(&["room"]).set(room_q as i64);
-        q.with_label_values(&["writer"]).set(self.writer.in_flight() as i64);
+        q.with_label_values(&["writer"])
+            .set(self.writer.in_flight() as i64);
         let conns = self.conns.all();
         let inbound: usize = conns.iter().map(|c| c.inbound_used()).sum();
         q.with_label_values(&["inbound"]).set(inbound as i64);
@@ -265,7 +271,10 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        clean &= self.writer.drain(left.max(Duration::from_millis(100))).await;
+        clean &= self
+            .writer
+            .drain(left.max(Duration::from_millis(100)))
+            .await;
         for c in self.conns.all() {
             c.request_close(crate::outbox::close::GOING_AWAY);
         }
@@ -432,7 +441,12 @@ impl Actor for NodeSupervisor {
         _myself: ActorRef<NodeMsg>,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.metrics.actors_alive.with_label_values(&["node"]).dec();
+        state
+            .args
+            .metrics
+            .actors_alive
+            .with_label_values(&["node"])
+            .dec();
         Ok(())
     }
 
@@ -474,4 +488,3 @@ impl Actor for NodeSupervisor {
         Ok(())
     }
 }
-

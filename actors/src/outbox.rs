@@ -156,7 +156,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(capacity: usize, shared: Arc<ConnShared>, metrics: Metrics) -> (Self, mpsc::Receiver<Out>) {
+    pub fn new(
+        capacity: usize,
+        shared: Arc<ConnShared>,
+        metrics: Metrics,
+    ) -> (Self, mpsc::Receiver<Out>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (
             Self {

@@ -54,7 +54,11 @@ impl Actor for PresenceKeeper {
         _myself: ActorRef<PresenceKeeperMsg>,
         state: &mut PresenceKeeperState,
     ) -> Result<(), ActorProcessingErr> {
-        state.metrics.actors_alive.with_label_values(&["presence"]).dec();
+        state
+            .metrics
+            .actors_alive
+            .with_label_values(&["presence"])
+            .dec();
         Ok(())
     }
 
@@ -65,7 +69,11 @@ impl Actor for PresenceKeeper {
         state: &mut PresenceKeeperState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PresenceKeeperMsg::Diff { room, joins, leaves } => {
+            PresenceKeeperMsg::Diff {
+                room,
+                joins,
+                leaves,
+            } => {
                 let users = state.rooms.entry(room.clone()).or_default();
                 for l in leaves {
                     users.remove(&l.user);

@@ -86,7 +86,7 @@ impl RoomCore {
 
 pub enum RoomMsg {
     Join {
-        member: Member,
+        member: Box<Member>,
         r#ref: Ref,
         since: Option<Seq>,
         read: Seq,
@@ -195,7 +195,12 @@ impl Actor for RoomActor {
         _myself: ActorRef<RoomMsg>,
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
-        state.args.metrics.actors_alive.with_label_values(&["room"]).dec();
+        state
+            .args
+            .metrics
+            .actors_alive
+            .with_label_values(&["room"])
+            .dec();
         Ok(())
     }
 
@@ -212,8 +217,12 @@ impl Actor for RoomActor {
                 since,
                 read,
             } => {
-                state.args.shared.pending_joins.fetch_sub(1, Ordering::AcqRel);
-                state.join(&myself, member, r#ref, since, read);
+                state
+                    .args
+                    .shared
+                    .pending_joins
+                    .fetch_sub(1, Ordering::AcqRel);
+                state.join(&myself, *member, r#ref, since, read);
             }
             RoomMsg::Leave { conn, r#ref } => {
                 if let Some(m) = state.remove_member(&myself, conn) {
@@ -351,18 +360,25 @@ impl RoomState {
         if !already {
             // A user still in their grace period is present already: no diff for the return.
             let was_present = core.users.contains_key(&member.user);
-            let p = core.users.entry(member.user.clone()).or_insert_with(|| UserPresence {
-                name: member.name.clone(),
-                conns: 0,
-                epoch: 0,
-            });
+            let p = core
+                .users
+                .entry(member.user.clone())
+                .or_insert_with(|| UserPresence {
+                    name: member.name.clone(),
+                    conns: 0,
+                    epoch: 0,
+                });
             p.conns += 1;
             self.epoch += 1;
             p.epoch = self.epoch;
             if !was_present {
                 self.args.metrics.presence_entries.inc();
                 // Back before the leave went out: the two cancel.
-                match self.pending_leaves.iter().position(|l| l.user == member.user) {
+                match self
+                    .pending_leaves
+                    .iter()
+                    .position(|l| l.user == member.user)
+                {
                     Some(i) => {
                         self.pending_leaves.remove(i);
                     }
@@ -463,12 +479,13 @@ impl RoomState {
     }
 
     fn arm_presence_flush(&mut self, myself: &ActorRef<RoomMsg>) {
-        if self.flush_armed || (self.pending_joins.is_empty() && self.pending_leaves.is_empty())
-        {
+        if self.flush_armed || (self.pending_joins.is_empty() && self.pending_leaves.is_empty()) {
             return;
         }
         self.flush_armed = true;
-        myself.send_after(self.args.config.presence_coalesce, || RoomMsg::FlushPresence);
+        myself.send_after(self.args.config.presence_coalesce, || {
+            RoomMsg::FlushPresence
+        });
     }
 
     fn flush_presence(&mut self) {
@@ -527,12 +544,22 @@ impl RoomState {
                 continue; // already delivered (a duplicate from the bus or a gap fill)
             }
             if m.seq == core.delivered + 1 {
-                deliver_one(&mut core, m, &self.args.metrics, self.args.config.outbound_queue);
+                deliver_one(
+                    &mut core,
+                    m,
+                    &self.args.metrics,
+                    self.args.config.outbound_queue,
+                );
             } else {
                 self.reorder.insert(m.seq, m.clone());
             }
         }
-        drain_reorder(&mut core, &mut self.reorder, &self.args.metrics, self.args.config.outbound_queue);
+        drain_reorder(
+            &mut core,
+            &mut self.reorder,
+            &self.args.metrics,
+            self.args.config.outbound_queue,
+        );
         drop(core);
         if let Some(t) = committed {
             let scope = "local";
@@ -556,13 +583,23 @@ impl RoomState {
         let delivered = self.args.shared.core.lock().delivered;
         if first <= delivered + 1 {
             let mut core = self.args.shared.core.lock();
-            drain_reorder(&mut core, &mut self.reorder, &self.args.metrics, self.args.config.outbound_queue);
+            drain_reorder(
+                &mut core,
+                &mut self.reorder,
+                &self.args.metrics,
+                self.args.config.outbound_queue,
+            );
             return;
         }
         self.args.metrics.gap_fills.inc();
         let missing = (first - delivered - 1).min(u64::from(u32::MAX)) as u32;
         tracing::debug!(room = %self.args.room, from = delivered + 1, count = missing, "filling gap from store");
-        match self.args.store.after(&self.args.room, delivered, missing).await {
+        match self
+            .args
+            .store
+            .after(&self.args.room, delivered, missing)
+            .await
+        {
             Ok(found) => self.accept(myself, &found, None),
             Err(e) => {
                 tracing::warn!(room = %self.args.room, error = %e, "gap fill failed, will retry");
@@ -693,7 +730,9 @@ fn spawn_replay(
                 }
             }
         }
-        metrics.join_replay_seconds.observe(started.elapsed().as_secs_f64());
+        metrics
+            .join_replay_seconds
+            .observe(started.elapsed().as_secs_f64());
         let _ = room_ref.cast(RoomMsg::ReplayDone {
             conn: member.outbox.conn(),
             ok,

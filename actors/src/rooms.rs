@@ -223,7 +223,10 @@ impl Actor for RoomSupervisor {
                 }
                 let shared = Arc::new(RoomShared::default());
                 shared.pending_joins.store(1, Ordering::Release);
-                match state.spawn_room(&myself, &room, shared.clone(), false).await {
+                match state
+                    .spawn_room(&myself, &room, shared.clone(), false)
+                    .await
+                {
                     Ok(actor) => {
                         let handle = Arc::new(RoomHandle {
                             actor: RwLock::new(actor),
@@ -318,4 +321,3 @@ impl RoomHandle {
         self.shared.core.lock().close_all(code);
     }
 }
-

@@ -116,7 +116,10 @@ impl Actor for Writer {
         args: WriterArgs,
     ) -> Result<WriterState, ActorProcessingErr> {
         let ticker = myself.send_interval(args.config.writer_flush_interval, || WriterMsg::Tick);
-        args.metrics.actors_alive.with_label_values(&["writer"]).inc();
+        args.metrics
+            .actors_alive
+            .with_label_values(&["writer"])
+            .inc();
         Ok(WriterState {
             batch: Vec::with_capacity(args.config.writer_batch_max),
             args,
@@ -132,7 +135,12 @@ impl Actor for Writer {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
-        state.args.metrics.actors_alive.with_label_values(&["writer"]).dec();
+        state
+            .args
+            .metrics
+            .actors_alive
+            .with_label_values(&["writer"])
+            .dec();
         Ok(())
     }
 
@@ -204,7 +212,9 @@ async fn flush(state: &mut WriterState) {
         let t = Instant::now();
         match a.store.append(&unique).instrument(span.clone()).await {
             Ok(res) => {
-                a.metrics.writer_flush_seconds.observe(t.elapsed().as_secs_f64());
+                a.metrics
+                    .writer_flush_seconds
+                    .observe(t.elapsed().as_secs_f64());
                 break Ok(res);
             }
             Err(e) => {
@@ -244,15 +254,18 @@ async fn flush(state: &mut WriterState) {
             continue;
         }
         persisted += 1;
-        by_room.entry(m.room.as_str()).or_default().push(StoredMessage {
-            room: m.room.clone(),
-            seq: r.seq,
-            from: m.from.clone(),
-            name: m.name.clone(),
-            cid: m.cid.clone(),
-            body: m.body.clone(),
-            ts: r.ts,
-        });
+        by_room
+            .entry(m.room.as_str())
+            .or_default()
+            .push(StoredMessage {
+                room: m.room.clone(),
+                seq: r.seq,
+                from: m.from.clone(),
+                name: m.name.clone(),
+                cid: m.cid.clone(),
+                body: m.body.clone(),
+                ts: r.ts,
+            });
     }
     a.metrics.messages_persisted.inc_by(persisted);
 
@@ -269,7 +282,9 @@ async fn flush(state: &mut WriterState) {
         if r.duplicate {
             a.metrics.messages_duplicate.inc();
         }
-        a.metrics.send_ack_seconds.observe(p.enqueued.elapsed().as_secs_f64());
+        a.metrics
+            .send_ack_seconds
+            .observe(p.enqueued.elapsed().as_secs_f64());
         p.ack.answer(Ok(r));
     }
 }

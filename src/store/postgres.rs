@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chatty_actors::{
-    Appended, Body, Cid, DisplayName, JoinInfo, MessageStore, NewMessage, RoomId, Seq,
-    StoreError, StoredMessage, UserId,
+    Appended, Body, Cid, DisplayName, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError,
+    StoredMessage, UserId,
 };
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::Row;
@@ -232,7 +232,9 @@ impl MessageStore for PgStore {
         before: Option<Seq>,
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
-        let before = before.map(|b| b.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX);
+        let before = before
+            .map(|b| b.min(i64::MAX as u64) as i64)
+            .unwrap_or(i64::MAX);
         // One more than asked tells whether older messages exist.
         let rows = sqlx::query(
             "select seq, user_id, name, cid, body, ts from messages

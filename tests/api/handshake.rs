@@ -65,7 +65,14 @@ async fn an_origin_outside_the_allowlist_gets_403() {
         );
     }
     assert_eq!(
-        handshake_status(&url, &[("authorization", &auth), ("origin", "https://chat.example.com")]).await,
+        handshake_status(
+            &url,
+            &[
+                ("authorization", &auth),
+                ("origin", "https://chat.example.com")
+            ]
+        )
+        .await,
         101
     );
 }
@@ -76,7 +83,14 @@ async fn only_unsupported_subprotocols_get_400() {
     let auth = format!("Bearer {}", app.token("alice"));
     let url = app.ws_url();
     assert_eq!(
-        handshake_status(&url, &[("authorization", &auth), ("sec-websocket-protocol", "mqtt, chatty.v2")]).await,
+        handshake_status(
+            &url,
+            &[
+                ("authorization", &auth),
+                ("sec-websocket-protocol", "mqtt, chatty.v2")
+            ]
+        )
+        .await,
         400
     );
     // The body names the supported protocols.
@@ -100,8 +114,12 @@ async fn a_request_line_that_never_finishes_is_dropped() {
     let (mut s, _) = test_settings().await;
     s.server.header_read_timeout_ms = 300;
     let app = spawn_with(s).await;
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
-    sock.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    sock.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 256];
     // The server answers (408) or closes; either way the read ends well before our timeout.
     let r = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await;

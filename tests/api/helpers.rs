@@ -36,7 +36,9 @@ pub async fn test_settings() -> (Settings, String) {
     let base = pg_base();
     let mut admin = PgConnection::connect(&format!("{base}/postgres"))
         .await
-        .expect("PostgreSQL must be reachable for the integration tests (set CHATTY_TEST_DATABASE_URL)");
+        .expect(
+            "PostgreSQL must be reachable for the integration tests (set CHATTY_TEST_DATABASE_URL)",
+        );
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {db}")))
         .execute(&mut admin)
         .await
@@ -70,7 +72,9 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_with(s: Settings) -> TestApp {
-    let app = Application::build(s.clone()).await.expect("application builds");
+    let app = Application::build(s.clone())
+        .await
+        .expect("application builds");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let port = app.port();
     let metrics_port = app.metrics_port();
@@ -96,7 +100,11 @@ pub async fn spawn_with(s: Settings) -> TestApp {
 impl TestApp {
     pub fn token(&self, user: &str) -> String {
         self.auth
-            .mint(user, Some(&format!("{user} name")), Duration::from_secs(3600))
+            .mint(
+                user,
+                Some(&format!("{user} name")),
+                Duration::from_secs(3600),
+            )
             .unwrap()
     }
 
@@ -122,11 +130,13 @@ impl TestApp {
 
     /// Rows of a room, (seq, user, cid, body) ascending.
     pub async fn rows(&self, room: &str) -> Vec<(i64, String, String, String)> {
-        sqlx::query_as("select seq, user_id, cid, body from messages where room_id = $1 order by seq")
-            .bind(room)
-            .fetch_all(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_as(
+            "select seq, user_id, cid, body from messages where room_id = $1 order by seq",
+        )
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
     }
 
     pub async fn metrics(&self) -> String {
@@ -183,7 +193,9 @@ impl Client {
             req.headers_mut()
                 .insert("sec-websocket-protocol", HeaderValue::from_str(p).unwrap());
         }
-        let (ws, resp) = tokio_tungstenite::connect_async(req).await.expect("ws connect");
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("ws connect");
         let msgpack = resp
             .headers()
             .get("sec-websocket-protocol")
@@ -262,26 +274,15 @@ impl Client {
         }
     }
 
-    /// Skip frames of other types (dropping them) until one of `ty`.
-    pub async fn skip_to(&mut self, ty: &str) -> Value {
-        loop {
-            let v = self
-                .next()
-                .await
-                .unwrap_or_else(|| panic!("socket closed ({:?}) waiting for {ty}", self.closed));
-            if v["type"] == ty {
-                return v;
-            }
-        }
-    }
-
     pub async fn join(&mut self, room: &str) -> Value {
-        self.send(json!({"type": "join", "ref": "j", "room": room})).await;
+        self.send(json!({"type": "join", "ref": "j", "room": room}))
+            .await;
         self.next_of("joined").await
     }
 
     pub async fn join_since(&mut self, room: &str, since: u64) -> Value {
-        self.send(json!({"type": "join", "ref": "j", "room": room, "since": since})).await;
+        self.send(json!({"type": "join", "ref": "j", "room": room, "since": since}))
+            .await;
         self.next_of("joined").await
     }
 
@@ -336,10 +337,13 @@ impl Client {
         }
         self.backlog = keep;
         while out.len() < n {
-            let v = self
-                .next_raw()
-                .await
-                .unwrap_or_else(|| panic!("socket closed ({:?}) after {} of {n} messages", self.closed, out.len()));
+            let v = self.next_raw().await.unwrap_or_else(|| {
+                panic!(
+                    "socket closed ({:?}) after {} of {n} messages",
+                    self.closed,
+                    out.len()
+                )
+            });
             if v["type"] == "message" && v["room"] == room {
                 out.push(v);
             } else {
@@ -402,11 +406,10 @@ where
 pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> u16 {
     let mut req = url.into_client_request().unwrap();
     for (k, v) in headers {
-        req.headers_mut()
-            .append(
-                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+        req.headers_mut().append(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok(_) => 101,

@@ -89,8 +89,23 @@ async fn private_rooms_admit_only_their_members() {
     let app = spawn_app().await;
     let http = reqwest::Client::new();
     let put = |path: &str| http.put(app.http(path)).bearer_auth(app.api_key());
-    assert_eq!(put("/api/v1/rooms/vip").json(&json!({"private": true})).send().await.unwrap().status(), 204);
-    assert_eq!(put("/api/v1/rooms/vip/members/alice").send().await.unwrap().status(), 204);
+    assert_eq!(
+        put("/api/v1/rooms/vip")
+            .json(&json!({"private": true}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        put("/api/v1/rooms/vip/members/alice")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
     let mut a = app.connect("alice").await;
     let mut m = app.connect("mallory").await;
     assert_eq!(a.join("vip").await["type"], "joined");
@@ -98,7 +113,8 @@ async fn private_rooms_admit_only_their_members() {
     let e = m.next_of("error").await;
     assert_eq!(e["code"], "forbidden");
     assert_eq!(e["ref"], "j");
-    m.send(json!({"type":"history","ref":"h","room":"vip"})).await;
+    m.send(json!({"type":"history","ref":"h","room":"vip"}))
+        .await;
     assert_eq!(m.next_of("error").await["code"], "forbidden");
     let r = http
         .delete(app.http("/api/v1/rooms/vip/members/alice"))
@@ -115,8 +131,17 @@ async fn private_rooms_admit_only_their_members() {
 #[tokio::test]
 async fn health_and_readiness_answer_and_metrics_stay_off_the_public_port() {
     let app = spawn_app().await;
-    assert_eq!(reqwest::get(app.http("/healthz")).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(app.http("/readyz")).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(app.http("/metrics")).await.unwrap().status(), 404);
+    assert_eq!(
+        reqwest::get(app.http("/healthz")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(app.http("/readyz")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(app.http("/metrics")).await.unwrap().status(),
+        404
+    );
     assert!(app.metrics().await.contains("chatty_build_info"));
 }

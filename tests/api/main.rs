@@ -7,3 +7,4 @@ mod http_api;
 mod messaging;
 mod presence;
 mod resilience;
+mod shutdown;

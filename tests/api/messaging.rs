@@ -72,7 +72,9 @@ async fn resending_a_cid_returns_the_original_seq_without_a_second_row_or_broadc
     let got = watcher.messages("r", 2).await;
     assert_eq!(got[0]["body"], "once");
     assert_eq!(got[1]["body"], "mine");
-    watcher.assert_quiet(std::time::Duration::from_millis(300), &["presence"]).await;
+    watcher
+        .assert_quiet(std::time::Duration::from_millis(300), &["presence"])
+        .await;
 }
 
 #[tokio::test]
@@ -124,7 +126,10 @@ async fn fifty_concurrent_senders_over_five_rooms_give_every_receiver_one_gap_fr
         let got = c.messages(&room, per_room).await;
         let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
         let expected: Vec<u64> = (1..=per_room as u64).collect();
-        assert_eq!(seqs, expected, "room {room}: receiver saw a gap, duplicate or reorder");
+        assert_eq!(
+            seqs, expected,
+            "room {room}: receiver saw a gap, duplicate or reorder"
+        );
         let rows = app.rows(&room).await;
         assert_eq!(rows.len(), per_room);
         for (m, row) in got.iter().zip(&rows) {
@@ -145,13 +150,15 @@ async fn reconnecting_with_since_replays_exactly_the_missed_messages_then_live()
     a.join("r").await;
     b.join("r").await;
     for i in 1..=3 {
-        a.send_msg("r", &format!("m{i}"), &format!("before {i}")).await;
+        a.send_msg("r", &format!("m{i}"), &format!("before {i}"))
+            .await;
     }
     let seen = b.messages("r", 3).await;
     let last = seen[2]["seq"].as_u64().unwrap();
     b.close().await;
     for i in 4..=8 {
-        a.send_msg("r", &format!("m{i}"), &format!("missed {i}")).await;
+        a.send_msg("r", &format!("m{i}"), &format!("missed {i}"))
+            .await;
     }
     let mut b = app.connect("bob").await;
     let joined = b.join_since("r", last).await;
@@ -162,7 +169,8 @@ async fn reconnecting_with_since_replays_exactly_the_missed_messages_then_live()
     let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![4, 5, 6, 7, 8, 9]);
     assert_eq!(got[5]["body"], "live 9");
-    b.assert_quiet(std::time::Duration::from_millis(200), &["presence"]).await;
+    b.assert_quiet(std::time::Duration::from_millis(200), &["presence"])
+        .await;
 }
 
 #[tokio::test]
@@ -189,22 +197,36 @@ async fn history_pages_backwards_oldest_first_within_a_page() {
     let mut a = app.connect("alice").await;
     a.join("r").await;
     for i in 1..=7 {
-        a.send_msg("r", &format!("m{i}"), &format!("body {i}")).await;
+        a.send_msg("r", &format!("m{i}"), &format!("body {i}"))
+            .await;
     }
-    a.send(json!({"type":"history","ref":"h1","room":"r","limit":3})).await;
+    a.send(json!({"type":"history","ref":"h1","room":"r","limit":3}))
+        .await;
     let h = a.next_of("history").await;
     assert_eq!(h["ref"], "h1");
-    let seqs: Vec<u64> = h["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![5, 6, 7]);
     assert_eq!(h["more"], true);
     assert!(h["messages"][0].get("type").is_none());
-    a.send(json!({"type":"history","ref":"h2","room":"r","before":5,"limit":10})).await;
+    a.send(json!({"type":"history","ref":"h2","room":"r","before":5,"limit":10}))
+        .await;
     let h = a.next_of("history").await;
-    let seqs: Vec<u64> = h["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
     assert_eq!(h["more"], false);
     // An absurd limit is clamped to the server maximum, not an error.
-    a.send(json!({"type":"history","ref":"h3","room":"r","limit":4_000_000_000u64})).await;
+    a.send(json!({"type":"history","ref":"h3","room":"r","limit":4_000_000_000u64}))
+        .await;
     let h = a.next_of("history").await;
     assert_eq!(h["messages"].as_array().unwrap().len(), 7);
 }
@@ -219,7 +241,8 @@ async fn read_markers_reach_the_users_other_connection_and_come_back_on_join() {
     for i in 1..=3 {
         a1.send_msg("r", &format!("m{i}"), "x").await;
     }
-    a1.send(json!({"type":"read","ref":"rd","room":"r","seq":2})).await;
+    a1.send(json!({"type":"read","ref":"rd","room":"r","seq":2}))
+        .await;
     let r = a1.next_of("read").await;
     assert_eq!(r["ref"], "rd");
     assert_eq!(r["seq"], 2);
@@ -227,9 +250,11 @@ async fn read_markers_reach_the_users_other_connection_and_come_back_on_join() {
     assert_eq!(pushed["seq"], 2);
     assert!(pushed.get("ref").is_none());
     // Markers never move back and never pass the head.
-    a1.send(json!({"type":"read","ref":"rd2","room":"r","seq":1})).await;
+    a1.send(json!({"type":"read","ref":"rd2","room":"r","seq":1}))
+        .await;
     assert_eq!(a1.next_of("read").await["seq"], 2);
-    a1.send(json!({"type":"read","ref":"rd3","room":"r","seq":99})).await;
+    a1.send(json!({"type":"read","ref":"rd3","room":"r","seq":99}))
+        .await;
     assert_eq!(a1.next_of("read").await["seq"], 3);
     let mut a3 = app.connect("alice").await;
     assert_eq!(a3.join("r").await["read"], 3);
@@ -246,7 +271,8 @@ async fn typing_reaches_others_and_is_never_stored() {
     let t = b.next_of("typing").await;
     assert_eq!(t["user"], "alice");
     assert_eq!(t["room"], "r");
-    a.assert_quiet(std::time::Duration::from_millis(200), &["presence"]).await;
+    a.assert_quiet(std::time::Duration::from_millis(200), &["presence"])
+        .await;
     assert!(app.rows("r").await.is_empty());
 }
 
@@ -259,7 +285,8 @@ async fn commands_in_a_room_not_joined_are_refused_with_not_joined() {
     assert_eq!(e["code"], "not_joined");
     a.send(json!({"type":"ping","ref":"p"})).await;
     assert_eq!(a.next_of("pong").await["ref"], "p");
-    a.send(json!({"type":"leave","ref":"l","room":"nowhere"})).await;
+    a.send(json!({"type":"leave","ref":"l","room":"nowhere"}))
+        .await;
     assert_eq!(a.next_of("error").await["code"], "not_joined");
     a.join("r").await;
     a.send(json!({"type":"leave","ref":"l2","room":"r"})).await;

@@ -31,7 +31,12 @@ async fn joins_and_leaves_arrive_as_presence_diffs() {
         }
     };
     // Diffs are set operations and may repeat what `joined` already said: find bob's entry.
-    let bob = diff["joins"].as_array().unwrap().iter().find(|e| e["user"] == "bob").unwrap();
+    let bob = diff["joins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["user"] == "bob")
+        .unwrap();
     assert_eq!(bob["name"], "bob name");
     b.send(json!({"type":"leave","ref":"l","room":"r"})).await;
     b.next_of("left").await;
@@ -71,9 +76,7 @@ async fn two_connections_of_one_user_count_once_and_the_grace_period_hides_flaps
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c3 = app.connect("carol").await;
     c3.join("r").await;
-    watcher
-        .assert_quiet(Duration::from_millis(2000), &[])
-        .await;
+    watcher.assert_quiet(Duration::from_millis(2000), &[]).await;
     // The HTTP presence API agrees.
     let body: serde_json::Value = reqwest::Client::new()
         .get(app.http("/api/v1/rooms/r/presence"))

@@ -15,7 +15,10 @@ async fn an_oversized_frame_closes_with_1009_and_the_room_goes_on() {
     let mut b = app.connect("bob").await;
     a.join("r").await;
     b.join("r").await;
-    let big = format!(r#"{{"type":"send","room":"r","cid":"x","body":"{}"}}"#, "x".repeat(70_000));
+    let big = format!(
+        r#"{{"type":"send","room":"r","cid":"x","body":"{}"}}"#,
+        "x".repeat(70_000)
+    );
     b.send_raw(Message::Text(big.into())).await;
     assert!(b.next().await.is_none() || b.skip_closed().await);
     assert_eq!(b.closed, Some(1009));
@@ -32,23 +35,35 @@ async fn malformed_frames_get_errors_with_their_ref_and_break_nothing() {
     b.join("r").await;
     b.send_raw(Message::Text("{not json".into())).await;
     assert_eq!(b.next_of("error").await["code"], "bad_request");
-    b.send(json!({"type":"send","ref":"k1","room":"r","cid":"bad cid!","body":"x"})).await;
+    b.send(json!({"type":"send","ref":"k1","room":"r","cid":"bad cid!","body":"x"}))
+        .await;
     let e = b.next_of("error").await;
-    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("bad_request"), Some("k1")));
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("bad_request"), Some("k1"))
+    );
     b.send(json!({"type":"fly","ref":"k2"})).await;
     assert_eq!(b.next_of("error").await["code"], "unknown_type");
-    b.send(json!({"type":"send","ref":"k3","room":"r","cid":"c","body":"x".repeat(5000)})).await;
+    b.send(json!({"type":"send","ref":"k3","room":"r","cid":"c","body":"x".repeat(5000)}))
+        .await;
     assert_eq!(b.next_of("error").await["code"], "too_large");
-    b.send(json!({"type":"send","ref":"k4","room":"r","cid":"c","body":"nul\u{0}"})).await;
+    b.send(json!({"type":"send","ref":"k4","room":"r","cid":"c","body":"nul\u{0}"}))
+        .await;
     assert_eq!(b.next_of("error").await["code"], "bad_request");
     // A binary frame on a JSON socket is the wrong encoding: an error, not a crash.
     b.send_raw(Message::Binary(vec![0x80].into())).await;
     assert_eq!(b.next_of("error").await["code"], "bad_request");
     // Invalid UTF-8 in a text frame closes with 1007 (the peer library refuses to send it,
     // so write it raw on a fresh socket).
-    assert_eq!(raw_frame_close_code(&app, &[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).await, 1007);
+    assert_eq!(
+        raw_frame_close_code(&app, &[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe]).await,
+        1007
+    );
     // Reserved bits set: protocol error.
-    assert_eq!(raw_frame_close_code(&app, &[0xf1, 0x80, 0, 0, 0, 0]).await, 1002);
+    assert_eq!(
+        raw_frame_close_code(&app, &[0xf1, 0x80, 0, 0, 0, 0]).await,
+        1002
+    );
     // Both sockets that behaved still work.
     assert_eq!(b.send_msg("r", "ok", "fine").await["type"], "ack");
     assert_eq!(a.messages("r", 1).await[0]["body"], "fine");
@@ -81,7 +96,10 @@ async fn raw_frame_close_code(app: &TestApp, frame: &[u8]) -> u16 {
                 return u16::from_be_bytes([rest[i + 2], rest[i + 3]]);
             }
         }
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         if n == 0 {
             return 1006;
         }
@@ -105,7 +123,9 @@ async fn a_reader_that_stops_reading_is_closed_with_4000_while_others_keep_recei
     const N: usize = 2000;
     let mut reader = tokio::spawn(async move {
         let got = good.messages("busy", N).await;
-        got.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>()
+        got.iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
     });
     let http = reqwest::Client::new();
     let url = app.http("/api/v1/rooms/busy/messages");
@@ -127,7 +147,9 @@ async fn a_reader_that_stops_reading_is_closed_with_4000_while_others_keep_recei
         .unwrap();
     assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
     eventually("slow consumer closed with 4000", || async {
-        app.metric("chatty_connections_closed_total{code=\"4000\"}").await >= 1.0
+        app.metric("chatty_connections_closed_total{code=\"4000\"}")
+            .await
+            >= 1.0
     })
     .await;
     assert!(app.metric("chatty_slow_consumer_closes_total").await >= 1.0);
@@ -151,13 +173,18 @@ async fn a_panicking_room_actor_is_restarted_and_its_members_keep_receiving_in_o
         .unwrap();
     assert_eq!(r.status(), 202);
     for i in 2..=6 {
-        assert_eq!(a.send_msg("r", &format!("m{i}"), "after").await["type"], "ack");
+        assert_eq!(
+            a.send_msg("r", &format!("m{i}"), "after").await["type"],
+            "ack"
+        );
     }
     let got = b.messages("r", 6).await;
     let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
     eventually("room restart counted", || async {
-        app.metric("chatty_actor_restarts_total{kind=\"room\"}").await >= 1.0
+        app.metric("chatty_actor_restarts_total{kind=\"room\"}")
+            .await
+            >= 1.0
     })
     .await;
 }
@@ -176,7 +203,9 @@ async fn a_panicking_writer_is_restarted_and_sends_go_on() {
         .unwrap();
     assert_eq!(r.status(), 202);
     eventually("writer restart counted", || async {
-        app.metric("chatty_actor_restarts_total{kind=\"writer\"}").await >= 1.0
+        app.metric("chatty_actor_restarts_total{kind=\"writer\"}")
+            .await
+            >= 1.0
     })
     .await;
     assert_eq!(a.send_msg("r", "m2", "after").await["seq"], 2);
@@ -217,7 +246,9 @@ impl Proxy {
         let (up2, conns2) = (up.clone(), conns.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = l.accept().await else { return };
+                let Ok((mut inbound, _)) = l.accept().await else {
+                    return;
+                };
                 if !up2.load(Ordering::SeqCst) {
                     drop(inbound);
                     continue;
@@ -250,7 +281,11 @@ impl Proxy {
 async fn postgres_cut_off_mid_traffic_loses_and_duplicates_nothing_acked() {
     let (mut s, url) = test_settings().await;
     let parsed = reqwest::Url::parse(&url).unwrap();
-    let proxy = Proxy::start((parsed.host_str().unwrap().to_string(), parsed.port().unwrap_or(5432))).await;
+    let proxy = Proxy::start((
+        parsed.host_str().unwrap().to_string(),
+        parsed.port().unwrap_or(5432),
+    ))
+    .await;
     let mut via = parsed.clone();
     via.set_port(Some(proxy.port)).unwrap();
     via.set_host(Some("127.0.0.1")).unwrap();
@@ -302,7 +337,10 @@ async fn postgres_cut_off_mid_traffic_loses_and_duplicates_nothing_acked() {
     let rows = app.rows("r").await;
     assert_eq!(rows.len(), 30, "every message stored exactly once");
     for (cid, seq) in &acked {
-        assert!(rows.iter().any(|r| r.0 == *seq && r.2 == *cid), "acked {cid} at {seq} missing");
+        assert!(
+            rows.iter().any(|r| r.0 == *seq && r.2 == *cid),
+            "acked {cid} at {seq} missing"
+        );
     }
     let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
     assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "seq stays gap-free");

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Run every test suite of Chatty: the README's test command, and what CI runs.
+#
+# Services: PostgreSQL (and Redis, for the suites that need it) come from, in order:
+#   1. CHATTY_TEST_DATABASE_URL / CHATTY_TEST_REDIS_URL, when set;
+#   2. the local servers on 127.0.0.1:5432 / 127.0.0.1:6379, when they answer;
+#   3. throwaway instances started here from the installed server binaries, in a temporary
+#      directory, stopped on exit (the Debian packages `postgresql` and `redis-server` are
+#      installed first when missing and this runs as root with apt-get available).
+# A suite whose services cannot be had fails loudly; nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[test] %s\n' "$*" >&2; }
+tmp=$(mktemp -d /tmp/chatty-test.XXXXXX)
+started_pg=""
+started_redis=""
+cleanup() {
+  if [ -n "$started_pg" ]; then
+    log "stopping throwaway PostgreSQL"
+    as_postgres "$started_pg/pg_ctl" -D "$tmp/pg" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  if [ -n "$started_redis" ]; then
+    log "stopping throwaway Redis"
+    kill "$(cat "$tmp/redis.pid" 2>/dev/null)" 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing $*"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    log "missing $* and cannot install it (not root or no apt-get)"
+    return 1
+  fi
+}
+
+# PostgreSQL refuses to run as root: run its tools as the `postgres` user when we are root.
+as_postgres() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1; }
+
+ensure_postgres() {
+  if [ -n "${CHATTY_TEST_DATABASE_URL:-}" ]; then
+    log "PostgreSQL: $CHATTY_TEST_DATABASE_URL (from the environment)"
+    return
+  fi
+  if port_open 5432; then
+    export CHATTY_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432"
+    log "PostgreSQL: the local server on 5432"
+    return
+  fi
+  local bin; bin=$(pg_bin)
+  if [ -z "$bin" ]; then apt_install postgresql; bin=$(pg_bin); fi
+  [ -n "$bin" ] || { log "no PostgreSQL server binaries"; exit 1; }
+  local port; port=$(free_port)
+  mkdir -p "$tmp/pg"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$tmp" && chmod 755 "$tmp"
+  as_postgres "$bin/initdb" -D "$tmp/pg" -U postgres --auth=trust >/dev/null
+  as_postgres "$bin/pg_ctl" -D "$tmp/pg" -l "$tmp/pg.log" -w \
+    -o "-p $port -k $tmp -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+  started_pg="$bin"
+  export CHATTY_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port"
+  log "PostgreSQL: throwaway instance on $port"
+}
+
+ensure_redis() {
+  if [ -n "${CHATTY_TEST_REDIS_URL:-}" ]; then
+    log "Redis: $CHATTY_TEST_REDIS_URL (from the environment)"
+    return
+  fi
+  if port_open 6379; then
+    export CHATTY_TEST_REDIS_URL="redis://127.0.0.1:6379"
+    log "Redis: the local server on 6379"
+    return
+  fi
+  command -v redis-server >/dev/null || apt_install redis-server
+  command -v redis-server >/dev/null || { log "no redis-server"; exit 1; }
+  local port; port=$(free_port)
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --pidfile "$tmp/redis.pid" --dir "$tmp" --logfile "$tmp/redis.log"
+  started_redis=1
+  for _ in $(seq 50); do port_open "$port" && break; sleep 0.1; done
+  export CHATTY_TEST_REDIS_URL="redis://127.0.0.1:$port"
+  log "Redis: throwaway instance on $port"
+}
+
+# Test databases are named chatty_test_*; drop the ones earlier runs left behind.
+drop_old_test_databases() {
+  command -v psql >/dev/null || return 0
+  psql "$CHATTY_TEST_DATABASE_URL/postgres" -Atqc \
+    "select datname from pg_database where datname like 'chatty\_test\_%'" 2>/dev/null |
+    while read -r db; do
+      psql "$CHATTY_TEST_DATABASE_URL/postgres" -qc "drop database if exists \"$db\"" >/dev/null 2>&1 || true
+    done
+}
+
+ensure_postgres
+ensure_redis
+drop_old_test_databases
+
+log "cargo test"
+cargo test --workspace --locked
+
+if [ -x scripts/lint-deploy.sh ]; then
+  log "deployment lints"
+  scripts/lint-deploy.sh
+fi

@@ -1,0 +1,157 @@
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::*;
+
+/// Start the real binary on port 0 and read its ports from its JSON log.
+async fn start_binary(db_url: &str) -> (tokio::process::Child, u16) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatty"))
+        .arg("serve")
+        .env("CHATTY__DATABASE__URL", db_url)
+        .env("CHATTY__SERVER__PORT", "0")
+        .env("CHATTY__SERVER__METRICS_PORT", "0")
+        .env("CHATTY__LOG__FORMAT", "json")
+        .env("CHATTY__LIMITS__MESSAGES_PER_SECOND", "100000")
+        .env("CHATTY__LIMITS__MESSAGE_BURST", "100000")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn chatty");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "listening" {
+                return v["port"].as_u64().unwrap() as u16;
+            }
+        }
+        panic!("chatty exited before listening");
+    })
+    .await
+    .expect("chatty did not start listening");
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
+
+#[tokio::test]
+async fn sigterm_under_traffic_closes_every_socket_with_1001_keeps_every_ack_and_exits_0() {
+    let (settings, db_url) = test_settings().await;
+    let (mut child, port) = start_binary(&db_url).await;
+    let auth = chatty::auth::Authenticator::new(&settings.auth);
+    let url = format!("ws://127.0.0.1:{port}/ws");
+
+    let mut tasks = Vec::new();
+    for c in 0..5 {
+        let token = auth
+            .mint(&format!("u{c}"), None, Duration::from_secs(600))
+            .unwrap();
+        let mut client = Client::connect(&url, &token, Some("chatty.v1.json")).await;
+        client.join("shutdown").await;
+        tasks.push(tokio::spawn(async move {
+            // Send steadily; collect acks until the server closes the socket.
+            let mut acked = Vec::new();
+            let mut i = 0;
+            loop {
+                let cid = format!("u{c}m{i}");
+                i += 1;
+                client
+                    .send(json!({"type":"send","ref":cid,"room":"shutdown","cid":cid,"body":"x"}))
+                    .await;
+                // Read whatever is available for a moment.
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(2), client.next()).await {
+                        Ok(Some(v)) if v["type"] == "ack" => acked.push((
+                            v["cid"].as_str().unwrap().to_string(),
+                            v["seq"].as_i64().unwrap(),
+                        )),
+                        Ok(Some(_)) => {}
+                        Ok(None) => return (client.closed, acked),
+                        Err(_) => break,
+                    }
+                }
+                if i > 20_000 {
+                    panic!("the server never closed the socket");
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(25), child.wait())
+        .await
+        .expect("exited within 25 s")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    let mut total_acked = 0;
+    for t in tasks {
+        let (code, acked) = t.await.unwrap();
+        assert_eq!(
+            code,
+            Some(1001),
+            "every client is told the server is going away"
+        );
+        assert!(!acked.is_empty());
+        total_acked += acked.len();
+        for (cid, seq) in acked {
+            let found: Option<(i64,)> =
+                sqlx::query_as("select seq from messages where room_id = 'shutdown' and cid = $1")
+                    .bind(&cid)
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap();
+            assert_eq!(found, Some((seq,)), "acked {cid} must be in the table");
+        }
+    }
+    assert!(total_acked > 10);
+}
+
+#[tokio::test]
+async fn stopping_the_application_acks_what_was_sent_then_closes_with_1001() {
+    let mut app = spawn_app().await;
+    let mut a = app.connect("alice").await;
+    a.join("r").await;
+    for i in 0..50 {
+        let cid = format!("m{i}");
+        a.send(json!({"type":"send","ref":cid,"room":"r","cid":cid,"body":"x"}))
+            .await;
+    }
+    // Give the reader a moment to hand the frames to the actor, then stop.
+    eventually("some sends taken", || async {
+        app.metric("chatty_frames_in_total{encoding=\"json\",type=\"send\"}")
+            .await
+            >= 50.0
+    })
+    .await;
+    let port = app.port;
+    let stop = tokio::spawn(async move { app.stop().await });
+    let mut acks = 0;
+    while let Some(v) = a.next().await {
+        if v["type"] == "ack" {
+            acks += 1;
+        }
+    }
+    assert_eq!(a.closed, Some(1001));
+    assert_eq!(
+        acks, 50,
+        "every send taken before the drain is acked before the close"
+    );
+    assert!(stop.await.unwrap(), "the drain finished in time");
+    // The listener is gone once the drain is over.
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err());
+}
