@@ -145,6 +145,7 @@ mod tests {
             jwt_issuer: iss.into(),
             api_key: Secret::new("k"),
             allowed_origins: vec![],
+            dev_tokens: false,
         }
     }
 

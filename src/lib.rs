@@ -8,6 +8,7 @@ pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 pub mod wire;
 pub mod ws;
 

@@ -121,8 +121,11 @@ pub struct AuthSettings {
     pub jwt_audience: String,
     pub jwt_issuer: String,
     pub api_key: Secret,
-    /// Exact origins (scheme://host[:port]) allowed to open sockets; empty allows any.
+    /// Exact origins (scheme://host[:port]) allowed to open sockets. A request without an
+    /// `Origin` (not a browser) is always allowed; one with an origin not listed never is.
     pub allowed_origins: Vec<String>,
+    /// Serve `POST /dev/token` (tokens for anyone, by name): local use only.
+    pub dev_tokens: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -190,6 +193,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("auth.jwt_audience", ""),
     ("auth.jwt_issuer", ""),
     ("auth.api_key", ""),
+    ("auth.dev_tokens", "false"),
     ("limits.max_frame_bytes", "65536"),
     ("limits.max_message_bytes", "65536"),
     ("limits.max_body_bytes", "4096"),

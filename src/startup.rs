@@ -27,7 +27,7 @@ use crate::api;
 use crate::auth::Authenticator;
 use crate::settings::Settings;
 use crate::store::PgStore;
-use crate::ws;
+use crate::{web, ws};
 
 /// Metrics of the edge (HTTP, handshakes, pool) beside the actors' own.
 pub struct EdgeMetrics {
@@ -37,6 +37,7 @@ pub struct EdgeMetrics {
     pub db_pool: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub draining: IntGauge,
+    pub redis_errors: prometheus::IntCounter,
 }
 
 impl EdgeMetrics {
@@ -76,6 +77,10 @@ impl EdgeMetrics {
                 &["version"],
             )?,
             draining: IntGauge::new("chatty_draining", "1 while the node drains for shutdown.")?,
+            redis_errors: prometheus::IntCounter::new(
+                "chatty_redis_errors_total",
+                "Errors talking to Redis (bus and presence).",
+            )?,
         };
         r.register(Box::new(m.handshake_rejections.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;
@@ -83,6 +88,7 @@ impl EdgeMetrics {
         r.register(Box::new(m.db_pool.clone()))?;
         r.register(Box::new(m.build_info.clone()))?;
         r.register(Box::new(m.draining.clone()))?;
+        r.register(Box::new(m.redis_errors.clone()))?;
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -311,6 +317,8 @@ pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
 
 fn public_router(state: AppState) -> Router {
     let mut r = Router::new()
+        .route("/", get(web::index))
+        .route("/static/{file}", get(web::static_file))
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
@@ -324,6 +332,9 @@ fn public_router(state: AppState) -> Router {
             "/api/v1/rooms/{room}/members/{user}",
             put(api::put_member).delete(api::delete_member),
         );
+    if state.settings.auth.dev_tokens {
+        r = r.route("/dev/token", post(web::dev_token));
+    }
     if state.settings.debug.fault_injection {
         r = r
             .route("/debug/rooms/{room}/panic", post(api::inject_room_panic))
