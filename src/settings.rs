@@ -98,6 +98,8 @@ pub struct ServerSettings {
 pub struct DatabaseSettings {
     /// `postgres://…`; empty selects the embedded SQLite store.
     pub url: Secret,
+    /// Where the embedded SQLite store lives when `url` is empty.
+    pub sqlite_path: String,
     pub max_connections: u32,
     pub migrate_on_start: bool,
     pub connect_timeout_ms: u64,
@@ -184,6 +186,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("server.pong_timeout_ms", "10000"),
     ("server.shutdown_timeout_ms", "25000"),
     ("database.url", ""),
+    ("database.sqlite_path", "data/chatty.db"),
     ("database.max_connections", "10"),
     ("database.migrate_on_start", "true"),
     ("database.connect_timeout_ms", "5000"),
@@ -374,9 +377,19 @@ impl Settings {
             "must be a postgres:// URL (or empty for the embedded store)",
         );
         need(
-            !url.is_empty(),
-            "database.url",
-            "must be set: this build persists to PostgreSQL",
+            !url.is_empty() || self.redis.url.expose().is_empty(),
+            "redis.url",
+            "cluster mode needs PostgreSQL (set database.url): the embedded SQLite store is single-node only",
+        );
+        need(
+            !url.is_empty() || !self.database.sqlite_path.is_empty(),
+            "database.sqlite_path",
+            "must be set when database.url is empty",
+        );
+        need(
+            !(self.auth.dev_tokens && self.environment == Environment::Production),
+            "auth.dev_tokens",
+            "is refused in production",
         );
         for o in &self.auth.allowed_origins {
             need(
@@ -434,6 +447,7 @@ mod tests {
                 jwt_issuer: String::new(),
                 api_key: s,
                 allowed_origins: vec![],
+                dev_tokens: false,
             }
         )
         .contains("hunter2"));

@@ -18,15 +18,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::api;
 use crate::auth::Authenticator;
 use crate::settings::Settings;
-use crate::store::PgStore;
+use crate::store::Database;
 use crate::{web, ws};
 
 /// Metrics of the edge (HTTP, handshakes, pool) beside the actors' own.
@@ -115,7 +113,7 @@ pub struct AppStateInner {
     pub edge_metrics: EdgeMetrics,
     draining: AtomicBool,
     registry: Registry,
-    pool: PgPool,
+    db: Database,
 }
 
 /// What every handler gets: a cheap clone of the shared state.
@@ -144,12 +142,13 @@ pub struct Application {
 impl Application {
     /// Connect, migrate, start the tree and bind the listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = connect(&settings).await?;
+        let db = Database::open(&settings, settings.database.migrate_on_start).await?;
+        tracing::info!(store = db.kind(), "database ready");
         let registry = Registry::new();
         let metrics = Metrics::new(&registry);
         let edge_metrics = EdgeMetrics::new(&registry)?;
         let node = Node::start(NodeArgs {
-            store: Arc::new(PgStore::new(pool.clone())),
+            store: db.store(),
             bus: LocalBus::new(),
             config: settings.node_config(),
             metrics,
@@ -180,7 +179,7 @@ impl Application {
             draining: AtomicBool::new(false),
             edge_metrics,
             registry,
-            pool,
+            db,
         }));
         Ok(Self {
             listener,
@@ -249,7 +248,7 @@ impl Application {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), accept).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), metrics_srv).await;
-        state.pool.close().await;
+        state.db.close().await;
         tracing::info!(
             clean,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -259,59 +258,10 @@ impl Application {
     }
 }
 
-/// Connect to Postgres, creating the database and running migrations when configured to.
-async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
-    let url = settings.database.url.expose();
-    let timeout = Duration::from_millis(settings.database.connect_timeout_ms);
-    if settings.database.migrate_on_start
-        && !tokio::time::timeout(timeout, sqlx::Postgres::database_exists(url))
-            .await
-            .context("database.url: timed out reaching the database")?
-            .context("database.url: cannot reach the database")?
-    {
-        sqlx::Postgres::create_database(url)
-            .await
-            .context("database.url: cannot create the database")?;
-    }
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.database.max_connections)
-        .acquire_timeout(timeout)
-        .connect(url)
-        .await
-        .context("database.url: cannot connect")?;
-    if settings.database.migrate_on_start {
-        migrate(&pool).await?;
-    }
-    Ok(pool)
-}
-
-/// Apply the Postgres migrations embedded in the binary.
-pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::migrate!("./migrations/postgres")
-        .run(pool)
-        .await
-        .context("running migrations")?;
-    Ok(())
-}
-
 /// `chatty migrate`: create the database if needed and apply migrations.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
-    let url = settings.database.url.expose();
-    if !sqlx::Postgres::database_exists(url)
-        .await
-        .context("database.url: cannot reach the database")?
-    {
-        sqlx::Postgres::create_database(url)
-            .await
-            .context("database.url: cannot create the database")?;
-    }
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .context("database.url: cannot connect")?;
-    migrate(&pool).await?;
-    pool.close().await;
+    let db = Database::open(settings, true).await?;
+    db.close().await;
     Ok(())
 }
 
@@ -376,10 +326,9 @@ async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> 
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let pool = &state.pool;
     let m = &state.edge_metrics;
-    let size = pool.size() as i64;
-    let idle = pool.num_idle() as i64;
+    let (size, idle) = state.db.pool_stats();
+    let (size, idle) = (i64::from(size), idle as i64);
     m.db_pool.with_label_values(&["open"]).set(size);
     m.db_pool.with_label_values(&["idle"]).set(idle);
     m.db_pool.with_label_values(&["in_use"]).set(size - idle);

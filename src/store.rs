@@ -1,10 +1,124 @@
-//! The `MessageStore` adapters: PostgreSQL (production, every multi-node setup).
+//! The `MessageStore` adapters: PostgreSQL (production, every multi-node setup) and the
+//! embedded SQLite default (single node, nothing to install), behind one `Database` handle.
 
 mod postgres;
+mod sqlite;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chatty_actors::{MessageStore, StoreError};
 pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
-use chatty_actors::StoreError;
+use crate::settings::Settings;
+
+/// An open database of either kind.
+#[derive(Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Database {
+    /// Open the configured database: PostgreSQL when `database.url` is set, else SQLite at
+    /// `database.sqlite_path`. Creates it when missing and migrates when `migrate` is true.
+    pub async fn open(settings: &Settings, migrate: bool) -> anyhow::Result<Database> {
+        let d = &settings.database;
+        let timeout = Duration::from_millis(d.connect_timeout_ms);
+        let url = d.url.expose();
+        let db = if url.is_empty() {
+            let path = std::path::Path::new(&d.sqlite_path);
+            if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("database.sqlite_path: cannot create {}", dir.display())
+                })?;
+            }
+            let opts = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                // WAL: readers never block the writer. FULL: every commit is fsynced before
+                // it returns, so an acknowledged message survives a power loss too.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(d.max_connections.clamp(1, 8))
+                .acquire_timeout(timeout)
+                .connect_with(opts)
+                .await
+                .with_context(|| format!("database.sqlite_path: cannot open {}", path.display()))?;
+            Database::Sqlite(pool)
+        } else {
+            if migrate
+                && !tokio::time::timeout(timeout, sqlx::Postgres::database_exists(url))
+                    .await
+                    .context("database.url: timed out reaching the database")?
+                    .context("database.url: cannot reach the database")?
+            {
+                sqlx::Postgres::create_database(url)
+                    .await
+                    .context("database.url: cannot create the database")?;
+            }
+            let pool = PgPoolOptions::new()
+                .max_connections(d.max_connections)
+                .acquire_timeout(timeout)
+                .connect(url)
+                .await
+                .context("database.url: cannot connect")?;
+            Database::Postgres(pool)
+        };
+        if migrate {
+            db.migrate().await?;
+        }
+        Ok(db)
+    }
+
+    /// Apply the migrations embedded in the binary.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Database::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await,
+            Database::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await,
+        }
+        .context("running migrations")
+    }
+
+    pub fn store(&self) -> Arc<dyn MessageStore> {
+        match self {
+            Database::Postgres(p) => Arc::new(PgStore::new(p.clone())),
+            Database::Sqlite(p) => Arc::new(SqliteStore::new(p.clone())),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Database::Postgres(_) => "postgres",
+            Database::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// (open, idle) connections of the pool.
+    pub fn pool_stats(&self) -> (u32, usize) {
+        match self {
+            Database::Postgres(p) => (p.size(), p.num_idle()),
+            Database::Sqlite(p) => (p.size(), p.num_idle()),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Database::Postgres(p) => p.close().await,
+            Database::Sqlite(p) => p.close().await,
+        }
+    }
+}
 
 /// Classify a sqlx error: connection trouble is `Unavailable` (retry later), the rest is
 /// `Other` (logged whole, opaque to clients).
@@ -17,14 +131,17 @@ pub(crate) fn store_err(e: sqlx::Error) -> StoreError {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
         sqlx::Error::Database(db) => {
-            // Class 08 (connection exception), 53 (insufficient resources), 57 (operator
-            // intervention, e.g. shutdown), 40001/40P01 (retryable conflicts).
+            // Postgres classes 08 (connection exception), 53 (insufficient resources), 57
+            // (operator intervention, e.g. shutdown), 40001/40P01 (retryable conflicts);
+            // SQLite 5/6 (BUSY/LOCKED).
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
             if code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57")
                 || code == "40001"
                 || code == "40P01"
+                || code == "5"
+                || code == "6"
             {
                 StoreError::Unavailable(e.to_string())
             } else {

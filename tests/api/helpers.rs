@@ -375,6 +375,12 @@ impl Client {
         }
     }
 
+    /// Drain until the socket closes; the close code.
+    pub async fn next_of_close(&mut self) -> Option<u16> {
+        while self.next_raw().await.is_some() {}
+        self.closed
+    }
+
     /// Drain until the socket closes; true once it has.
     pub async fn skip_closed(&mut self) -> bool {
         while self.next_raw().await.is_some() {}
@@ -416,4 +422,55 @@ pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> u16 {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
         Err(e) => panic!("unexpected handshake error {e}"),
     }
+}
+
+/// Start the real binary on port 0 with extra environment and read its port from its JSON log.
+pub async fn start_binary(env: &[(&str, &str)]) -> (tokio::process::Child, u16) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatty"));
+    cmd.arg("serve")
+        .env("CHATTY__SERVER__PORT", "0")
+        .env("CHATTY__SERVER__METRICS_PORT", "0")
+        .env("CHATTY__LOG__FORMAT", "json")
+        .env("CHATTY__LIMITS__MESSAGES_PER_SECOND", "100000")
+        .env("CHATTY__LIMITS__MESSAGE_BURST", "100000")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn chatty");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "listening" {
+                return v["port"].as_u64().unwrap() as u16;
+            }
+        }
+        panic!("chatty exited before listening");
+    })
+    .await
+    .expect("chatty did not start listening");
+    // Keep draining its log so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, port)
+}
+
+/// Send SIGTERM and wait for a clean exit.
+pub async fn terminate(child: &mut tokio::process::Child) -> Option<i32> {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(std::time::Duration::from_secs(25), child.wait())
+        .await
+        .expect("exited within 25 s")
+        .unwrap()
+        .code()
 }

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod embedded;
 mod handshake;
 mod http_api;
 mod messaging;

@@ -1,49 +1,13 @@
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::*;
-
-/// Start the real binary on port 0 and read its ports from its JSON log.
-async fn start_binary(db_url: &str) -> (tokio::process::Child, u16) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatty"))
-        .arg("serve")
-        .env("CHATTY__DATABASE__URL", db_url)
-        .env("CHATTY__SERVER__PORT", "0")
-        .env("CHATTY__SERVER__METRICS_PORT", "0")
-        .env("CHATTY__LOG__FORMAT", "json")
-        .env("CHATTY__LIMITS__MESSAGES_PER_SECOND", "100000")
-        .env("CHATTY__LIMITS__MESSAGE_BURST", "100000")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn chatty");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v["message"] == "listening" {
-                return v["port"].as_u64().unwrap() as u16;
-            }
-        }
-        panic!("chatty exited before listening");
-    })
-    .await
-    .expect("chatty did not start listening");
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, port)
-}
 
 #[tokio::test]
 async fn sigterm_under_traffic_closes_every_socket_with_1001_keeps_every_ack_and_exits_0() {
     let (settings, db_url) = test_settings().await;
-    let (mut child, port) = start_binary(&db_url).await;
+    let (mut child, port) = start_binary(&[("CHATTY__DATABASE__URL", db_url.as_str())]).await;
     let auth = chatty::auth::Authenticator::new(&settings.auth);
     let url = format!("ws://127.0.0.1:{port}/ws");
 

@@ -1,0 +1,264 @@
+//! The embedded SQLite store, the default when no database URL is set: `cargo run` works on a
+//! machine with nothing installed. Single node only. Same guarantees as PostgreSQL: a batch is
+//! one `BEGIN IMMEDIATE` transaction (SQLite's single writer lock), seqs come from the room
+//! row's counter, cids are unique per (room, user) forever.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chatty_actors::{
+    Appended, Body, Cid, DisplayName, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError,
+    StoredMessage, UserId,
+};
+use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::Row;
+
+use super::postgres::now_ms;
+use super::store_err;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+fn row_to_message(room: &RoomId, r: &SqliteRow) -> Result<StoredMessage, StoreError> {
+    let bad = |what: &str| StoreError::Other(format!("stored message has an invalid {what}"));
+    let seq: i64 = r.try_get("seq").map_err(store_err)?;
+    let user: String = r.try_get("user_id").map_err(store_err)?;
+    let name: String = r.try_get("name").map_err(store_err)?;
+    let cid: String = r.try_get("cid").map_err(store_err)?;
+    let body: String = r.try_get("body").map_err(store_err)?;
+    let ts: i64 = r.try_get("ts").map_err(store_err)?;
+    Ok(StoredMessage {
+        room: room.clone(),
+        seq: seq as Seq,
+        from: UserId::parse(&user).map_err(|_| bad("user"))?,
+        name: DisplayName::sanitize(&name),
+        cid: Cid::parse(&cid).map_err(|_| bad("cid"))?,
+        body: Body::parse(&body, usize::MAX).map_err(|_| bad("body"))?,
+        ts,
+    })
+}
+
+fn clamp(seq: Seq) -> i64 {
+    seq.min(i64::MAX as u64) as i64
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn append(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // IMMEDIATE takes the write lock up front: a deferred transaction that reads, then
+        // writes, can fail to upgrade its lock under concurrency.
+        let mut tx = self
+            .pool
+            .begin_with("begin immediate")
+            .await
+            .map_err(store_err)?;
+        let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let mut heads: HashMap<&str, (i64, i64)> = HashMap::with_capacity(rooms.len());
+        for room in &rooms {
+            sqlx::query("insert or ignore into rooms (id) values (?1)")
+                .bind(*room)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            let head: i64 = sqlx::query_scalar("select last_seq from rooms where id = ?1")
+                .bind(*room)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            heads.insert(room, (head, head));
+        }
+        let ts = now_ms();
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            let existing: Option<(i64, i64)> = sqlx::query_as(
+                "select seq, ts from messages where room_id = ?1 and user_id = ?2 and cid = ?3",
+            )
+            .bind(m.room.as_str())
+            .bind(m.from.as_str())
+            .bind(m.cid.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_err)?;
+            if let Some((seq, ts)) = existing {
+                out.push(Appended {
+                    seq: seq as Seq,
+                    ts,
+                    duplicate: true,
+                });
+                continue;
+            }
+            let head = heads
+                .get_mut(m.room.as_str())
+                .ok_or_else(|| StoreError::Other("room row missing after insert".into()))?;
+            head.1 += 1;
+            sqlx::query(
+                "insert into messages (room_id, seq, user_id, name, cid, body, ts)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(m.room.as_str())
+            .bind(head.1)
+            .bind(m.from.as_str())
+            .bind(m.name.as_str())
+            .bind(m.cid.as_str())
+            .bind(m.body.as_str())
+            .bind(ts)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_err)?;
+            out.push(Appended {
+                seq: head.1 as Seq,
+                ts,
+                duplicate: false,
+            });
+        }
+        for (room, (before, after)) in &heads {
+            if before != after {
+                sqlx::query("update rooms set last_seq = ?1 where id = ?2")
+                    .bind(after)
+                    .bind(*room)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_err)?;
+            }
+        }
+        tx.commit().await.map_err(store_err)?;
+        Ok(out)
+    }
+
+    async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {
+        let h: Option<i64> = sqlx::query_scalar("select last_seq from rooms where id = ?1")
+            .bind(room.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_err)?;
+        Ok(h.unwrap_or(0) as Seq)
+    }
+
+    async fn after(
+        &self,
+        room: &RoomId,
+        after: Seq,
+        limit: u32,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let rows = sqlx::query(
+            "select seq, user_id, name, cid, body, ts from messages
+              where room_id = ?1 and seq > ?2 order by seq limit ?3",
+        )
+        .bind(room.as_str())
+        .bind(clamp(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_err)?;
+        rows.iter().map(|r| row_to_message(room, r)).collect()
+    }
+
+    async fn before(
+        &self,
+        room: &RoomId,
+        before: Option<Seq>,
+        limit: u32,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        let rows = sqlx::query(
+            "select seq, user_id, name, cid, body, ts from messages
+              where room_id = ?1 and seq < ?2 order by seq desc limit ?3",
+        )
+        .bind(room.as_str())
+        .bind(before.map(clamp).unwrap_or(i64::MAX))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_err)?;
+        let more = rows.len() > limit as usize;
+        let mut msgs = rows
+            .iter()
+            .take(limit as usize)
+            .map(|r| row_to_message(room, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        msgs.reverse();
+        Ok((msgs, more))
+    }
+
+    async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {
+        let (allowed, read): (bool, i64) = sqlx::query_as(
+            "select coalesce((select not r.private
+                                 or exists (select 1 from room_members m
+                                             where m.room_id = ?1 and m.user_id = ?2)
+                                from rooms r where r.id = ?1), 1),
+                    coalesce((select seq from read_markers
+                               where room_id = ?1 and user_id = ?2), 0)",
+        )
+        .bind(room.as_str())
+        .bind(user.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_err)?;
+        Ok(JoinInfo {
+            allowed,
+            read: read as Seq,
+        })
+    }
+
+    async fn set_read(&self, room: &RoomId, user: &UserId, seq: Seq) -> Result<Seq, StoreError> {
+        let v: i64 = sqlx::query_scalar(
+            "insert into read_markers (room_id, user_id, seq)
+             values (?1, ?2, min(?3, coalesce((select last_seq from rooms where id = ?1), 0)))
+             on conflict (room_id, user_id)
+               do update set seq = max(read_markers.seq, excluded.seq)
+             returning seq",
+        )
+        .bind(room.as_str())
+        .bind(user.as_str())
+        .bind(clamp(seq))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_err)?;
+        Ok(v as Seq)
+    }
+
+    async fn set_private(&self, room: &RoomId, private: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into rooms (id, private) values (?1, ?2)
+             on conflict (id) do update set private = excluded.private",
+        )
+        .bind(room.as_str())
+        .bind(private)
+        .execute(&self.pool)
+        .await
+        .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
+        sqlx::query("insert or ignore into room_members (room_id, user_id) values (?1, ?2)")
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
+        sqlx::query("delete from room_members where room_id = ?1 and user_id = ?2")
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn with_no_database_configured_the_binary_serves_the_page_and_a_chat_and_keeps_messages_across_a_restart(
+) {
+    let dir =
+        std::env::temp_dir().join(format!("chatty-embedded-{}", uuid::Uuid::new_v4().simple()));
+    let path = dir.join("chatty.db");
+    let path = path.to_str().unwrap();
+    // No database URL and no Redis URL: the embedded default.
+    let env = [
+        ("CHATTY__DATABASE__URL", ""),
+        ("CHATTY__REDIS__URL", ""),
+        ("CHATTY__DATABASE__SQLITE_PATH", path),
+    ];
+    let (mut child, port) = start_binary(&env).await;
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<html"));
+
+    // A token from the local-only endpoint, then a full session over /ws.
+    let http = reqwest::Client::new();
+    let tok: Value = http
+        .post(format!("http://127.0.0.1:{port}/dev/token"))
+        .json(&json!({"name": "ada"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tok["user"], "ada");
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let mut a = Client::connect(&url, tok["token"].as_str().unwrap(), Some("chatty.v1.json")).await;
+    let token_b: Value = http
+        .post(format!("http://127.0.0.1:{port}/dev/token"))
+        .json(&json!({"name": "bea"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut b = Client::connect(
+        &url,
+        token_b["token"].as_str().unwrap(),
+        Some("chatty.v1.msgpack"),
+    )
+    .await;
+    a.join("home").await;
+    b.join("home").await;
+    assert_eq!(a.send_msg("home", "a1", "kept?").await["seq"], 1);
+    assert_eq!(b.send_msg("home", "b1", "kept!").await["seq"], 2);
+    assert_eq!(b.messages("home", 2).await[0]["body"], "kept?");
+    assert_eq!(terminate(&mut child).await, Some(0));
+    assert!(a.next_of_close().await == Some(1001));
+
+    // Restart on the same file: history is there, seq continues, idempotency holds.
+    let (mut child, port) = start_binary(&env).await;
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let mut a = Client::connect(&url, tok["token"].as_str().unwrap(), Some("chatty.v1.json")).await;
+    let joined = a.join_since("home", 0).await;
+    assert_eq!(joined["seq"], 2);
+    let replay = a.messages("home", 2).await;
+    assert_eq!(replay[1]["body"], "kept!");
+    assert_eq!(
+        a.send_msg("home", "a1", "again").await["seq"],
+        1,
+        "cid remembered across restarts"
+    );
+    assert_eq!(a.send_msg("home", "a2", "new").await["seq"], 3);
+    assert_eq!(terminate(&mut child).await, Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn cluster_settings_with_the_embedded_store_are_refused_at_startup() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatty"))
+        .arg("serve")
+        .env("CHATTY__DATABASE__URL", "")
+        .env("CHATTY__REDIS__URL", "redis://127.0.0.1:6379")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("redis.url") && err.contains("PostgreSQL"),
+        "{err}"
+    );
+}
