@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod auth;
+pub mod redis_bus;
+pub mod redis_presence;
 pub mod settings;
 pub mod startup;
 pub mod store;

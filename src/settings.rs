@@ -157,6 +157,10 @@ pub struct WriterSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct PresenceSettings {
     pub grace_ms: u64,
+    /// Cluster mode: a node's presence entries expire this long after its last heartbeat.
+    pub ttl_ms: u64,
+    /// Cluster mode: how often a node refreshes its entries and re-reads everyone's.
+    pub heartbeat_ms: u64,
     pub coalesce_ms: u64,
     pub gap_wait_ms: u64,
 }
@@ -214,6 +218,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("writer.flush_interval_ms", "5"),
     ("writer.retry_max_ms", "10000"),
     ("presence.grace_ms", "3000"),
+    ("presence.ttl_ms", "15000"),
+    ("presence.heartbeat_ms", "5000"),
     ("presence.coalesce_ms", "50"),
     ("presence.gap_wait_ms", "30"),
     ("log.format", "pretty"),
@@ -391,6 +397,22 @@ impl Settings {
             "auth.dev_tokens",
             "is refused in production",
         );
+        need(
+            self.presence.heartbeat_ms >= 50
+                && self.presence.heartbeat_ms * 2 <= self.presence.ttl_ms,
+            "presence.heartbeat_ms",
+            "must be >= 50 and at most half of presence.ttl_ms",
+        );
+        need(
+            self.node.id.len() <= 64
+                && self
+                    .node
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
+            "node.id",
+            "must match ^[A-Za-z0-9._-]{1,64}$",
+        );
         for o in &self.auth.allowed_origins {
             need(
                 o.starts_with("http://") || o.starts_with("https://"),
@@ -424,6 +446,7 @@ impl Settings {
             replay_max: l.replay_max,
             history_max: l.history_max,
             presence_grace: Duration::from_millis(self.presence.grace_ms),
+            presence_heartbeat: Duration::from_millis(self.presence.heartbeat_ms),
             presence_coalesce: Duration::from_millis(self.presence.coalesce_ms),
             gap_wait: Duration::from_millis(self.presence.gap_wait_ms),
             fault_injection: self.debug.fault_injection,

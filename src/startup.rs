@@ -13,7 +13,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::Router;
-use chatty_actors::{LocalBus, Metrics, Node, NodeArgs};
+use chatty_actors::{ClusterBus, LocalBus, Metrics, Node, NodeArgs, PresenceStore};
+
+use crate::redis_bus::RedisBus;
+use crate::redis_presence::RedisPresence;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -98,6 +101,8 @@ impl EdgeMetrics {
             "token_too_long",
             "capacity",
             "draining",
+            "not_websocket",
+            "unavailable",
         ] {
             m.handshake_rejections.with_label_values(&[reason]);
         }
@@ -147,9 +152,34 @@ impl Application {
         let registry = Registry::new();
         let metrics = Metrics::new(&registry);
         let edge_metrics = EdgeMetrics::new(&registry)?;
+        let redis_url = settings.redis.url.expose();
+        let node_id: Arc<str> = Arc::from(settings.node.id.as_str());
+        let (bus, presence_store): (Arc<dyn ClusterBus>, Option<Arc<dyn PresenceStore>>) =
+            if redis_url.is_empty() {
+                (LocalBus::new(), None)
+            } else {
+                tracing::info!(node = %node_id, "cluster mode: bus and presence through Redis");
+                let bus = RedisBus::start(
+                    redis_url,
+                    node_id.clone(),
+                    metrics.clone(),
+                    edge_metrics.redis_errors.clone(),
+                )
+                .context("redis.url")?;
+                let presence = RedisPresence::connect(
+                    redis_url,
+                    node_id.clone(),
+                    Duration::from_millis(settings.presence.ttl_ms),
+                    edge_metrics.redis_errors.clone(),
+                )
+                .await
+                .context("redis.url")?;
+                (bus, Some(presence))
+            };
         let node = Node::start(NodeArgs {
             store: db.store(),
-            bus: LocalBus::new(),
+            bus,
+            presence_store,
             config: settings.node_config(),
             metrics,
         })

@@ -119,8 +119,9 @@ fn route(rooms: &RoomRegistry, ev: BusEvent) {
             msgs,
             committed: None::<Instant>,
         },
-        BusEvent::Presence { joins, leaves, .. } => RoomMsg::RemotePresence { joins, leaves },
+        BusEvent::PresenceChanged { .. } => RoomMsg::PresenceResync,
         BusEvent::Typing { user, .. } => RoomMsg::Typing { user, local: false },
+        BusEvent::Resync { .. } => RoomMsg::CheckHead,
     };
     h.cast(msg);
 }

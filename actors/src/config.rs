@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub history_max: u32,
     /// A user with no connection left in a room stays present this long.
     pub presence_grace: Duration,
+    /// How often this node refreshes its presence entries in the cluster (cluster mode).
+    pub presence_heartbeat: Duration,
     /// Presence changes within this window go out as one diff.
     pub presence_coalesce: Duration,
     /// How long a room waits for a missing seq before reading it from the store.
@@ -61,6 +63,7 @@ impl Default for NodeConfig {
             replay_max: 1000,
             history_max: 200,
             presence_grace: Duration::from_secs(3),
+            presence_heartbeat: Duration::from_secs(5),
             presence_coalesce: Duration::from_millis(50),
             gap_wait: Duration::from_millis(30),
             fault_injection: false,

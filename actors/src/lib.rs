@@ -25,7 +25,9 @@ pub use ids::{Body, BodyError, Cid, ConnId, DisplayName, InvalidId, RoomId, Seq,
 pub use metrics::{Metrics, LATENCY_BUCKETS};
 pub use node::{Connection, Node, NodeArgs, NodeError};
 pub use outbox::{close, ConnShared, Out, Outbox, STOP_READING};
-pub use ports::{Appended, BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage, StoreError};
+pub use ports::{
+    Appended, BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceStore, StoreError,
+};
 pub use protocol::{
     Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, Ref, ServerFrame,
     StoredMessage,

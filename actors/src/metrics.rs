@@ -175,7 +175,7 @@ impl Metrics {
                 HistogramVec::new(
                     HistogramOpts::new(
                         "chatty_commit_delivery_seconds",
-                        "From commit to the message being queued to members, by scope.",
+                        "From commit to the message reaching its room on this node (local) or arriving from the bus on another node (remote).",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                     &["scope"],
@@ -232,6 +232,29 @@ impl Metrics {
         }
         for enc in ["json", "msgpack"] {
             m.frames_out.with_label_values(&[enc]);
+            for ty in [
+                "join", "leave", "send", "history", "read", "typing", "ping", "invalid",
+            ] {
+                m.frames_in.with_label_values(&[ty, enc]);
+            }
+        }
+        for code in [
+            "1000", "1001", "1002", "1007", "1008", "1009", "1011", "1013", "4000", "4001",
+        ] {
+            m.connections_closed.with_label_values(&[code]);
+        }
+        for code in [
+            "bad_request",
+            "unknown_type",
+            "too_large",
+            "not_joined",
+            "forbidden",
+            "room_limit",
+            "rate_limited",
+            "unavailable",
+            "internal",
+        ] {
+            m.errors_sent.with_label_values(&[code]);
         }
         m
     }

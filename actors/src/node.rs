@@ -21,8 +21,8 @@ use crate::connections::{
 use crate::ids::{Body, Cid, ConnId, DisplayName, RoomId, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnShared, Out, Outbox};
-use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage, StoreError};
-use crate::presence::{PresenceKeeper, PresenceKeeperMsg};
+use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage, PresenceStore, StoreError};
+use crate::presence::{PresenceArgs, PresenceKeeper, PresenceKeeperMsg};
 use crate::protocol::{Encoding, PresenceEntry, StoredMessage};
 use crate::room::RoomMsg;
 use crate::rooms::{RoomRegistry, RoomSupervisor, RoomSupervisorArgs};
@@ -32,6 +32,8 @@ use crate::writer::{WriteError, Writer, WriterArgs, WriterCounters, WriterHandle
 pub struct NodeArgs {
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn ClusterBus>,
+    /// Cluster-wide presence (cluster mode); `None` on a single node.
+    pub presence_store: Option<Arc<dyn PresenceStore>>,
     pub config: NodeConfig,
     pub metrics: Metrics,
 }
@@ -83,6 +85,7 @@ impl Node {
         let root_args = RootArgs {
             store: args.store.clone(),
             bus: args.bus,
+            presence_store: args.presence_store,
             config: args.config.clone(),
             metrics: args.metrics.clone(),
             rooms: rooms.clone(),
@@ -299,6 +302,7 @@ pub enum NodeMsg {}
 pub struct RootArgs {
     store: Arc<dyn MessageStore>,
     bus: Arc<dyn ClusterBus>,
+    presence_store: Option<Arc<dyn PresenceStore>>,
     config: NodeConfig,
     metrics: Metrics,
     rooms: Arc<RoomRegistry>,
@@ -360,8 +364,13 @@ impl NodeState {
                 w.get_id()
             }
             Child::Presence => {
-                let (p, _) =
-                    Actor::spawn_linked(None, PresenceKeeper, a.metrics.clone(), cell).await?;
+                let args = PresenceArgs {
+                    metrics: a.metrics.clone(),
+                    store: a.presence_store.clone(),
+                    rooms: a.rooms.clone(),
+                    heartbeat: a.config.presence_heartbeat,
+                };
+                let (p, _) = Actor::spawn_linked(None, PresenceKeeper, args, cell).await?;
                 *a.presence.write() = Some(p.clone());
                 self.presence_ref = Some(p.clone());
                 p.get_id()
@@ -385,6 +394,7 @@ impl NodeState {
                     store: a.store.clone(),
                     bus: a.bus.clone(),
                     presence,
+                    presence_store: a.presence_store.clone(),
                     config: a.config.clone(),
                     metrics: a.metrics.clone(),
                 };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
-use crate::protocol::{PresenceEntry, PresenceLeave, StoredMessage};
+use crate::protocol::{PresenceEntry, StoredMessage};
 
 /// A message to persist. Within one `append` call, (room, from, cid) keys are unique: the
 /// Writer collapses duplicates of one batch before it reaches the store.
@@ -86,14 +86,18 @@ pub trait MessageStore: Send + Sync + 'static {
 pub enum BusEvent {
     /// Committed messages of one room, ascending seq.
     Messages(Arc<[StoredMessage]>),
-    Presence {
+    /// Some node changed the room's presence: re-read it from the PresenceStore.
+    PresenceChanged {
         room: RoomId,
-        joins: Vec<PresenceEntry>,
-        leaves: Vec<PresenceLeave>,
     },
     Typing {
         room: RoomId,
         user: UserId,
+    },
+    /// Events of this room may have been lost (a reconnect, a dropped publish): compare the
+    /// delivered head with the store and fill the gap.
+    Resync {
+        room: RoomId,
     },
 }
 
@@ -101,9 +105,27 @@ impl BusEvent {
     pub fn room(&self) -> Option<&RoomId> {
         match self {
             BusEvent::Messages(m) => m.first().map(|m| &m.room),
-            BusEvent::Presence { room, .. } | BusEvent::Typing { room, .. } => Some(room),
+            BusEvent::PresenceChanged { room }
+            | BusEvent::Typing { room, .. }
+            | BusEvent::Resync { room } => Some(room),
         }
     }
+}
+
+/// Cluster-wide presence: which users are present in a room on any node. Entries carry an
+/// expiry refreshed by each node's heartbeat, so the entries of a node that dies silently
+/// disappear within the TTL.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// This node has `user` present in `room`.
+    async fn add(&self, room: &RoomId, user: &UserId, name: &DisplayName)
+        -> Result<(), StoreError>;
+    /// This node no longer has `user` present in `room`.
+    async fn remove(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
+    /// Extend the expiry of every entry this node holds (the heartbeat).
+    async fn refresh(&self, entries: &[(RoomId, UserId, DisplayName)]) -> Result<(), StoreError>;
+    /// Users present in `room` on any node (expired entries are dropped on the way).
+    async fn list(&self, room: &RoomId) -> Result<Vec<PresenceEntry>, StoreError>;
 }
 
 /// Carries events between nodes. Publishing never blocks: implementations queue (bounded)

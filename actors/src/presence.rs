@@ -1,51 +1,78 @@
-//! PresenceKeeper: this node's index of who is present in which room, fed by the rooms'
-//! coalesced diffs. It answers the HTTP presence API without waking room actors (or creating
-//! them for rooms with no local members). Cluster-wide replication builds on it.
+//! PresenceKeeper: this node's presence entries (who is present in which room through a
+//! connection on this node), fed by the rooms. It answers the HTTP presence API without waking
+//! room actors, and in cluster mode it is the node's heartbeat: it refreshes this node's
+//! entries in the PresenceStore and has every local room re-read the cluster-wide presence, so
+//! the entries of a node that died silently disappear everywhere within the TTL.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::task::JoinHandle;
 
-use crate::ids::{RoomId, UserId};
+use crate::ids::{DisplayName, RoomId, UserId};
 use crate::metrics::Metrics;
-use crate::protocol::{PresenceEntry, PresenceLeave};
+use crate::ports::PresenceStore;
+use crate::protocol::PresenceEntry;
+use crate::room::RoomMsg;
+use crate::rooms::RoomRegistry;
 
 pub type PresenceRef = ActorRef<PresenceKeeperMsg>;
 
 pub enum PresenceKeeperMsg {
-    Diff {
+    /// A user became present (or stopped being present) in a room through this node.
+    Local {
         room: RoomId,
-        joins: Vec<PresenceEntry>,
-        leaves: Vec<PresenceLeave>,
+        user: UserId,
+        name: DisplayName,
+        present: bool,
     },
     Get {
         room: RoomId,
         reply: RpcReplyPort<Vec<PresenceEntry>>,
     },
+    Heartbeat,
 }
 
 pub struct PresenceKeeper;
 
+pub struct PresenceArgs {
+    pub metrics: Metrics,
+    pub store: Option<Arc<dyn PresenceStore>>,
+    pub rooms: Arc<RoomRegistry>,
+    pub heartbeat: Duration,
+}
+
 pub struct PresenceKeeperState {
-    rooms: HashMap<RoomId, BTreeMap<UserId, PresenceEntry>>,
-    metrics: Metrics,
+    args: PresenceArgs,
+    local: HashMap<RoomId, BTreeMap<UserId, DisplayName>>,
+    ticker: Option<JoinHandle<()>>,
 }
 
 #[ractor::async_trait]
 impl Actor for PresenceKeeper {
     type Msg = PresenceKeeperMsg;
     type State = PresenceKeeperState;
-    type Arguments = Metrics;
+    type Arguments = PresenceArgs;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<PresenceKeeperMsg>,
-        metrics: Metrics,
+        myself: ActorRef<PresenceKeeperMsg>,
+        args: PresenceArgs,
     ) -> Result<PresenceKeeperState, ActorProcessingErr> {
-        metrics.actors_alive.with_label_values(&["presence"]).inc();
+        args.metrics
+            .actors_alive
+            .with_label_values(&["presence"])
+            .inc();
+        let ticker = args
+            .store
+            .is_some()
+            .then(|| myself.send_interval(args.heartbeat, || PresenceKeeperMsg::Heartbeat));
         Ok(PresenceKeeperState {
-            rooms: HashMap::new(),
-            metrics,
+            args,
+            local: HashMap::new(),
+            ticker,
         })
     }
 
@@ -54,7 +81,11 @@ impl Actor for PresenceKeeper {
         _myself: ActorRef<PresenceKeeperMsg>,
         state: &mut PresenceKeeperState,
     ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
         state
+            .args
             .metrics
             .actors_alive
             .with_label_values(&["presence"])
@@ -69,29 +100,78 @@ impl Actor for PresenceKeeper {
         state: &mut PresenceKeeperState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            PresenceKeeperMsg::Diff {
+            PresenceKeeperMsg::Local {
                 room,
-                joins,
-                leaves,
+                user,
+                name,
+                present,
             } => {
-                let users = state.rooms.entry(room.clone()).or_default();
-                for l in leaves {
-                    users.remove(&l.user);
-                }
-                for j in joins {
-                    users.insert(j.user.clone(), j);
+                let users = state.local.entry(room.clone()).or_default();
+                if present {
+                    users.insert(user, name);
+                } else {
+                    users.remove(&user);
                 }
                 if users.is_empty() {
-                    state.rooms.remove(&room);
+                    state.local.remove(&room);
                 }
             }
             PresenceKeeperMsg::Get { room, reply } => {
-                let list = state
-                    .rooms
-                    .get(&room)
-                    .map(|u| u.values().cloned().collect())
-                    .unwrap_or_default();
+                let local = || {
+                    state
+                        .local
+                        .get(&room)
+                        .map(|u| {
+                            u.iter()
+                                .map(|(user, name)| PresenceEntry {
+                                    user: user.clone(),
+                                    name: name.clone(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let list = match &state.args.store {
+                    // Cluster-wide when a store is configured; this node's view if it fails.
+                    Some(store) => {
+                        match tokio::time::timeout(Duration::from_secs(2), store.list(&room)).await
+                        {
+                            Ok(Ok(list)) => list,
+                            _ => local(),
+                        }
+                    }
+                    None => local(),
+                };
                 let _ = reply.send(list);
+            }
+            PresenceKeeperMsg::Heartbeat => {
+                let Some(store) = state.args.store.clone() else {
+                    return Ok(());
+                };
+                let entries: Vec<(RoomId, UserId, DisplayName)> = state
+                    .local
+                    .iter()
+                    .flat_map(|(room, users)| {
+                        users
+                            .iter()
+                            .map(move |(u, n)| (room.clone(), u.clone(), n.clone()))
+                    })
+                    .collect();
+                // Never block the keeper on a stalled Redis: the heartbeat runs on its own.
+                let rooms = state.args.rooms.clone();
+                let metrics = state.args.metrics.clone();
+                tokio::spawn(async move {
+                    let ok = matches!(
+                        tokio::time::timeout(Duration::from_secs(2), store.refresh(&entries)).await,
+                        Ok(Ok(()))
+                    );
+                    if !ok {
+                        metrics.bus_errors.inc();
+                    }
+                    for h in rooms.all() {
+                        h.cast(RoomMsg::PresenceResync);
+                    }
+                });
             }
         }
         Ok(())

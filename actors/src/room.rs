@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -20,7 +20,7 @@ use crate::config::NodeConfig;
 use crate::ids::{ConnId, DisplayName, RoomId, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::outbox::{close, Outbox};
-use crate::ports::{BusEvent, ClusterBus, MessageStore};
+use crate::ports::{BusEvent, ClusterBus, MessageStore, PresenceStore};
 use crate::presence::{PresenceKeeperMsg, PresenceRef};
 use crate::protocol::{
     EncodeOnce, Encoding, PresenceEntry, PresenceLeave, Ref, ServerFrame, StoredMessage,
@@ -57,7 +57,12 @@ struct UserPresence {
 pub struct RoomCore {
     delivered: Seq,
     members: HashMap<ConnId, MemberState>,
+    /// Users present through this node (a grace period included).
     users: HashMap<UserId, UserPresence>,
+    /// Users present on any node, as last read from the PresenceStore (cluster mode).
+    remote: BTreeMap<UserId, DisplayName>,
+    /// The presence the local members have been told about.
+    announced: BTreeMap<UserId, DisplayName>,
 }
 
 /// What a room's handle and its (current) actor share.
@@ -114,11 +119,10 @@ pub enum RoomMsg {
         seq: Seq,
         except: ConnId,
     },
-    /// Presence diffs from other nodes.
-    RemotePresence {
-        joins: Vec<PresenceEntry>,
-        leaves: Vec<PresenceLeave>,
-    },
+    /// Re-read the cluster-wide presence (cluster mode).
+    PresenceResync,
+    /// The cluster-wide presence just read.
+    PresenceSnapshot(Option<Vec<PresenceEntry>>),
     FlushPresence,
     GraceExpired {
         user: UserId,
@@ -141,6 +145,7 @@ pub struct RoomArgs {
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn ClusterBus>,
     pub presence: PresenceRef,
+    pub presence_store: Option<Arc<dyn PresenceStore>>,
     pub supervisor: ActorRef<RoomSupervisorMsg>,
     pub config: NodeConfig,
     pub metrics: Metrics,
@@ -154,9 +159,9 @@ pub struct RoomState {
     args: RoomArgs,
     reorder: BTreeMap<Seq, StoredMessage>,
     gap_timer_armed: bool,
-    pending_joins: Vec<PresenceEntry>,
-    pending_leaves: Vec<PresenceLeave>,
     flush_armed: bool,
+    resync_inflight: bool,
+    resync_again: bool,
     epoch: u64,
 }
 
@@ -178,14 +183,17 @@ impl Actor for RoomActor {
             // Whatever was committed while no actor listened is read back from the store.
             let _ = myself.cast(RoomMsg::CheckHead);
         }
+        if args.presence_store.is_some() {
+            let _ = myself.cast(RoomMsg::PresenceResync);
+        }
         args.metrics.actors_alive.with_label_values(&["room"]).inc();
         Ok(RoomState {
             args,
             reorder: BTreeMap::new(),
             gap_timer_armed: false,
-            pending_joins: Vec::new(),
-            pending_leaves: Vec::new(),
             flush_armed: false,
+            resync_inflight: false,
+            resync_again: false,
             epoch: 0,
         })
     }
@@ -268,17 +276,17 @@ impl Actor for RoomActor {
                     }
                 }
             }
-            RoomMsg::RemotePresence { joins, leaves } => {
-                let mut core = state.args.shared.core.lock();
-                broadcast(
-                    &mut core,
-                    ServerFrame::Presence {
-                        room: &state.args.room,
-                        joins: &joins,
-                        leaves: &leaves,
-                    },
-                    None,
-                );
+            RoomMsg::PresenceResync => state.presence_resync(&myself),
+            RoomMsg::PresenceSnapshot(list) => {
+                state.resync_inflight = false;
+                if let Some(list) = list {
+                    state.args.shared.core.lock().remote =
+                        list.into_iter().map(|e| (e.user, e.name)).collect();
+                    state.arm_presence_flush(&myself);
+                }
+                if std::mem::take(&mut state.resync_again) {
+                    state.presence_resync(&myself);
+                }
             }
             RoomMsg::FlushPresence => state.flush_presence(),
             RoomMsg::GraceExpired { user, epoch } => {
@@ -309,17 +317,20 @@ impl Actor for RoomActor {
     }
 }
 
-fn presence_list(core: &RoomCore) -> Vec<PresenceEntry> {
-    let mut v: Vec<PresenceEntry> = core
-        .users
-        .iter()
-        .map(|(user, p)| PresenceEntry {
-            user: user.clone(),
-            name: p.name.clone(),
-        })
-        .collect();
-    v.sort_by(|a, b| a.user.cmp(&b.user));
+/// Who is present: the users of this node plus those of other nodes, once each.
+fn presence_view(core: &RoomCore) -> BTreeMap<UserId, DisplayName> {
+    let mut v = core.remote.clone();
+    for (user, p) in &core.users {
+        v.insert(user.clone(), p.name.clone());
+    }
     v
+}
+
+fn presence_list(core: &RoomCore) -> Vec<PresenceEntry> {
+    presence_view(core)
+        .into_iter()
+        .map(|(user, name)| PresenceEntry { user, name })
+        .collect()
 }
 
 /// Encode `frame` once per encoding and queue it to every member except `except_user`.
@@ -373,20 +384,7 @@ impl RoomState {
             p.epoch = self.epoch;
             if !was_present {
                 self.args.metrics.presence_entries.inc();
-                // Back before the leave went out: the two cancel.
-                match self
-                    .pending_leaves
-                    .iter()
-                    .position(|l| l.user == member.user)
-                {
-                    Some(i) => {
-                        self.pending_leaves.remove(i);
-                    }
-                    None => self.pending_joins.push(PresenceEntry {
-                        user: member.user.clone(),
-                        name: member.name.clone(),
-                    }),
-                }
+                self.local_presence_changed(myself, &member.user, &member.name, true);
             }
         }
         let presence = presence_list(&core);
@@ -467,19 +465,80 @@ impl RoomState {
         if !gone {
             return;
         }
-        core.users.remove(&user);
+        let Some(p) = core.users.remove(&user) else {
+            return;
+        };
         drop(core);
         self.args.metrics.presence_entries.dec();
-        let was_pending_join = self.pending_joins.len();
-        self.pending_joins.retain(|j| j.user != user);
-        if was_pending_join == self.pending_joins.len() {
-            self.pending_leaves.push(PresenceLeave { user });
-        }
+        // In cluster mode the user stays in `remote` (the store's last word) until the store
+        // has forgotten this node's entry: if another node still has them, no leave shows.
+        self.local_presence_changed(myself, &user, &p.name, false);
         self.arm_presence_flush(myself);
     }
 
+    /// Record a change of this node's presence: in the keeper's index and, in cluster mode,
+    /// in the PresenceStore (off the room's mailbox, so a stalled Redis never stalls a room),
+    /// then tell the other nodes to re-read it.
+    fn local_presence_changed(
+        &self,
+        myself: &ActorRef<RoomMsg>,
+        user: &UserId,
+        name: &DisplayName,
+        present: bool,
+    ) {
+        let _ = self.args.presence.cast(PresenceKeeperMsg::Local {
+            room: self.args.room.clone(),
+            user: user.clone(),
+            name: name.clone(),
+            present,
+        });
+        let Some(store) = self.args.presence_store.clone() else {
+            return;
+        };
+        let (room, user, name, bus, me) = (
+            self.args.room.clone(),
+            user.clone(),
+            name.clone(),
+            self.args.bus.clone(),
+            myself.clone(),
+        );
+        tokio::spawn(async move {
+            let write = async {
+                if present {
+                    store.add(&room, &user, &name).await
+                } else {
+                    store.remove(&room, &user).await
+                }
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), write).await {
+                bus.publish(BusEvent::PresenceChanged { room });
+            }
+            let _ = me.cast(RoomMsg::PresenceResync);
+        });
+    }
+
+    /// Read the cluster-wide presence, at most one read in flight per room.
+    fn presence_resync(&mut self, myself: &ActorRef<RoomMsg>) {
+        let Some(store) = self.args.presence_store.clone() else {
+            return;
+        };
+        if self.resync_inflight {
+            self.resync_again = true;
+            return;
+        }
+        self.resync_inflight = true;
+        let (room, me) = (self.args.room.clone(), myself.clone());
+        tokio::spawn(async move {
+            let list = match tokio::time::timeout(Duration::from_secs(2), store.list(&room)).await {
+                Ok(Ok(l)) => Some(l),
+                _ => None,
+            };
+            let _ = me.cast(RoomMsg::PresenceSnapshot(list));
+        });
+    }
+
     fn arm_presence_flush(&mut self, myself: &ActorRef<RoomMsg>) {
-        if self.flush_armed || (self.pending_joins.is_empty() && self.pending_leaves.is_empty()) {
+        if self.flush_armed {
             return;
         }
         self.flush_armed = true;
@@ -488,35 +547,38 @@ impl RoomState {
         });
     }
 
+    /// Tell the local members what changed since they were last told: one diff per window.
     fn flush_presence(&mut self) {
         self.flush_armed = false;
-        if self.pending_joins.is_empty() && self.pending_leaves.is_empty() {
+        let mut core = self.args.shared.core.lock();
+        let view = presence_view(&core);
+        let joins: Vec<PresenceEntry> = view
+            .iter()
+            .filter(|(u, n)| core.announced.get(*u) != Some(*n))
+            .map(|(u, n)| PresenceEntry {
+                user: u.clone(),
+                name: n.clone(),
+            })
+            .collect();
+        let leaves: Vec<PresenceLeave> = core
+            .announced
+            .keys()
+            .filter(|u| !view.contains_key(*u))
+            .map(|u| PresenceLeave { user: u.clone() })
+            .collect();
+        if joins.is_empty() && leaves.is_empty() {
             return;
         }
-        let joins = std::mem::take(&mut self.pending_joins);
-        let leaves = std::mem::take(&mut self.pending_leaves);
-        {
-            let mut core = self.args.shared.core.lock();
-            broadcast(
-                &mut core,
-                ServerFrame::Presence {
-                    room: &self.args.room,
-                    joins: &joins,
-                    leaves: &leaves,
-                },
-                None,
-            );
-        }
-        let _ = self.args.presence.cast(PresenceKeeperMsg::Diff {
-            room: self.args.room.clone(),
-            joins: joins.clone(),
-            leaves: leaves.clone(),
-        });
-        self.args.bus.publish(BusEvent::Presence {
-            room: self.args.room.clone(),
-            joins,
-            leaves,
-        });
+        core.announced = view;
+        broadcast(
+            &mut core,
+            ServerFrame::Presence {
+                room: &self.args.room,
+                joins: &joins,
+                leaves: &leaves,
+            },
+            None,
+        );
     }
 
     fn typing(&self, user: &UserId) {

@@ -15,7 +15,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use crate::config::NodeConfig;
 use crate::ids::RoomId;
 use crate::metrics::Metrics;
-use crate::ports::{ClusterBus, MessageStore};
+use crate::ports::{ClusterBus, MessageStore, PresenceStore};
 use crate::presence::PresenceRef;
 use crate::protocol::StoredMessage;
 use crate::room::{RoomActor, RoomArgs, RoomMsg, RoomShared};
@@ -137,6 +137,7 @@ pub struct RoomSupervisorArgs {
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn ClusterBus>,
     pub presence: PresenceRef,
+    pub presence_store: Option<Arc<dyn PresenceStore>>,
     pub config: NodeConfig,
     pub metrics: Metrics,
 }
@@ -161,6 +162,7 @@ impl RoomSupervisorState {
             store: a.store.clone(),
             bus: a.bus.clone(),
             presence: a.presence.clone(),
+            presence_store: a.presence_store.clone(),
             supervisor: myself.clone(),
             config: a.config.clone(),
             metrics: a.metrics.clone(),

@@ -2,10 +2,12 @@
 
 mod helpers;
 
+mod cluster;
 mod embedded;
 mod handshake;
 mod http_api;
 mod messaging;
+mod observability;
 mod presence;
 mod resilience;
 mod shutdown;

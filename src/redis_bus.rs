@@ -1,0 +1,470 @@
+//! The Redis ClusterBus: after commit, each node publishes a room's messages on the room's
+//! channel; a node subscribes only to the rooms it has members in.
+//!
+//! Redis is only a bus here: PostgreSQL is the source of truth. So every failure mode of Redis
+//! (down, restarted empty, paused) is survivable: publishes that cannot go out are dropped and
+//! counted, the rooms they were for are remembered and a `resync` hint is published for them
+//! when Redis answers again; a subscriber that reconnects asks every local room to compare its
+//! head with the store. Rooms fill any gap from PostgreSQL.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use chatty_actors::{
+    Body, BusEvent, Cid, ClusterBus, DisplayName, Metrics, RoomId, StoredMessage, UserId,
+};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Bound of each queue in and out of Redis.
+const QUEUE: usize = 65_536;
+/// How long one Redis operation may take before the connection is considered stalled.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn channel(room: &RoomId) -> String {
+    format!("chatty:room:{}", room.as_str())
+}
+
+/// What travels on a room's channel (MessagePack).
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    /// The publishing node, so it can ignore its own events.
+    node: String,
+    event: WireEvent,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireEvent {
+    Messages {
+        room: String,
+        /// Microseconds since the epoch at commit, for the cross-node latency metric.
+        committed_us: u64,
+        msgs: Vec<WireMessage>,
+    },
+    PresenceChanged {
+        room: String,
+    },
+    Typing {
+        room: String,
+        user: String,
+    },
+    Resync {
+        room: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireMessage {
+    seq: u64,
+    from: String,
+    name: String,
+    cid: String,
+    body: String,
+    ts: i64,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn to_wire(ev: &BusEvent) -> Option<(RoomId, WireEvent)> {
+    Some(match ev {
+        BusEvent::Messages(msgs) => {
+            let room = msgs.first()?.room.clone();
+            let wire = WireEvent::Messages {
+                room: room.as_str().to_owned(),
+                committed_us: now_us(),
+                msgs: msgs
+                    .iter()
+                    .map(|m| WireMessage {
+                        seq: m.seq,
+                        from: m.from.as_str().to_owned(),
+                        name: m.name.as_str().to_owned(),
+                        cid: m.cid.as_str().to_owned(),
+                        body: m.body.as_str().to_owned(),
+                        ts: m.ts,
+                    })
+                    .collect(),
+            };
+            (room, wire)
+        }
+        BusEvent::PresenceChanged { room } => (
+            room.clone(),
+            WireEvent::PresenceChanged {
+                room: room.as_str().to_owned(),
+            },
+        ),
+        BusEvent::Typing { room, user } => (
+            room.clone(),
+            WireEvent::Typing {
+                room: room.as_str().to_owned(),
+                user: user.as_str().to_owned(),
+            },
+        ),
+        BusEvent::Resync { room } => (
+            room.clone(),
+            WireEvent::Resync {
+                room: room.as_str().to_owned(),
+            },
+        ),
+    })
+}
+
+/// Decode and validate an event from another node; `None` for anything malformed.
+fn from_wire(ev: WireEvent) -> Option<(BusEvent, Option<u64>)> {
+    Some(match ev {
+        WireEvent::Messages {
+            room,
+            committed_us,
+            msgs,
+        } => {
+            let room = RoomId::parse(&room).ok()?;
+            let msgs = msgs
+                .into_iter()
+                .map(|m| {
+                    Some(StoredMessage {
+                        room: room.clone(),
+                        seq: m.seq,
+                        from: UserId::parse(&m.from).ok()?,
+                        name: DisplayName::sanitize(&m.name),
+                        cid: Cid::parse(&m.cid).ok()?,
+                        body: Body::parse(&m.body, usize::MAX).ok()?,
+                        ts: m.ts,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            (BusEvent::Messages(msgs.into()), Some(committed_us))
+        }
+        WireEvent::PresenceChanged { room } => (
+            BusEvent::PresenceChanged {
+                room: RoomId::parse(&room).ok()?,
+            },
+            None,
+        ),
+        WireEvent::Typing { room, user } => (
+            BusEvent::Typing {
+                room: RoomId::parse(&room).ok()?,
+                user: UserId::parse(&user).ok()?,
+            },
+            None,
+        ),
+        WireEvent::Resync { room } => (
+            BusEvent::Resync {
+                room: RoomId::parse(&room).ok()?,
+            },
+            None,
+        ),
+    })
+}
+
+enum SubCmd {
+    Subscribe(RoomId),
+    Unsubscribe(RoomId),
+}
+
+/// Rooms whose events could not be published; a `resync` goes out for each once Redis
+/// answers again. Bounded: past the bound, everything is resynced on the next reconnect of
+/// every subscriber anyway.
+#[derive(Default)]
+struct Dropped(Mutex<HashSet<RoomId>>);
+
+impl Dropped {
+    fn add(&self, room: RoomId) {
+        let mut d = self.0.lock();
+        if d.len() < 100_000 {
+            d.insert(room);
+        }
+    }
+    fn take(&self) -> Vec<RoomId> {
+        self.0.lock().drain().collect()
+    }
+}
+
+pub struct RedisBus {
+    node: Arc<str>,
+    publish_tx: mpsc::Sender<(RoomId, Vec<u8>)>,
+    sub_tx: mpsc::Sender<SubCmd>,
+    rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
+    dropped: Arc<Dropped>,
+    metrics: Metrics,
+    redis_errors: IntCounter,
+}
+
+impl RedisBus {
+    /// Start the publisher and subscriber tasks. Never fails on an unreachable Redis: the
+    /// tasks keep retrying, and the node serves its local members meanwhile.
+    pub fn start(
+        url: &str,
+        node: Arc<str>,
+        metrics: Metrics,
+        redis_errors: IntCounter,
+    ) -> anyhow::Result<Arc<Self>> {
+        let client = redis::Client::open(url)?;
+        let (publish_tx, publish_rx) = mpsc::channel(QUEUE);
+        let (sub_tx, sub_rx) = mpsc::channel(QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(QUEUE);
+        let dropped = Arc::new(Dropped::default());
+        let bus = Arc::new(Self {
+            node: node.clone(),
+            publish_tx,
+            sub_tx,
+            rx: Mutex::new(Some(events_rx)),
+            dropped: dropped.clone(),
+            metrics: metrics.clone(),
+            redis_errors: redis_errors.clone(),
+        });
+        tokio::spawn(publisher(
+            client.clone(),
+            node.clone(),
+            publish_rx,
+            dropped,
+            metrics.clone(),
+            redis_errors.clone(),
+        ));
+        tokio::spawn(subscriber(
+            client,
+            node,
+            sub_rx,
+            events_tx,
+            metrics,
+            redis_errors,
+        ));
+        Ok(bus)
+    }
+}
+
+impl ClusterBus for RedisBus {
+    fn publish(&self, event: BusEvent) {
+        let Some((room, wire)) = to_wire(&event) else {
+            return;
+        };
+        let env = Envelope {
+            node: self.node.to_string(),
+            event: wire,
+        };
+        let Ok(bytes) = rmp_serde::to_vec_named(&env) else {
+            return;
+        };
+        if self.publish_tx.try_send((room.clone(), bytes)).is_err() {
+            self.metrics.bus_errors.inc();
+            self.dropped.add(room);
+        }
+    }
+
+    fn subscribe(&self, room: &RoomId) {
+        if self
+            .sub_tx
+            .try_send(SubCmd::Subscribe(room.clone()))
+            .is_err()
+        {
+            self.redis_errors.inc();
+        }
+    }
+
+    fn unsubscribe(&self, room: &RoomId) {
+        let _ = self.sub_tx.try_send(SubCmd::Unsubscribe(room.clone()));
+    }
+
+    fn take_receiver(&self) -> Option<mpsc::Receiver<BusEvent>> {
+        self.rx.lock().take()
+    }
+}
+
+async fn connect(client: &redis::Client) -> Option<redis::aio::MultiplexedConnection> {
+    match tokio::time::timeout(OP_TIMEOUT, client.get_multiplexed_async_connection()).await {
+        Ok(Ok(c)) => Some(c),
+        _ => None,
+    }
+}
+
+/// Drain the publish queue and send everything queued in one pipeline.
+async fn publisher(
+    client: redis::Client,
+    node: Arc<str>,
+    mut rx: mpsc::Receiver<(RoomId, Vec<u8>)>,
+    dropped: Arc<Dropped>,
+    metrics: Metrics,
+    redis_errors: IntCounter,
+) {
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let mut batch: Vec<(RoomId, Vec<u8>)> = Vec::with_capacity(256);
+    loop {
+        batch.clear();
+        match rx.recv().await {
+            Some(first) => batch.push(first),
+            None => return,
+        }
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        if conn.is_none() {
+            conn = connect(&client).await;
+        }
+        let ok = match conn.as_mut() {
+            Some(c) => {
+                let mut pipe = redis::pipe();
+                for (room, bytes) in &batch {
+                    pipe.publish(channel(room), bytes.as_slice()).ignore();
+                }
+                matches!(
+                    tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(c)).await,
+                    Ok(Ok(()))
+                )
+            }
+            None => false,
+        };
+        if ok {
+            metrics.bus_published.inc_by(batch.len() as u64);
+            // Redis answers again: tell the other nodes which rooms may have holes.
+            let rooms = dropped.take();
+            if let (false, Some(c)) = (rooms.is_empty(), conn.as_mut()) {
+                let mut pipe = redis::pipe();
+                for room in &rooms {
+                    let env = Envelope {
+                        node: node.to_string(),
+                        event: WireEvent::Resync {
+                            room: room.as_str().to_owned(),
+                        },
+                    };
+                    if let Ok(bytes) = rmp_serde::to_vec_named(&env) {
+                        pipe.publish(channel(room), bytes).ignore();
+                    }
+                }
+                if !matches!(
+                    tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(c)).await,
+                    Ok(Ok(()))
+                ) {
+                    rooms.into_iter().for_each(|r| dropped.add(r));
+                }
+            }
+        } else {
+            metrics.bus_errors.inc();
+            redis_errors.inc();
+            conn = None;
+            for (room, _) in batch.drain(..) {
+                dropped.add(room);
+            }
+            // Back off a little so a dead Redis is not hammered; the queue bound protects
+            // memory meanwhile.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Keep a subscription for every wanted room; on any trouble reconnect, resubscribe, and ask
+/// every local room to check its head against the store.
+async fn subscriber(
+    client: redis::Client,
+    node: Arc<str>,
+    mut cmds: mpsc::Receiver<SubCmd>,
+    events: mpsc::Sender<BusEvent>,
+    metrics: Metrics,
+    redis_errors: IntCounter,
+) {
+    let mut wanted: HashSet<RoomId> = HashSet::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let pubsub = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                redis_errors.inc();
+                // Take subscription changes meanwhile so the wanted set stays right.
+                let sleep = tokio::time::sleep(backoff);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        _ = &mut sleep => break,
+                        c = cmds.recv() => match c {
+                            Some(SubCmd::Subscribe(r)) => { wanted.insert(r); }
+                            Some(SubCmd::Unsubscribe(r)) => { wanted.remove(&r); }
+                            None => return,
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let (mut sink, mut stream) = pubsub.split();
+        let mut healthy = true;
+        for room in &wanted {
+            if !matches!(
+                tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channel(room))).await,
+                Ok(Ok(()))
+            ) {
+                healthy = false;
+                break;
+            }
+        }
+        if !healthy {
+            redis_errors.inc();
+            continue;
+        }
+        // Whatever was published while we were not listening is in the store.
+        for room in &wanted {
+            let _ = events.try_send(BusEvent::Resync { room: room.clone() });
+        }
+        let mut ping = tokio::time::interval(Duration::from_secs(1));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                c = cmds.recv() => match c {
+                    Some(SubCmd::Subscribe(r)) => {
+                        let ok = matches!(tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channel(&r))).await, Ok(Ok(())));
+                        // Events published before the subscription took effect are in the store.
+                        let _ = events.try_send(BusEvent::Resync { room: r.clone() });
+                        wanted.insert(r);
+                        if !ok { break; }
+                    }
+                    Some(SubCmd::Unsubscribe(r)) => {
+                        wanted.remove(&r);
+                        if !matches!(tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(channel(&r))).await, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
+                    None => return,
+                },
+                m = stream.next() => {
+                    let Some(m) = m else { break };
+                    let Ok(env) = rmp_serde::from_slice::<Envelope>(m.get_payload_bytes()) else {
+                        metrics.bus_errors.inc();
+                        continue;
+                    };
+                    if *env.node == *node {
+                        continue; // our own event: local rooms already have it
+                    }
+                    let Some((ev, committed_us)) = from_wire(env.event) else {
+                        metrics.bus_errors.inc();
+                        continue;
+                    };
+                    if let Some(us) = committed_us {
+                        let lag = now_us().saturating_sub(us) as f64 / 1e6;
+                        metrics.commit_delivery_seconds.with_label_values(&["remote"]).observe(lag);
+                    }
+                    if events.try_send(ev).is_err() {
+                        metrics.bus_errors.inc();
+                    }
+                }
+                _ = ping.tick() => {
+                    // A paused Redis answers nothing and reports no error: notice it.
+                    if !matches!(tokio::time::timeout(OP_TIMEOUT, sink.ping::<String>()).await, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        redis_errors.inc();
+        tracing::warn!("redis subscription lost; reconnecting");
+    }
+}
