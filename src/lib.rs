@@ -2,6 +2,7 @@
 //! router and WebSocket upgrade, the wire decoders, the PostgreSQL store, JWT and metrics.
 //! The actors themselves live in `chatty-actors`.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod redis_bus;

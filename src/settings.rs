@@ -92,6 +92,8 @@ pub struct ServerSettings {
     pub pong_timeout_ms: u64,
     /// Hard limit for the whole shutdown sequence.
     pub shutdown_timeout_ms: u64,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed: only the entry they append.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -145,6 +147,8 @@ pub struct Limits {
     pub replay_max: u32,
     pub history_max: u32,
     pub max_connections: usize,
+    pub max_connections_per_ip: u32,
+    pub max_connections_per_user: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -214,6 +218,8 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("limits.replay_max", "1000"),
     ("limits.history_max", "200"),
     ("limits.max_connections", "19000"),
+    ("limits.max_connections_per_ip", "2000"),
+    ("limits.max_connections_per_user", "50"),
     ("writer.batch_max", "1024"),
     ("writer.flush_interval_ms", "5"),
     ("writer.retry_max_ms", "10000"),
@@ -236,6 +242,8 @@ impl Settings {
             b = b.set_default(*k, *v).map_err(|e| e.to_string())?;
         }
         b = b
+            .set_default("server.trusted_proxies", Vec::<String>::new())
+            .map_err(|e| e.to_string())?
             .set_default("auth.allowed_origins", Vec::<String>::new())
             .map_err(|e| e.to_string())?;
         let settings: Settings = b
@@ -250,6 +258,7 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("auth.allowed_origins")
+                    .with_list_parse_key("server.trusted_proxies")
                     .try_parsing(true),
             )
             .build()
@@ -412,6 +421,23 @@ impl Settings {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
             "node.id",
             "must match ^[A-Za-z0-9._-]{1,64}$",
+        );
+        for p in &self.server.trusted_proxies {
+            need(
+                crate::admission::Cidr::parse(p).is_some(),
+                "server.trusted_proxies",
+                "entries must be IP addresses or CIDRs",
+            );
+        }
+        need(
+            l.max_connections_per_ip >= 1,
+            "limits.max_connections_per_ip",
+            "must be >= 1",
+        );
+        need(
+            l.max_connections_per_user >= 1,
+            "limits.max_connections_per_user",
+            "must be >= 1",
         );
         for o in &self.auth.allowed_origins {
             need(

@@ -24,6 +24,7 @@ use prometheus::{
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use crate::admission::{Admission, Cidr};
 use crate::api;
 use crate::auth::Authenticator;
 use crate::settings::Settings;
@@ -103,6 +104,8 @@ impl EdgeMetrics {
             "draining",
             "not_websocket",
             "unavailable",
+            "capacity_ip",
+            "capacity_user",
         ] {
             m.handshake_rejections.with_label_values(&[reason]);
         }
@@ -113,6 +116,8 @@ impl EdgeMetrics {
 /// The state every handler shares.
 pub struct AppStateInner {
     pub settings: Settings,
+    pub admission: Arc<Admission>,
+    pub trusted_proxies: Vec<Cidr>,
     pub auth: Authenticator,
     pub node: Arc<Node>,
     pub edge_metrics: EdgeMetrics,
@@ -202,7 +207,19 @@ impl Application {
                     )
                 })?;
         let auth = Authenticator::new(&settings.auth);
+        let admission = Admission::new(
+            settings.limits.max_connections_per_ip,
+            settings.limits.max_connections_per_user,
+        );
+        let trusted_proxies = settings
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| Cidr::parse(p))
+            .collect();
         let state = AppState(Arc::new(AppStateInner {
+            admission,
+            trusted_proxies,
             settings,
             auth,
             node,

@@ -21,6 +21,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use crate::admission;
 use crate::startup::AppState;
 use crate::wire;
 
@@ -91,6 +92,7 @@ fn reject(
 /// `GET /ws`.
 pub async fn upgrade(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<IncomingUpgrade, StatusCode>,
@@ -155,6 +157,26 @@ pub async fn upgrade(
             "server full, try again later\n",
         );
     }
+    let ip = admission::client_ip(peer, &headers, &state.trusted_proxies);
+    let slot = match state.admission.admit(ip, identity.user.as_str()) {
+        Ok(slot) => slot,
+        Err(admission::Refused::Ip) => {
+            return reject(
+                &state,
+                StatusCode::TOO_MANY_REQUESTS,
+                "capacity_ip",
+                "too many connections from this address\n",
+            );
+        }
+        Err(admission::Refused::User) => {
+            return reject(
+                &state,
+                StatusCode::TOO_MANY_REQUESTS,
+                "capacity_user",
+                "too many connections for this user\n",
+            );
+        }
+    };
     let (encoding, echo) = protocol.map_or((Encoding::Json, None), |(e, p)| (e, Some(p)));
     let Ok((mut response, fut)) = ws.upgrade() else {
         return reject(
@@ -188,6 +210,7 @@ pub async fn upgrade(
     let span = tracing::info_span!("connection", conn = %conn.shared.id);
     tokio::spawn(
         async move {
+            let _slot = slot; // released when the socket is gone
             match fut.await {
                 Ok(socket) => run(state, conn, encoding, socket.into_inner()).await,
                 Err(e) => {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
 
 use crate::config::NodeConfig;
 use crate::ids::{ConnId, DisplayName, RoomId, Seq, UserId};
@@ -218,103 +219,113 @@ impl Actor for RoomActor {
         msg: RoomMsg,
         state: &mut RoomState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            RoomMsg::Join {
-                member,
-                r#ref,
-                since,
-                read,
-            } => {
-                state
-                    .args
-                    .shared
-                    .pending_joins
-                    .fetch_sub(1, Ordering::AcqRel);
-                state.join(&myself, *member, r#ref, since, read);
-            }
-            RoomMsg::Leave { conn, r#ref } => {
-                if let Some(m) = state.remove_member(&myself, conn) {
-                    let room = state.args.room.clone();
-                    m.member.outbox.push(
-                        ServerFrame::Left {
-                            r#ref: r#ref.as_deref(),
-                            room: &room,
-                        }
-                        .encode(m.member.encoding),
-                    );
-                }
-                state.maybe_idle(&myself);
-            }
-            RoomMsg::Detach(conn) => {
-                state.remove_member(&myself, conn);
-                state.maybe_idle(&myself);
-            }
-            RoomMsg::Deliver { msgs, committed } => {
-                state.accept(&myself, &msgs, committed);
-            }
-            RoomMsg::Typing { user, local } => {
-                state.typing(&user);
-                if local {
-                    state.args.shared.queued.fetch_sub(1, Ordering::AcqRel);
-                    state.args.bus.publish(BusEvent::Typing {
-                        room: state.args.room.clone(),
-                        user,
-                    });
-                }
-            }
-            RoomMsg::ReadSync { user, seq, except } => {
-                let core = state.args.shared.core.lock();
-                let frame = ServerFrame::Read {
-                    r#ref: None,
-                    room: &state.args.room,
-                    seq,
-                };
-                let mut enc = EncodeOnce::new(frame);
-                for (id, m) in &core.members {
-                    if *id != except && m.member.user == user {
-                        m.member.outbox.push(enc.get(m.member.encoding));
-                    }
-                }
-            }
-            RoomMsg::PresenceResync => state.presence_resync(&myself),
-            RoomMsg::PresenceSnapshot(list) => {
-                state.resync_inflight = false;
-                if let Some(list) = list {
-                    state.args.shared.core.lock().remote =
-                        list.into_iter().map(|e| (e.user, e.name)).collect();
-                    state.arm_presence_flush(&myself);
-                }
-                if std::mem::take(&mut state.resync_again) {
-                    state.presence_resync(&myself);
-                }
-            }
-            RoomMsg::FlushPresence => state.flush_presence(),
-            RoomMsg::GraceExpired { user, epoch } => {
-                state.grace_expired(&myself, user, epoch);
-                state.maybe_idle(&myself);
-            }
-            RoomMsg::GapCheck => {
-                state.gap_timer_armed = false;
-                state.fill_gap(&myself).await;
-            }
-            RoomMsg::CheckHead => state.check_head(&myself).await,
-            RoomMsg::ReplayDone { conn, ok } => {
-                let mut core = state.args.shared.core.lock();
-                if let Some(m) = core.members.get_mut(&conn) {
-                    if ok {
-                        for frame in m.held.take().unwrap_or_default() {
-                            m.member.outbox.push(frame);
-                        }
-                    } else {
-                        // The client would have a hole: make it reconnect and recover.
-                        m.member.outbox.close(close::OVERLOADED);
-                    }
-                }
-            }
-            RoomMsg::Panic => panic!("fault injection: room panic requested"),
-        }
-        Ok(())
+        // One span per room, with its id as a field (debug level: free when not enabled).
+        let span = tracing::debug_span!("room", room = %state.args.room);
+        handle_room(myself, msg, state).instrument(span).await
     }
+}
+
+async fn handle_room(
+    myself: ActorRef<RoomMsg>,
+    msg: RoomMsg,
+    state: &mut RoomState,
+) -> Result<(), ActorProcessingErr> {
+    match msg {
+        RoomMsg::Join {
+            member,
+            r#ref,
+            since,
+            read,
+        } => {
+            state
+                .args
+                .shared
+                .pending_joins
+                .fetch_sub(1, Ordering::AcqRel);
+            state.join(&myself, *member, r#ref, since, read);
+        }
+        RoomMsg::Leave { conn, r#ref } => {
+            if let Some(m) = state.remove_member(&myself, conn) {
+                let room = state.args.room.clone();
+                m.member.outbox.push(
+                    ServerFrame::Left {
+                        r#ref: r#ref.as_deref(),
+                        room: &room,
+                    }
+                    .encode(m.member.encoding),
+                );
+            }
+            state.maybe_idle(&myself);
+        }
+        RoomMsg::Detach(conn) => {
+            state.remove_member(&myself, conn);
+            state.maybe_idle(&myself);
+        }
+        RoomMsg::Deliver { msgs, committed } => {
+            state.accept(&myself, &msgs, committed);
+        }
+        RoomMsg::Typing { user, local } => {
+            state.typing(&user);
+            if local {
+                state.args.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                state.args.bus.publish(BusEvent::Typing {
+                    room: state.args.room.clone(),
+                    user,
+                });
+            }
+        }
+        RoomMsg::ReadSync { user, seq, except } => {
+            let core = state.args.shared.core.lock();
+            let frame = ServerFrame::Read {
+                r#ref: None,
+                room: &state.args.room,
+                seq,
+            };
+            let mut enc = EncodeOnce::new(frame);
+            for (id, m) in &core.members {
+                if *id != except && m.member.user == user {
+                    m.member.outbox.push(enc.get(m.member.encoding));
+                }
+            }
+        }
+        RoomMsg::PresenceResync => state.presence_resync(&myself),
+        RoomMsg::PresenceSnapshot(list) => {
+            state.resync_inflight = false;
+            if let Some(list) = list {
+                state.args.shared.core.lock().remote =
+                    list.into_iter().map(|e| (e.user, e.name)).collect();
+                state.arm_presence_flush(&myself);
+            }
+            if std::mem::take(&mut state.resync_again) {
+                state.presence_resync(&myself);
+            }
+        }
+        RoomMsg::FlushPresence => state.flush_presence(),
+        RoomMsg::GraceExpired { user, epoch } => {
+            state.grace_expired(&myself, user, epoch);
+            state.maybe_idle(&myself);
+        }
+        RoomMsg::GapCheck => {
+            state.gap_timer_armed = false;
+            state.fill_gap(&myself).await;
+        }
+        RoomMsg::CheckHead => state.check_head(&myself).await,
+        RoomMsg::ReplayDone { conn, ok } => {
+            let mut core = state.args.shared.core.lock();
+            if let Some(m) = core.members.get_mut(&conn) {
+                if ok {
+                    for frame in m.held.take().unwrap_or_default() {
+                        m.member.outbox.push(frame);
+                    }
+                } else {
+                    // The client would have a hole: make it reconnect and recover.
+                    m.member.outbox.close(close::OVERLOADED);
+                }
+            }
+        }
+        RoomMsg::Panic => panic!("fault injection: room panic requested"),
+    }
+    Ok(())
 }
 
 /// Who is present: the users of this node plus those of other nodes, once each.

@@ -135,3 +135,71 @@ async fn a_socket_that_never_sends_a_frame_is_closed_as_idle() {
     assert!(c.next().await.is_none());
     assert_eq!(c.closed, Some(4001));
 }
+
+#[tokio::test]
+async fn per_user_and_per_ip_caps_answer_429_and_free_their_slot_on_close() {
+    let (mut s, _) = test_settings().await;
+    s.limits.max_connections_per_user = 2;
+    s.limits.max_connections_per_ip = 3;
+    // The test client is its own trusted proxy, so X-Forwarded-For decides the address.
+    s.server.trusted_proxies = vec!["127.0.0.1".into()];
+    let app = spawn_with(s).await;
+    let url = app.ws_url();
+    let hdr = |user: &str, ip: &str| {
+        vec![
+            (
+                "authorization".to_string(),
+                format!("Bearer {}", app.token(user)),
+            ),
+            ("x-forwarded-for".to_string(), format!("203.0.113.50, {ip}")),
+        ]
+    };
+    let status = |h: Vec<(String, String)>| {
+        let url = url.clone();
+        async move {
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            handshake_status(&url, &h).await
+        }
+    };
+    // Keep sockets open while counting: connect for real.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(connect_with(&url, &hdr("ann", "198.51.100.1")).await);
+    }
+    assert_eq!(
+        status(hdr("ann", "198.51.100.9")).await,
+        429,
+        "third socket of one user"
+    );
+    open.push(connect_with(&url, &hdr("bob", "198.51.100.1")).await);
+    assert_eq!(
+        status(hdr("cat", "198.51.100.1")).await,
+        429,
+        "fourth socket of one address"
+    );
+    // The spoofed first entry is never believed: another real address is fine.
+    assert_eq!(status(hdr("cat", "198.51.100.2")).await, 101);
+    drop(open.pop());
+    eventually("slot freed", || async {
+        status(hdr("cat", "198.51.100.1")).await == 101
+    })
+    .await;
+}
+
+async fn connect_with(
+    url: &str,
+    headers: &[(String, String)],
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect")
+        .0
+}
