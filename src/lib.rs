@@ -5,6 +5,8 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod echo;
+pub mod frames;
 pub mod redis_bus;
 pub mod redis_presence;
 pub mod settings;

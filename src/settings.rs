@@ -181,6 +181,8 @@ pub struct LogSettings {
 pub struct DebugSettings {
     /// Test-only hooks that make actors panic. Refused in production.
     pub fault_injection: bool,
+    /// Test-only `/debug/echo` WebSocket endpoint for conformance suites. Refused in production.
+    pub echo_endpoint: bool,
 }
 
 /// The built-in defaults, the first layer.
@@ -231,6 +233,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("log.format", "pretty"),
     ("log.level", "info"),
     ("debug.fault_injection", "false"),
+    ("debug.echo_endpoint", "false"),
 ];
 
 impl Settings {
@@ -400,6 +403,11 @@ impl Settings {
             !url.is_empty() || !self.database.sqlite_path.is_empty(),
             "database.sqlite_path",
             "must be set when database.url is empty",
+        );
+        need(
+            !(self.debug.echo_endpoint && self.environment == Environment::Production),
+            "debug.echo_endpoint",
+            "is refused in production",
         );
         need(
             !(self.auth.dev_tokens && self.environment == Environment::Production),

@@ -329,6 +329,9 @@ fn public_router(state: AppState) -> Router {
             "/api/v1/rooms/{room}/members/{user}",
             put(api::put_member).delete(api::delete_member),
         );
+    if state.settings.debug.echo_endpoint {
+        r = r.route("/debug/echo", get(crate::echo::upgrade));
+    }
     if state.settings.auth.dev_tokens {
         r = r.route("/dev/token", post(web::dev_token));
     }

@@ -9,27 +9,26 @@ use std::time::{Duration, Instant};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use chatty_actors::{
-    close, ConnMsg, ConnShared, Connection, Encoding, ErrorCode, Metrics, Out, Outbox, ServerFrame,
+    close, ConnMsg, ConnShared, Connection, Encoding, ErrorCode, Metrics, Out, ServerFrame,
     STOP_READING,
 };
 use fastwebsockets::upgrade::IncomingUpgrade;
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use fastwebsockets::Role;
 use serde::Deserialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::admission;
+use crate::frames::{put_close, put_frame, Message, MessageReader};
 use crate::startup::AppState;
 use crate::wire;
 
 pub const PROTOCOL_JSON: &str = "chatty.v1.json";
 pub const PROTOCOL_MSGPACK: &str = "chatty.v1.msgpack";
 
-/// The most fragments one message may arrive in (bounds endless empty continuations).
-const MAX_FRAGMENTS: usize = 128;
 /// Stop adding frames to one write past this many bytes.
 const MAX_WRITE_BATCH: usize = 256 * 1024;
 
@@ -234,38 +233,42 @@ where
     metrics.connections_active.inc();
     let (r, w) = tokio::io::split(stream);
     // fastwebsockets reads; our writer task frames and writes (so it can coalesce).
-    let (mut reader, _unused) =
+    let (reader, _unused) =
         fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
     let s = &state.settings;
-    reader.set_max_message_size(s.limits.max_frame_bytes + 1);
-    reader.set_auto_pong(true);
-    reader.set_auto_close(true);
+    let mut reader =
+        MessageReader::new(reader, s.limits.max_frame_bytes, s.limits.max_message_bytes);
 
     let timing = Timing {
         ping_interval: Duration::from_millis(s.server.ping_interval_ms),
         pong_timeout: Duration::from_millis(s.server.pong_timeout_ms),
         first_frame: Duration::from_millis(s.server.first_frame_timeout_ms),
     };
+    let Connection {
+        actor,
+        shared,
+        outbox,
+        outbound,
+    } = conn;
+    let conn = ConnParts {
+        actor,
+        shared,
+        outbox,
+    };
     let writer = tokio::spawn(write_loop(
         w,
-        conn.outbound,
+        outbound,
         conn.shared.clone(),
         encoding,
         timing,
         metrics.clone(),
     ));
 
-    let limits = ReadLimits {
-        max_message: s.limits.max_message_bytes,
-        max_body: s.limits.max_body_bytes,
-    };
     let code = read_loop(
         &mut reader,
-        &conn.outbox,
-        &conn.shared,
-        &conn.actor,
+        &conn,
         encoding,
-        limits,
+        s.limits.max_body_bytes,
         &metrics,
     )
     .await;
@@ -291,117 +294,60 @@ where
         .inc();
 }
 
-#[derive(Clone, Copy)]
-struct ReadLimits {
-    max_message: usize,
-    max_body: usize,
+/// A connection's handles, once its outbound queue went to the writer task.
+struct ConnParts {
+    actor: ractor::ActorRef<ConnMsg>,
+    shared: Arc<ConnShared>,
+    outbox: chatty_actors::Outbox,
 }
 
 /// Read until the socket ends or a close is requested. Returns the close code to send (0 if a
 /// close was already requested elsewhere).
 async fn read_loop<R>(
-    reader: &mut fastwebsockets::WebSocketRead<R>,
-    outbox: &Outbox,
-    shared: &Arc<ConnShared>,
-    actor: &ractor::ActorRef<ConnMsg>,
+    reader: &mut MessageReader<R>,
+    conn: &ConnParts,
     encoding: Encoding,
-    limits: ReadLimits,
+    max_body: usize,
     metrics: &Metrics,
 ) -> u16
 where
     R: tokio::io::AsyncRead + Unpin,
 {
+    let (outbox, shared) = (&conn.outbox, &conn.shared);
     let mut close_rx = shared.close_watch();
-    let expected = match encoding {
-        Encoding::Json => OpCode::Text,
-        Encoding::MsgPack => OpCode::Binary,
-    };
-    let mut assembling: Option<(OpCode, BytesMut, usize)> = None;
-    let ping_outbox = outbox.clone();
-    let ping_shared = shared.clone();
-    let mut obligated = move |f: Frame<'_>| {
-        // Answer pings through the outbox so the writer task stays the only writer.
-        if f.opcode == OpCode::Pong {
-            ping_shared.touch();
-            ping_outbox.push_out(Out::Pong(Bytes::copy_from_slice(&f.payload)));
-        }
-        std::future::ready(Ok::<(), std::convert::Infallible>(()))
-    };
     loop {
         if *close_rx.borrow() != 0 {
             return 0;
         }
-        let frame = tokio::select! {
+        // Pings are answered through the outbox so the writer task stays the only writer.
+        let next = reader.next(
+            |ping| {
+                outbox.push_out(Out::Pong(Bytes::copy_from_slice(ping)));
+            },
+            || shared.touch(),
+        );
+        let message = tokio::select! {
             biased;
             _ = close_rx.changed() => return 0,
-            f = reader.read_frame(&mut obligated) => f,
+            m = next => m,
         };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => return read_error_code(&e),
-        };
-        shared.touch();
-        let (opcode, payload) = match frame.opcode {
-            OpCode::Close => {
-                // Echo the client's code when it is one we may send, else a plain normal close.
-                let code = if frame.payload.len() >= 2 {
-                    u16::from_be_bytes([frame.payload[0], frame.payload[1]])
-                } else {
-                    close::NORMAL
-                };
-                return if (1000..=1003).contains(&code) || (3000..=4999).contains(&code) {
-                    code
-                } else {
-                    close::NORMAL
-                };
-            }
-            OpCode::Ping | OpCode::Pong => continue,
-            OpCode::Text | OpCode::Binary => {
-                if assembling.is_some() {
-                    return close::PROTOCOL; // a new message inside a fragmented one
-                }
-                if !frame.fin {
-                    let mut buf = BytesMut::new();
-                    buf.extend_from_slice(&frame.payload);
-                    if buf.len() > limits.max_message {
-                        return close::TOO_BIG;
-                    }
-                    assembling = Some((frame.opcode, buf, 1));
-                    continue;
-                }
-                (frame.opcode, frame.payload.to_vec())
-            }
-            OpCode::Continuation => {
-                let Some((op, mut buf, n)) = assembling.take() else {
-                    return close::PROTOCOL;
-                };
-                if buf.len() + frame.payload.len() > limits.max_message || n + 1 > MAX_FRAGMENTS {
-                    return close::TOO_BIG;
-                }
-                buf.extend_from_slice(&frame.payload);
-                if !frame.fin {
-                    assembling = Some((op, buf, n + 1));
-                    continue;
-                }
-                if op == OpCode::Text && std::str::from_utf8(&buf).is_err() {
-                    return close::INVALID_PAYLOAD;
-                }
-                (op, buf.to_vec())
+        let payload = match (message, encoding) {
+            (Err(code), _) => return code,
+            (Ok(Message::Text(p)), Encoding::Json)
+            | (Ok(Message::Binary(p)), Encoding::MsgPack) => p,
+            (Ok(_), _) => {
+                outbox.push(
+                    ServerFrame::error(
+                        None,
+                        ErrorCode::BadRequest,
+                        "wrong frame type for the negotiated subprotocol",
+                    )
+                    .encode(encoding),
+                );
+                continue;
             }
         };
-        if opcode != expected {
-            let r#ref = None;
-            outbox.push(
-                ServerFrame::error(
-                    r#ref,
-                    ErrorCode::BadRequest,
-                    "wrong frame type for the negotiated subprotocol",
-                )
-                .encode(encoding),
-            );
-            continue;
-        }
-        match wire::decode(&payload, encoding, limits.max_body) {
+        match wire::decode(&payload, encoding, max_body) {
             Ok(cmd) => {
                 metrics
                     .frames_in
@@ -417,7 +363,7 @@ where
                         Err(_) => return close::INTERNAL,
                     },
                 };
-                if actor.cast(ConnMsg::Command(cmd, permit)).is_err() {
+                if conn.actor.cast(ConnMsg::Command(cmd, permit)).is_err() {
                     return close::INTERNAL;
                 }
             }
@@ -438,46 +384,11 @@ where
     }
 }
 
-fn read_error_code(e: &WebSocketError) -> u16 {
-    match e {
-        WebSocketError::FrameTooLarge => close::TOO_BIG,
-        WebSocketError::InvalidUTF8 => close::INVALID_PAYLOAD,
-        WebSocketError::UnexpectedEOF
-        | WebSocketError::IoError(_)
-        | WebSocketError::ConnectionClosed => close::NORMAL,
-        _ => close::PROTOCOL,
-    }
-}
-
 #[derive(Clone, Copy)]
 struct Timing {
     ping_interval: Duration,
     pong_timeout: Duration,
     first_frame: Duration,
-}
-
-/// Append one unmasked server frame.
-fn put_frame(buf: &mut BytesMut, opcode: u8, payload: &[u8]) {
-    buf.put_u8(0x80 | opcode);
-    let n = payload.len();
-    if n < 126 {
-        buf.put_u8(n as u8);
-    } else if n <= usize::from(u16::MAX) {
-        buf.put_u8(126);
-        buf.put_u16(n as u16);
-    } else {
-        buf.put_u8(127);
-        buf.put_u64(n as u64);
-    }
-    buf.extend_from_slice(payload);
-}
-
-fn put_close(buf: &mut BytesMut, code: u16) {
-    let reason = close::reason(code).as_bytes();
-    let mut p = Vec::with_capacity(2 + reason.len());
-    p.extend_from_slice(&code.to_be_bytes());
-    p.extend_from_slice(reason);
-    put_frame(buf, 0x8, &p);
 }
 
 /// Write a buffer unless a close that cannot wait (anything but a graceful one) is requested.
@@ -607,18 +518,5 @@ mod tests {
         );
         assert!(negotiate(&h).is_err());
         assert!(negotiate(&HeaderMap::new()).unwrap().is_none());
-    }
-
-    #[test]
-    fn frames_use_the_shortest_length_form() {
-        let mut b = BytesMut::new();
-        put_frame(&mut b, 1, &[0; 125]);
-        assert_eq!(&b[..2], &[0x81, 125]);
-        let mut b = BytesMut::new();
-        put_frame(&mut b, 2, &[0; 126]);
-        assert_eq!(&b[..4], &[0x82, 126, 0, 126]);
-        let mut b = BytesMut::new();
-        put_frame(&mut b, 2, &[0; 70_000]);
-        assert_eq!(b[1], 127);
     }
 }
