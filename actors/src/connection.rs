@@ -205,16 +205,17 @@ impl ConnState {
                         "too many rooms on this connection",
                     );
                 }
-                let read = match ctx.store.join_info(&room, &self.args.user).await {
-                    Ok(info) if !info.allowed => {
-                        return self.error(r, ErrorCode::Forbidden, "this room is private");
-                    }
-                    Ok(info) => info.read,
-                    Err(e) => {
-                        tracing::warn!(room = %room, error = %e, "join: store unavailable");
-                        return self.error(r, ErrorCode::Unavailable, "try again later");
-                    }
-                };
+                let read =
+                    match crate::ports::timed(ctx.store.join_info(&room, &self.args.user)).await {
+                        Ok(info) if !info.allowed => {
+                            return self.error(r, ErrorCode::Forbidden, "this room is private");
+                        }
+                        Ok(info) => info.read,
+                        Err(e) => {
+                            tracing::warn!(room = %room, error = %e, "join: store unavailable");
+                            return self.error(r, ErrorCode::Unavailable, "try again later");
+                        }
+                    };
                 let Some(h) = ctx.rooms.get_or_spawn(&room).await else {
                     return self.error(r, ErrorCode::Unavailable, "try again later");
                 };
@@ -300,7 +301,7 @@ impl ConnState {
             } => {
                 let r = r#ref.as_deref();
                 if !self.rooms.contains_key(&room) {
-                    match ctx.store.join_info(&room, &self.args.user).await {
+                    match crate::ports::timed(ctx.store.join_info(&room, &self.args.user)).await {
                         Ok(info) if !info.allowed => {
                             return self.error(r, ErrorCode::Forbidden, "this room is private")
                         }
@@ -309,7 +310,7 @@ impl ConnState {
                     }
                 }
                 let limit = limit.min(ctx.config.history_max);
-                match ctx.store.before(&room, before, limit).await {
+                match crate::ports::timed(ctx.store.before(&room, before, limit)).await {
                     Ok((msgs, more)) => self.push(ServerFrame::History {
                         r#ref: r,
                         room: &room,
@@ -324,7 +325,7 @@ impl ConnState {
                 let Some(h) = self.joined(r, &room).cloned() else {
                     return;
                 };
-                match ctx.store.set_read(&room, &self.args.user, seq).await {
+                match crate::ports::timed(ctx.store.set_read(&room, &self.args.user, seq)).await {
                     Ok(seq) => {
                         self.push(ServerFrame::Read {
                             r#ref: r,

@@ -140,3 +140,18 @@ pub trait ClusterBus: Send + Sync + 'static {
     /// Events from other nodes. Called once, by the BusListener.
     fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<BusEvent>>;
 }
+
+/// The longest any single store call may take before it counts as failed. A frozen database
+/// (paused, or a network black hole) must not hold an actor forever: the caller retries or
+/// answers `unavailable`, and idempotency makes a retry of an append that did commit safe.
+pub const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Run a store call with `STORE_TIMEOUT`.
+pub async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(STORE_TIMEOUT, f).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable("store call timed out".into())),
+    }
+}

@@ -178,7 +178,7 @@ impl Actor for RoomActor {
         args: RoomArgs,
     ) -> Result<RoomState, ActorProcessingErr> {
         if !args.restarted {
-            let head = args.store.head(&args.room).await?;
+            let head = crate::ports::timed(args.store.head(&args.room)).await?;
             args.shared.core.lock().delivered = head;
         } else {
             // Whatever was committed while no actor listened is read back from the store.
@@ -665,14 +665,11 @@ impl RoomState {
             return;
         }
         self.args.metrics.gap_fills.inc();
-        let missing = (first - delivered - 1).min(u64::from(u32::MAX)) as u32;
+        // At most a page at a time: a larger gap is filled over several checks.
+        let missing = (first - delivered - 1).min(1000) as u32;
         tracing::debug!(room = %self.args.room, from = delivered + 1, count = missing, "filling gap from store");
-        match self
-            .args
-            .store
-            .after(&self.args.room, delivered, missing)
-            .await
-        {
+        let read = self.args.store.after(&self.args.room, delivered, missing);
+        match crate::ports::timed(read).await {
             Ok(found) => self.accept(myself, &found, None),
             Err(e) => {
                 tracing::warn!(room = %self.args.room, error = %e, "gap fill failed, will retry");
@@ -684,7 +681,7 @@ impl RoomState {
 
     async fn check_head(&mut self, myself: &ActorRef<RoomMsg>) {
         let room = self.args.room.clone();
-        let head = match self.args.store.head(&room).await {
+        let head = match crate::ports::timed(self.args.store.head(&room)).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(room = %room, error = %e, "head check failed, will retry");
@@ -699,7 +696,7 @@ impl RoomState {
             }
             self.args.metrics.gap_fills.inc();
             let n = (head - delivered).min(500) as u32;
-            match self.args.store.after(&room, delivered, n).await {
+            match crate::ports::timed(self.args.store.after(&room, delivered, n)).await {
                 Ok(found) if !found.is_empty() => self.accept(myself, &found, None),
                 _ => return,
             }
@@ -779,7 +776,7 @@ fn spawn_replay(
         let mut ok = true;
         while cursor < upto {
             let n = (upto - cursor).min(200) as u32;
-            match store.after(&room, cursor, n).await {
+            match crate::ports::timed(store.after(&room, cursor, n)).await {
                 Ok(page) if !page.is_empty() => {
                     for m in page.iter().take_while(|m| m.seq <= upto) {
                         if !member

@@ -210,7 +210,10 @@ async fn flush(state: &mut WriterState) {
     let mut backoff = Duration::from_millis(25);
     let outcome = loop {
         let t = Instant::now();
-        match a.store.append(&unique).instrument(span.clone()).await {
+        match crate::ports::timed(a.store.append(&unique))
+            .instrument(span.clone())
+            .await
+        {
             Ok(res) => {
                 a.metrics
                     .writer_flush_seconds

@@ -4,6 +4,7 @@ mod helpers;
 
 mod cluster;
 mod embedded;
+mod faults;
 mod handshake;
 mod http_api;
 mod messaging;
