@@ -53,15 +53,15 @@ impl<R: tokio::io::AsyncRead + Unpin> MessageReader<R> {
         loop {
             let mut obligated = |f: Frame<'_>| {
                 if f.opcode == OpCode::Pong {
+                    // A ping from the client (answered by this pong) is a sign of life too.
+                    on_frame();
                     on_pong(&f.payload);
                 }
                 std::future::ready(Ok::<(), std::convert::Infallible>(()))
             };
-            let frame = self
-                .reader
-                .read_frame(&mut obligated)
-                .await
-                .map_err(|e| read_error_code(&e))?;
+            let frame = self.reader.read_frame(&mut obligated).await;
+            drop(obligated);
+            let frame = frame.map_err(|e| read_error_code(&e))?;
             on_frame();
             match frame.opcode {
                 OpCode::Close => {

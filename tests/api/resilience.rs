@@ -345,3 +345,44 @@ async fn postgres_cut_off_mid_traffic_loses_and_duplicates_nothing_acked() {
     let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
     assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "seq stays gap-free");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed_with_4001_after_the_pong_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut s, _) = test_settings().await;
+    s.server.ping_interval_ms = 200;
+    s.server.pong_timeout_ms = 300;
+    let app = spawn_with(s).await;
+    let mut sock = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.token("mute")
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    // One masked ping frame from us ({"type":"ping"} is not needed: any frame counts), then
+    // silence: we read what the server sends but never answer its pings.
+    sock.write_all(&[0x89, 0x80, 1, 2, 3, 4]).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let code = loop {
+        let n = tokio::time::timeout(WAIT, sock.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed without a close frame");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(2).position(|w| w[0] == 0x88 && w[1] >= 2) {
+            if got.len() >= i + 4 {
+                break u16::from_be_bytes([got[i + 2], got[i + 3]]);
+            }
+        }
+    };
+    assert_eq!(code, 4001);
+    // Server pings went out before it gave up.
+    assert!(
+        got.windows(2).any(|w| w == [0x89, 0x00]),
+        "no ping was sent"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+}
