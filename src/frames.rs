@@ -60,7 +60,6 @@ impl<R: tokio::io::AsyncRead + Unpin> MessageReader<R> {
                 std::future::ready(Ok::<(), std::convert::Infallible>(()))
             };
             let frame = self.reader.read_frame(&mut obligated).await;
-            drop(obligated);
             let frame = frame.map_err(|e| read_error_code(&e))?;
             on_frame();
             match frame.opcode {
