@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use chatty_actors::{MessageStore, StoreError};
+use chatty_actors::{
+    Body, Cid, DisplayName, MessageStore, RoomId, Seq, StoreError, StoredMessage, UserId,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 use sqlx::migrate::MigrateDatabase;
@@ -16,6 +18,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ColumnIndex, Decode, Row, Type};
 
 use crate::settings::Settings;
 
@@ -118,6 +121,56 @@ impl Database {
             Database::Sqlite(p) => p.close().await,
         }
     }
+}
+
+/// Rebuild a message from a row of either store. Rows were validated on the way in; a row
+/// that no longer parses (edited by hand) is reported rather than delivered.
+pub(crate) fn row_to_message<'r, R>(room: &RoomId, r: &'r R) -> Result<StoredMessage, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let bad = |what: &str| StoreError::Other(format!("stored message has an invalid {what}"));
+    let seq: i64 = r.try_get("seq").map_err(store_err)?;
+    let user: String = r.try_get("user_id").map_err(store_err)?;
+    let name: String = r.try_get("name").map_err(store_err)?;
+    let cid: String = r.try_get("cid").map_err(store_err)?;
+    let body: String = r.try_get("body").map_err(store_err)?;
+    let ts: i64 = r.try_get("ts").map_err(store_err)?;
+    Ok(StoredMessage {
+        room: room.clone(),
+        seq: seq as Seq,
+        from: UserId::parse(&user).map_err(|_| bad("user"))?,
+        name: DisplayName::sanitize(&name),
+        cid: Cid::parse(&cid).map_err(|_| bad("cid"))?,
+        body: Body::parse(&body, usize::MAX).map_err(|_| bad("body"))?,
+        ts,
+    })
+}
+
+/// Turn rows read newest first, one more than `limit`, into a page oldest first and whether
+/// older messages exist.
+pub(crate) fn page<R>(
+    room: &RoomId,
+    rows: &[R],
+    limit: u32,
+) -> Result<(Vec<StoredMessage>, bool), StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let more = rows.len() > limit as usize;
+    let mut msgs = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| row_to_message(room, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    msgs.reverse();
+    Ok((msgs, more))
 }
 
 /// Classify a sqlx error: connection trouble is `Unavailable` (retry later), the rest is

@@ -7,13 +7,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chatty_actors::{
-    Appended, Body, Cid, DisplayName, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError,
-    StoredMessage, UserId,
+    Appended, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError, StoredMessage, UserId,
 };
-use sqlx::postgres::{PgPool, PgRow};
+use sqlx::postgres::PgPool;
 use sqlx::Row;
 
-use super::store_err;
+use super::{page, row_to_message, store_err};
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -35,27 +34,6 @@ impl PgStore {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-/// Rebuild a message from a row. Rows were validated on the way in; a row that no longer
-/// parses (edited by hand) is reported rather than delivered.
-fn row_to_message(room: &RoomId, r: &PgRow) -> Result<StoredMessage, StoreError> {
-    let bad = |what: &str| StoreError::Other(format!("stored message has an invalid {what}"));
-    let seq: i64 = r.try_get("seq").map_err(store_err)?;
-    let user: String = r.try_get("user_id").map_err(store_err)?;
-    let name: String = r.try_get("name").map_err(store_err)?;
-    let cid: String = r.try_get("cid").map_err(store_err)?;
-    let body: String = r.try_get("body").map_err(store_err)?;
-    let ts: i64 = r.try_get("ts").map_err(store_err)?;
-    Ok(StoredMessage {
-        room: room.clone(),
-        seq: seq as Seq,
-        from: UserId::parse(&user).map_err(|_| bad("user"))?,
-        name: DisplayName::sanitize(&name),
-        cid: Cid::parse(&cid).map_err(|_| bad("cid"))?,
-        body: Body::parse(&body, usize::MAX).map_err(|_| bad("body"))?,
-        ts,
-    })
 }
 
 #[async_trait]
@@ -246,14 +224,7 @@ impl MessageStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(store_err)?;
-        let more = rows.len() > limit as usize;
-        let mut msgs = rows
-            .iter()
-            .take(limit as usize)
-            .map(|r| row_to_message(room, r))
-            .collect::<Result<Vec<_>, _>>()?;
-        msgs.reverse();
-        Ok((msgs, more))
+        page(room, &rows, limit)
     }
 
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {

@@ -7,14 +7,12 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chatty_actors::{
-    Appended, Body, Cid, DisplayName, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError,
-    StoredMessage, UserId,
+    Appended, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError, StoredMessage, UserId,
 };
-use sqlx::sqlite::{SqlitePool, SqliteRow};
-use sqlx::Row;
+use sqlx::sqlite::SqlitePool;
 
 use super::postgres::now_ms;
-use super::store_err;
+use super::{page, row_to_message, store_err};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -25,25 +23,6 @@ impl SqliteStore {
     pub fn new(pool: SqlitePool) -> Self {
         Self { pool }
     }
-}
-
-fn row_to_message(room: &RoomId, r: &SqliteRow) -> Result<StoredMessage, StoreError> {
-    let bad = |what: &str| StoreError::Other(format!("stored message has an invalid {what}"));
-    let seq: i64 = r.try_get("seq").map_err(store_err)?;
-    let user: String = r.try_get("user_id").map_err(store_err)?;
-    let name: String = r.try_get("name").map_err(store_err)?;
-    let cid: String = r.try_get("cid").map_err(store_err)?;
-    let body: String = r.try_get("body").map_err(store_err)?;
-    let ts: i64 = r.try_get("ts").map_err(store_err)?;
-    Ok(StoredMessage {
-        room: room.clone(),
-        seq: seq as Seq,
-        from: UserId::parse(&user).map_err(|_| bad("user"))?,
-        name: DisplayName::sanitize(&name),
-        cid: Cid::parse(&cid).map_err(|_| bad("cid"))?,
-        body: Body::parse(&body, usize::MAX).map_err(|_| bad("body"))?,
-        ts,
-    })
 }
 
 fn clamp(seq: Seq) -> i64 {
@@ -182,14 +161,7 @@ impl MessageStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(store_err)?;
-        let more = rows.len() > limit as usize;
-        let mut msgs = rows
-            .iter()
-            .take(limit as usize)
-            .map(|r| row_to_message(room, r))
-            .collect::<Result<Vec<_>, _>>()?;
-        msgs.reverse();
-        Ok((msgs, more))
+        page(room, &rows, limit)
     }
 
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {
