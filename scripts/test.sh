@@ -111,7 +111,8 @@ drop_old_test_databases
 log "cargo test"
 cargo test --workspace --locked
 
-if [ -x scripts/lint-deploy.sh ]; then
-  log "deployment lints"
-  scripts/lint-deploy.sh
-fi
+log "browser end-to-end test (headless Chromium)"
+e2e/run.sh
+
+log "deployment lints"
+scripts/lint-deploy.sh

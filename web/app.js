@@ -1,1 +1,506 @@
-/* placeholder: replaced by the chat page work */
+// The chat page. All protocol work (reconnect, recovery, idempotent resends, dedupe) is in
+// chatty.js; this file only turns its events into DOM. Messages are keyed by seq, so whatever
+// order or repetition events come in, each message is on screen once, in seq order.
+
+import { ChattyClient } from './chatty.js';
+
+const $ = (id) => document.getElementById(id);
+const PAGE_SIZE = 50;
+const TYPING_SHOWN_MS = 3500;
+const MAX_BODY_BYTES = 4096;
+
+let client = null;
+let me = null; // our user id
+const views = new Map(); // room -> view (see newView)
+let active = null; // the room on screen
+
+// ---- sign in ------------------------------------------------------------------------------
+
+$('signin-name').value = localStorage.getItem('chatty.name') ?? '';
+
+$('signin-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const name = $('signin-name').value.trim();
+  $('signin-error').textContent = '';
+  if (!name) return;
+  try {
+    const res = await fetch('/dev/token', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name }),
+    });
+    if (!res.ok) throw new Error((await res.text()) || `HTTP ${res.status}`);
+    const { token, user } = await res.json();
+    localStorage.setItem('chatty.name', name);
+    start(token, user);
+  } catch (err) {
+    $('signin-error').textContent = `Could not sign in: ${err.message}`;
+  }
+});
+
+function start(token, user) {
+  me = user;
+  $('me-name').textContent = user;
+  paintAvatar($('me-avatar'), user);
+  $('signin').hidden = true;
+  $('app').hidden = false;
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+  client = new ChattyClient({ url, token });
+  client.on('state', onState);
+  // The last close code, for the curious (and the browser test).
+  client.on('disconnect', ({ code, opened }) => opened && ($('status').dataset.closeCode = code));
+  client.on('joined', onJoined);
+  client.on('message', (m) => addMessage(m));
+  client.on('ack', onAck);
+  client.on('failed', onFailed);
+  client.on('presence', ({ room, users }) => {
+    const v = views.get(room);
+    if (!v) return;
+    v.presence = users;
+    if (room === active) renderPresence();
+    renderRoomMeta();
+  });
+  client.on('typing', onTyping);
+  client.on('read', ({ room, seq }) => {
+    const v = views.get(room);
+    if (v && seq > v.read) {
+      v.read = seq;
+      renderUnread(v);
+    }
+  });
+  client.on('error', ({ room, code, message }) => toast(`${room ? `#${room}: ` : ''}${message} (${code})`));
+  client.connect();
+  $('join-room').focus();
+}
+
+$('signout').addEventListener('click', () => {
+  client?.close();
+  client = null;
+  for (const v of views.values()) v.el.remove();
+  views.clear();
+  $('room-list').replaceChildren();
+  active = null;
+  showRoom(null);
+  $('app').hidden = true;
+  $('signin').hidden = false;
+});
+
+// ---- connection status ----------------------------------------------------------------------
+
+function onState({ state, delay }) {
+  const s = $('status');
+  s.dataset.state = state;
+  $('app').dataset.conn = state;
+  s.textContent = { connecting: 'Connecting…', open: 'Connected', reconnecting: 'Reconnecting…', closed: 'Offline' }[state] ?? state;
+  s.title = state === 'reconnecting' && delay ? `Next attempt in ${(delay / 1000).toFixed(1)} s` : '';
+}
+
+// The browser knows before our backoff timer does.
+addEventListener('online', () => client?.reconnectNow());
+
+// ---- rooms ----------------------------------------------------------------------------------
+
+$('join-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const room = $('join-room').value.trim().replace(/^#/, '');
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(room)) return;
+  $('join-room').value = '';
+  if (!views.has(room)) {
+    views.set(room, newView(room));
+    client.join(room).catch((err) => {
+      toast(`Could not join #${room}: ${err.message}`);
+      dropView(room);
+    });
+  }
+  showRoom(room);
+});
+
+function newView(room) {
+  // One scroll area per room, so switching rooms keeps each one's scroll position.
+  const el = document.createElement('div');
+  el.className = 'messages';
+  el.dataset.testid = 'messages';
+  el.dataset.room = room;
+  el.hidden = true;
+  const older = document.createElement('button');
+  older.className = 'older';
+  older.dataset.testid = 'load-older';
+  older.textContent = 'Load older messages';
+  older.hidden = true;
+  const list = document.createElement('ol');
+  list.dataset.testid = 'message-list';
+  list.dataset.room = room;
+  el.append(older, list);
+  $('views').append(el);
+
+  const item = document.createElement('li');
+  item.dataset.testid = 'room-item';
+  item.dataset.room = room;
+  item.innerHTML = `<button class="room-link"><span class="hash">#</span><span class="name"></span>
+    <span class="badge" data-testid="room-unread" hidden></span></button>
+    <button class="leave" data-testid="room-leave" title="Leave #${room}" aria-label="Leave">×</button>`;
+  item.querySelector('.name').textContent = room;
+  item.querySelector('.room-link').addEventListener('click', () => showRoom(room));
+  item.querySelector('.leave').addEventListener('click', () => {
+    client.leave(room).catch(() => {});
+    dropView(room);
+  });
+  $('room-list').append(item);
+
+  const v = {
+    room,
+    el,
+    list,
+    older,
+    item,
+    bySeq: new Map(), // seq -> <li>: the dedupe
+    lastSeq: 0,
+    read: 0,
+    oldest: null, // lowest seq loaded: where "load older" continues
+    more: false,
+    loading: false,
+    presence: [],
+    typing: new Map(), // user -> timer
+    joined: false,
+  };
+  older.addEventListener('click', () => loadOlder(v));
+  el.addEventListener('scroll', () => {
+    if (el.scrollTop < 40 && v.more && !v.loading) loadOlder(v);
+  });
+  return v;
+}
+
+function dropView(room) {
+  const v = views.get(room);
+  if (!v) return;
+  v.el.remove();
+  v.item.remove();
+  views.delete(room);
+  if (active === room) showRoom(views.keys().next().value ?? null);
+}
+
+function showRoom(room) {
+  active = room;
+  for (const v of views.values()) {
+    v.el.hidden = v.room !== room;
+    v.item.classList.toggle('active', v.room === room);
+  }
+  $('empty').hidden = !!room;
+  $('composer').hidden = !room;
+  $('room-title').textContent = room ? `#${room}` : '';
+  $('composer-input').placeholder = room ? `Message #${room}` : '';
+  renderPresence();
+  renderTyping();
+  renderRoomMeta();
+  const v = views.get(room);
+  if (v) {
+    scrollToBottom(v);
+    markRead(v);
+    $('composer-input').focus();
+  }
+}
+
+async function onJoined({ room, seq, read, presence, rejoin, reset }) {
+  const v = views.get(room);
+  if (!v) return;
+  v.joined = true;
+  v.read = Math.max(v.read, read);
+  v.presence = presence;
+  if (reset) {
+    // The server's room is not the one we saw (a wiped dev database): start over.
+    v.list.replaceChildren();
+    v.bySeq.clear();
+    v.lastSeq = 0;
+  }
+  v.lastSeq = Math.max(v.lastSeq, seq);
+  if (!rejoin || reset) {
+    // The first screenful. Later messages arrive live; older ones on demand.
+    v.oldest = seq + 1;
+    v.more = seq > 0;
+    await loadOlder(v);
+    scrollToBottom(v);
+  }
+  renderUnread(v);
+  if (room === active) {
+    renderPresence();
+    renderRoomMeta();
+    markRead(v);
+  }
+}
+
+async function loadOlder(v) {
+  if (v.loading || !v.more) return;
+  v.loading = true;
+  v.older.disabled = true;
+  v.older.textContent = 'Loading…';
+  try {
+    const { messages, more } = await client.history(v.room, { before: v.oldest, limit: PAGE_SIZE });
+    const el = v.el;
+    const fromBottom = el.scrollHeight - el.scrollTop;
+    for (const m of messages) addMessage(m, { history: true });
+    if (messages.length) v.oldest = Math.min(v.oldest, messages[0].seq);
+    v.more = more;
+    // Keep what the reader was looking at in place while older lines appear above it.
+    el.scrollTop = el.scrollHeight - fromBottom;
+  } catch (err) {
+    toast(`Could not load history: ${err.message}`);
+  } finally {
+    v.loading = false;
+    v.older.disabled = false;
+    v.older.textContent = 'Load older messages';
+    v.older.hidden = !v.more;
+  }
+}
+
+// ---- messages -------------------------------------------------------------------------------
+
+function addMessage(m, { history = false } = {}) {
+  const v = views.get(m.room);
+  if (!v || v.bySeq.has(m.seq)) return; // left, or already on screen
+  const stick = !history && nearBottom(v);
+  // Our own message replaces its optimistic copy (same cid) instead of adding a second line.
+  let li = m.from === me ? pendingItem(v, m.cid) : null;
+  if (li) li.remove();
+  li ??= messageItem(m);
+  settle(li, m.seq, m.ts);
+  v.bySeq.set(m.seq, li);
+  place(v, li, m.seq);
+  if (m.seq > v.lastSeq) v.lastSeq = m.seq;
+  if (!history) stopTyping(v, m.from);
+  renderUnread(v);
+  if (stick || m.from === me) scrollToBottom(v);
+  if (v.room === active) markRead(v);
+}
+
+function onAck({ room, cid, seq, ts }) {
+  // The ack can beat our own `message` frame: settle the copy now; the frame is then a duplicate.
+  const v = views.get(room);
+  const li = v && pendingItem(v, cid);
+  if (!li || v.bySeq.has(seq)) return;
+  li.remove();
+  settle(li, seq, ts);
+  v.bySeq.set(seq, li);
+  place(v, li, seq);
+  if (seq > v.lastSeq) v.lastSeq = seq;
+}
+
+function onFailed({ room, cid, code, message }) {
+  const v = views.get(room);
+  const li = v && pendingItem(v, cid);
+  if (!li) return;
+  li.classList.add('failed');
+  li.querySelector('.note').textContent = `not sent: ${message} (${code})`;
+}
+
+function pendingItem(v, cid) {
+  return v.list.querySelector(`li[data-pending][data-cid="${CSS.escape(cid)}"]`);
+}
+
+function messageItem(m) {
+  const li = $('message-template').content.firstElementChild.cloneNode(true);
+  li.dataset.cid = m.cid;
+  li.dataset.from = m.from;
+  li.classList.toggle('own', m.from === me);
+  paintAvatar(li.querySelector('.avatar'), m.name ?? m.from);
+  li.querySelector('.author').textContent = m.name ?? m.from;
+  li.querySelector('.body').textContent = m.body;
+  return li;
+}
+
+function settle(li, seq, ts) {
+  li.dataset.seq = seq;
+  delete li.dataset.pending;
+  li.classList.remove('pending');
+  li.querySelector('.note').textContent = '';
+  const t = li.querySelector('time');
+  const d = new Date(ts);
+  t.dateTime = d.toISOString();
+  t.textContent = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  t.title = d.toLocaleString();
+}
+
+/** Insert in seq order; pending copies (no seq yet) stay below every stored message. */
+function place(v, li, seq) {
+  const list = v.list;
+  const first = list.firstElementChild;
+  if (first && Number(first.dataset.seq) > seq) {
+    list.insertBefore(li, first); // older than everything: history
+  } else {
+    // New messages land near the bottom, so walk up from there.
+    let at = list.lastElementChild;
+    while (at && !(Number(at.dataset.seq) < seq)) at = at.previousElementSibling;
+    list.insertBefore(li, at ? at.nextElementSibling : list.firstElementChild);
+  }
+  group(li);
+  if (li.nextElementSibling) group(li.nextElementSibling);
+}
+
+/** Consecutive messages of one author within five minutes share one header. */
+function group(li) {
+  const prev = li.previousElementSibling;
+  const t = (x) => Date.parse(x.querySelector('time').dateTime || 0) || Date.now();
+  li.classList.toggle(
+    'cont',
+    !!prev && prev.dataset.from === li.dataset.from && !prev.classList.contains('failed') && t(li) - t(prev) < 5 * 60e3,
+  );
+}
+
+// ---- composer ---------------------------------------------------------------------------------
+
+const input = $('composer-input');
+
+$('composer').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const body = input.value.trim();
+  if (!body || !active) return;
+  if (new TextEncoder().encode(body).length > MAX_BODY_BYTES) {
+    toast('That message is too long.');
+    return;
+  }
+  input.value = '';
+  autosize();
+  const v = views.get(active);
+  // Optimistic copy: on screen at once, settled by its ack or its `message` (same cid).
+  const sent = client.send(active, body);
+  const li = messageItem({ ...sent, name: me });
+  li.dataset.pending = '';
+  li.classList.add('pending');
+  li.querySelector('.note').textContent = 'sending…';
+  v.list.append(li);
+  group(li);
+  scrollToBottom(v);
+});
+
+input.addEventListener('keydown', (e) => {
+  // Enter sends, Shift+Enter is a new line.
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $('composer').requestSubmit();
+  }
+});
+
+input.addEventListener('input', () => {
+  autosize();
+  if (active && input.value.trim()) client.typing(active);
+});
+
+function autosize() {
+  input.style.height = 'auto';
+  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+}
+
+// ---- typing -----------------------------------------------------------------------------------
+
+function onTyping({ room, user }) {
+  const v = views.get(room);
+  if (!v) return;
+  clearTimeout(v.typing.get(user));
+  v.typing.set(user, setTimeout(() => stopTyping(v, user), TYPING_SHOWN_MS));
+  if (room === active) renderTyping();
+}
+
+function stopTyping(v, user) {
+  if (!v.typing.has(user)) return;
+  clearTimeout(v.typing.get(user));
+  v.typing.delete(user);
+  if (v.room === active) renderTyping();
+}
+
+function renderTyping() {
+  const v = views.get(active);
+  const names = v ? [...v.typing.keys()].map((u) => nameOf(v, u)) : [];
+  const el = $('typing');
+  el.textContent =
+    names.length === 0
+      ? ''
+      : names.length === 1
+        ? `${names[0]} is typing…`
+        : names.length === 2
+          ? `${names[0]} and ${names[1]} are typing…`
+          : `${names.length} people are typing…`;
+  el.classList.toggle('on', names.length > 0);
+}
+
+function nameOf(v, user) {
+  return v.presence.find((p) => p.user === user)?.name ?? user;
+}
+
+// ---- presence, unread ------------------------------------------------------------------------
+
+function renderPresence() {
+  const v = views.get(active);
+  const users = v ? [...v.presence].sort((a, b) => a.name.localeCompare(b.name)) : [];
+  $('presence').replaceChildren(
+    ...users.map((p) => {
+      const li = document.createElement('li');
+      li.dataset.testid = 'presence-user';
+      li.dataset.user = p.user;
+      const av = document.createElement('div');
+      av.className = 'avatar';
+      paintAvatar(av, p.name);
+      const name = document.createElement('span');
+      name.textContent = p.user === me ? `${p.name} (you)` : p.name;
+      li.append(av, name);
+      return li;
+    }),
+  );
+  $('presence-count').textContent = users.length ? String(users.length) : '';
+}
+
+function renderRoomMeta() {
+  const v = views.get(active);
+  $('room-meta').textContent = v ? `${v.presence.length} online` : '';
+}
+
+function renderUnread(v) {
+  // Unread: what lies past the read marker, less our own messages we know of.
+  let n = Math.max(0, v.lastSeq - v.read);
+  if (n) for (const [seq, li] of v.bySeq) if (seq > v.read && li.dataset.from === me) n--;
+  const badge = v.item.querySelector('.badge');
+  badge.textContent = n > 99 ? '99+' : String(n);
+  badge.hidden = n === 0;
+  v.item.classList.toggle('unread', n > 0);
+}
+
+function markRead(v) {
+  // Read means seen: the room is on screen and the tab is visible.
+  if (!v.joined || v.room !== active || document.visibilityState !== 'visible') return;
+  if (v.lastSeq <= v.read) return;
+  v.read = v.lastSeq;
+  renderUnread(v);
+  clearTimeout(v.readTimer);
+  // One read frame per burst of messages is enough: the marker only moves forward.
+  v.readTimer = setTimeout(() => client?.read(v.room, v.read).catch(() => {}), 250);
+}
+
+document.addEventListener('visibilitychange', () => {
+  const v = views.get(active);
+  if (v) markRead(v);
+});
+
+// ---- little helpers ---------------------------------------------------------------------------
+
+function nearBottom(v) {
+  const el = v.el;
+  return el.scrollHeight - el.scrollTop - el.clientHeight < 80;
+}
+
+function scrollToBottom(v) {
+  v.el.scrollTop = v.el.scrollHeight;
+}
+
+function paintAvatar(el, name) {
+  let h = 0;
+  for (const c of name) h = (h * 31 + c.codePointAt(0)) % 360;
+  el.style.setProperty('--hue', h);
+  el.textContent = [...name][0]?.toUpperCase() ?? '?';
+}
+
+function toast(text) {
+  const t = document.createElement('div');
+  t.className = 'toast';
+  t.dataset.testid = 'toast';
+  t.textContent = text;
+  document.body.append(t);
+  setTimeout(() => t.remove(), 5000);
+}

@@ -1,1 +1,553 @@
-/* placeholder: replaced by the chat page work */
+// chatty.js: the reference browser client for the Chatty wire protocol v1 (chatty.v1.json).
+// Dependency-free ES module. docs/client.md describes the API and the recovery model.
+//
+// The model in one paragraph: the client remembers, per joined room, the last seq it
+// delivered. Whenever a socket opens it joins every room again with `since` = that seq, so
+// the server replays exactly what was missed (nothing lost), and anything at or below it is
+// dropped (nothing duplicated). Every send carries a client id (cid) and stays pending until
+// acked; after a reconnect the pending ones are sent again with the same cid, which the server
+// stores at most once.
+
+const PROTOCOL = 'chatty.v1.json';
+// Close codes after which reconnecting cannot help (see docs/protocol.md).
+const FATAL_CLOSE = new Set([1000, 1002, 1007, 1009]);
+const POLICY_CLOSE = 1008;
+// Send errors worth retrying with the same cid; any other code fails the send for good.
+const RETRY_SEND = new Set(['unavailable', 'rate_limited', 'not_joined']);
+
+export class ChattyClient {
+  /**
+   * @param {object} opts
+   * @param {string} opts.url  ws(s):// URL of /ws, or a path such as '/ws' (resolved against the page)
+   * @param {string | (() => string | Promise<string>)} opts.token  a JWT, or a function that
+   *   returns a fresh one (called before every connection attempt and after a 1008 close)
+   */
+  constructor({
+    url,
+    token,
+    minBackoffMs = 250,
+    maxBackoffMs = 10000,
+    heartbeatMs = 20000,
+    typingIntervalMs = 2000,
+    WebSocket: WS = globalThis.WebSocket,
+  }) {
+    this.url = url;
+    this.token = token;
+    this.opts = { minBackoffMs, maxBackoffMs, heartbeatMs, typingIntervalMs };
+    this.WS = WS;
+    /** 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed' */
+    this.state = 'idle';
+    this.user = typeof token === 'string' ? tokenClaims(token).sub ?? null : null;
+    // room -> { since, joined, joinRef, presence: Map<user, name>, gap, typingAt, waiters }
+    this.rooms = new Map();
+    // `${room}\n${cid}` -> { room, cid, body, ref, inflight, resolve, reject }: sends not yet acked.
+    this.pending = new Map();
+    // ref -> { frame, resolve, reject, resend }: requests waiting for their reply.
+    this.requests = new Map();
+    this.listeners = new Map();
+    this.ws = null;
+    this.attempt = 0;
+    this.nextRef = 1;
+    this.timer = null;
+    this.heartbeat = null;
+    this.lastFrameAt = 0;
+  }
+
+  // ---- events -------------------------------------------------------------------------
+
+  /** Subscribe to an event; returns the function that unsubscribes. */
+  on(type, fn) {
+    if (!this.listeners.has(type)) this.listeners.set(type, new Set());
+    this.listeners.get(type).add(fn);
+    return () => this.listeners.get(type)?.delete(fn);
+  }
+
+  emit(type, detail) {
+    for (const fn of this.listeners.get(type) ?? []) {
+      // A throwing listener must not break the protocol state machine: rethrow it later.
+      try {
+        fn(detail);
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+
+  // ---- connection ---------------------------------------------------------------------
+
+  /** Open the socket (and keep it open until close()). Returns this. */
+  connect() {
+    if (this.state === 'idle' || this.state === 'closed') {
+      this.attempt = 0;
+      this.open();
+    }
+    return this;
+  }
+
+  /** Close for good: no reconnect. Joined rooms and pending sends are kept for connect(). */
+  close() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    this.setState('closed', { reason: 'client' });
+    this.drop(1000);
+  }
+
+  setState(state, extra = {}) {
+    this.state = state;
+    this.emit('state', { state, attempt: this.attempt, ...extra });
+  }
+
+  async open() {
+    this.setState(this.attempt === 0 ? 'connecting' : 'reconnecting');
+    let token;
+    try {
+      token = typeof this.token === 'function' ? await this.token() : this.token;
+    } catch (e) {
+      return this.retry({ reason: 'token', error: e });
+    }
+    if (this.state === 'closed') return;
+    this.user = tokenClaims(token).sub ?? this.user;
+    const u = new URL(this.url, globalThis.location?.href);
+    if (u.protocol === 'http:') u.protocol = 'ws:';
+    if (u.protocol === 'https:') u.protocol = 'wss:';
+    u.searchParams.set('access_token', token);
+    let ws;
+    try {
+      ws = new this.WS(u.toString(), PROTOCOL);
+    } catch (e) {
+      return this.retry({ reason: 'url', error: e });
+    }
+    this.ws = ws;
+    ws.onopen = () => this.onOpen(ws);
+    ws.onmessage = (e) => this.onFrame(ws, e.data);
+    // 'error' is always followed by 'close', which does the work.
+    ws.onclose = (e) => this.onClose(ws, e.code, e.reason);
+  }
+
+  onOpen(ws) {
+    if (ws !== this.ws) return;
+    this.lastFrameAt = Date.now();
+    ws.opened = true;
+    this.setState('open');
+    // A ping first: it is the server's "first frame" and its pong proves the socket works.
+    this.raw({ type: 'ping', ref: 'hb' });
+    this.heartbeat = setInterval(() => this.beat(), this.opts.heartbeatMs);
+    // Rejoin every room with `since` (the recovery); sends resume once each room is joined.
+    for (const room of this.rooms.keys()) this.sendJoin(room);
+    // Replies lost with the old socket (history, read) are asked again: both are idempotent.
+    for (const r of this.requests.values()) this.raw(r.frame);
+  }
+
+  beat() {
+    // Browsers answer the server's pings themselves, but cannot tell us that a half-open TCP
+    // connection died: our own ping must get an answer within two intervals.
+    if (Date.now() - this.lastFrameAt > 2 * this.opts.heartbeatMs) return this.drop(null);
+    this.raw({ type: 'ping', ref: 'hb' });
+  }
+
+  /** Forget the current socket now (without waiting for a close handshake). */
+  drop(code) {
+    const ws = this.ws;
+    if (!ws) return;
+    this.ws = null;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try {
+      ws.close(code ?? 1000);
+    } catch {}
+    this.onClose(ws, code ?? 1006, '', true);
+  }
+
+  onClose(ws, code, reason, dropped = false) {
+    if (ws !== this.ws && !dropped) return;
+    this.ws = null;
+    clearInterval(this.heartbeat);
+    for (const r of this.rooms.values()) r.joined = false;
+    for (const p of this.pending.values()) p.inflight = false;
+    for (const [ref, r] of this.requests) {
+      if (!r.resend) {
+        this.requests.delete(ref);
+        r.resolve(null); // e.g. a leave: the server forgot the socket anyway
+      }
+    }
+    // `opened`: false when the attempt never connected (refused, or the server is down).
+    this.emit('disconnect', { code, reason, opened: !!ws.opened });
+    if (this.state === 'closed') return;
+    if (FATAL_CLOSE.has(code)) return this.setState('closed', { reason: 'server', code });
+    if (code === POLICY_CLOSE && typeof this.token !== 'function') {
+      // A fixed token that the server refused will be refused again.
+      return this.setState('closed', { reason: 'policy', code });
+    }
+    this.retry({ code });
+  }
+
+  retry(extra) {
+    // Exponential backoff with "equal jitter": half fixed, half random, so that a restarted
+    // server is not hit by every client in the same millisecond.
+    const { minBackoffMs, maxBackoffMs } = this.opts;
+    const cap = Math.min(maxBackoffMs, minBackoffMs * 2 ** Math.min(this.attempt, 16));
+    const delay = Math.round(cap / 2 + (Math.random() * cap) / 2);
+    this.attempt += 1;
+    this.setState('reconnecting', { delay, ...extra });
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.open();
+    }, delay);
+  }
+
+  /** Reconnect now instead of waiting for the backoff timer (e.g. when the page comes back online). */
+  reconnectNow() {
+    if (this.timer !== null && this.state === 'reconnecting') {
+      clearTimeout(this.timer);
+      this.timer = null;
+      this.open();
+    }
+  }
+
+  raw(frame) {
+    if (this.ws && this.ws.readyState === 1) {
+      this.ws.send(JSON.stringify(frame));
+      return true;
+    }
+    return false;
+  }
+
+  ref() {
+    return `r${this.nextRef++}`;
+  }
+
+  // ---- rooms --------------------------------------------------------------------------
+
+  /**
+   * Join a room. Resolves with the first `joined` ({room, seq, read, presence}); the client
+   * rejoins by itself after every reconnect (a `joined` event with rejoin: true).
+   */
+  join(room) {
+    let r = this.rooms.get(room);
+    if (!r) {
+      r = {
+        since: null, // null until the first `joined`: then the last seq delivered
+        joined: false,
+        joinRef: null,
+        presence: new Map(),
+        gap: null, // set by a truncated replay until its first message says where it starts
+        info: null, // the last `joined`, as reported
+        typingAt: 0,
+        waiters: [],
+      };
+      this.rooms.set(room, r);
+      this.sendJoin(room);
+    }
+    if (r.info) return Promise.resolve(r.info);
+    return new Promise((resolve, reject) => r.waiters.push({ resolve, reject }));
+  }
+
+  sendJoin(room) {
+    const r = this.rooms.get(room);
+    r.joinRef = this.ref();
+    const frame = { type: 'join', ref: r.joinRef, room };
+    if (r.since !== null) frame.since = r.since;
+    this.raw(frame);
+  }
+
+  /** Leave a room: its live messages stop and its unacked sends fail with code 'left'. */
+  leave(room) {
+    const r = this.rooms.get(room);
+    if (!r) return Promise.resolve(null);
+    this.rooms.delete(room);
+    for (const w of r.waiters) w.reject(new ChattyError('left', 'left before joining'));
+    for (const p of [...this.pending.values()]) {
+      if (p.room === room) this.failSend(p, 'left', 'left the room');
+    }
+    if (!r.joined) return Promise.resolve(null);
+    return this.request({ type: 'leave', room }, false);
+  }
+
+  /** The rooms joined (or being joined). */
+  get joinedRooms() {
+    return [...this.rooms.keys()];
+  }
+
+  // ---- requests -----------------------------------------------------------------------
+
+  /** A request answered by a frame with the same ref. `resend`: ask again after a reconnect. */
+  request(frame, resend = true) {
+    const ref = this.ref();
+    frame = { ...frame, ref };
+    return new Promise((resolve, reject) => {
+      this.requests.set(ref, { frame, resolve, reject, resend });
+      this.raw(frame);
+    });
+  }
+
+  /** Older messages: resolves {messages (oldest first), more}. */
+  async history(room, { before, limit = 50 } = {}) {
+    const frame = { type: 'history', room, limit };
+    if (before != null) frame.before = before;
+    const h = await this.request(frame);
+    return { messages: h.messages.map((m) => ({ ...m, room })), more: h.more };
+  }
+
+  /** Move the read marker (it never moves backwards). Resolves with the marker as stored. */
+  async read(room, seq) {
+    const r = await this.request({ type: 'read', room, seq });
+    return r?.seq;
+  }
+
+  /** Tell the room this user is typing; throttled, so call it on every keystroke. */
+  typing(room) {
+    const r = this.rooms.get(room);
+    const now = Date.now();
+    if (!r?.joined || now - r.typingAt < this.opts.typingIntervalMs) return;
+    r.typingAt = now;
+    this.raw({ type: 'typing', room });
+  }
+
+  // ---- sending ------------------------------------------------------------------------
+
+  /**
+   * Send a message. Returns the optimistic copy {room, cid, body, from, pending: true, acked}
+   * at once; `acked` resolves with {seq, ts} once the server has committed it. The server's
+   * `message` event for it carries the same cid (replace the optimistic copy with it).
+   */
+  send(room, body) {
+    if (!this.rooms.has(room)) throw new ChattyError('not_joined', `join ${room} first`);
+    const cid = newCid();
+    // Others stop showing "typing" when our message lands: the next keystroke must tell again.
+    this.rooms.get(room).typingAt = 0;
+    const p = { room, cid, body, ref: null, inflight: false };
+    p.acked = new Promise((resolve, reject) => {
+      p.resolve = resolve;
+      p.reject = reject;
+    });
+    p.acked.catch(() => {}); // failures are also reported as 'failed' events
+    this.pending.set(pendingKey(room, cid), p);
+    this.transmit(p);
+    return { room, cid, body, from: this.user, pending: true, acked: p.acked };
+  }
+
+  transmit(p) {
+    if (p.inflight || !this.rooms.get(p.room)?.joined) return; // sent on the next `joined`
+    p.ref = this.ref();
+    p.inflight = this.raw({ type: 'send', ref: p.ref, room: p.room, cid: p.cid, body: p.body });
+  }
+
+  failSend(p, code, message) {
+    this.pending.delete(pendingKey(p.room, p.cid));
+    p.reject(new ChattyError(code, message));
+    this.emit('failed', { room: p.room, cid: p.cid, body: p.body, code, message });
+  }
+
+  /** Sends not yet acknowledged, oldest first. */
+  pendingSends(room) {
+    return [...this.pending.values()]
+      .filter((p) => room === undefined || p.room === room)
+      .map(({ room, cid, body }) => ({ room, cid, body }));
+  }
+
+  // ---- incoming frames ----------------------------------------------------------------
+
+  onFrame(ws, data) {
+    if (ws !== this.ws) return;
+    this.lastFrameAt = Date.now();
+    let f;
+    try {
+      f = JSON.parse(data);
+    } catch {
+      return;
+    }
+    switch (f.type) {
+      case 'joined':
+        return this.onJoined(f);
+      case 'message':
+        return this.onMessage(f);
+      case 'ack':
+        return this.onAck(f);
+      case 'presence':
+        return this.onPresence(f);
+      case 'typing':
+        if (f.user !== this.user && this.rooms.has(f.room)) this.emit('typing', { room: f.room, user: f.user });
+        return;
+      case 'read':
+        if (this.rooms.has(f.room)) this.emit('read', { room: f.room, seq: f.seq });
+        return this.reply(f.ref, f);
+      case 'pong':
+        // The first answer on a socket proves it works: the backoff starts over.
+        this.attempt = 0;
+        return this.reply(f.ref, f);
+      case 'error':
+        return this.onError(f);
+      default: // history, left, and frames of future extensions
+        return this.reply(f.ref, f);
+    }
+  }
+
+  reply(ref, f) {
+    const r = ref && this.requests.get(ref);
+    if (!r) return;
+    this.requests.delete(ref);
+    r.resolve(f);
+  }
+
+  onJoined(f) {
+    const r = this.rooms.get(f.room);
+    if (!r || f.ref !== r.joinRef) return; // left meanwhile, or an answer to an older join
+    const rejoin = r.since !== null;
+    // A head below what we saw means the server lost or reset the room (a dev database
+    // wiped): start over from its head rather than drop every new message as a duplicate.
+    const reset = rejoin && f.seq < r.since;
+    if (!rejoin || reset) r.since = f.seq;
+    // More was missed than the server replays: the replay starts later than `since`, and the
+    // hole is paged in with history once the first replayed seq tells where it ends.
+    r.gap = f.replay_truncated && !reset ? { after: r.since } : null;
+    r.joined = true;
+    r.presence = new Map(f.presence.map((p) => [p.user, p.name]));
+    this.attempt = 0;
+    const info = {
+      room: f.room,
+      seq: f.seq,
+      read: f.read,
+      presence: presenceList(r.presence),
+      rejoin,
+      reset,
+      replayTruncated: !!f.replay_truncated,
+    };
+    r.info = info;
+    for (const w of r.waiters.splice(0)) w.resolve(info);
+    this.emit('joined', info);
+    this.emit('presence', { room: f.room, users: info.presence, joins: [], leaves: [] });
+    for (const p of this.pending.values()) if (p.room === f.room) this.transmit(p);
+  }
+
+  onMessage(f) {
+    const r = this.rooms.get(f.room);
+    if (!r || r.since === null || f.seq <= r.since) return; // not ours, or a duplicate
+    if (r.gap) {
+      this.fillGap(f.room, r, r.gap.after, f.seq);
+      r.gap = null;
+    }
+    r.since = f.seq;
+    const { type, ...m } = f;
+    this.deliver(m, false);
+  }
+
+  deliver(m, recovered) {
+    const own = m.from === this.user;
+    const p = own && this.pending.get(pendingKey(m.room, m.cid));
+    if (p) {
+      this.pending.delete(pendingKey(m.room, m.cid));
+      p.resolve({ seq: m.seq, ts: m.ts });
+    }
+    this.emit('message', { ...m, own, recovered });
+  }
+
+  /** Page in the messages in (after, before) that a truncated replay skipped. */
+  async fillGap(room, r, after, before) {
+    try {
+      // History requests survive reconnects, so this finishes even across a flap.
+      while (before > after + 1 && this.rooms.get(room) === r) {
+        const h = await this.history(room, { before, limit: 200 });
+        const missing = h.messages.filter((m) => m.seq > after);
+        // Newest page first: the UI places each message by its seq.
+        for (const m of missing) this.deliver(m, true);
+        if (!h.more || missing.length < h.messages.length || h.messages.length === 0) break;
+        before = h.messages[0].seq;
+      }
+    } catch (e) {
+      this.emit('error', { room, code: e.code ?? 'internal', message: `history: ${e.message}` });
+    }
+  }
+
+  onAck(f) {
+    const p = this.pending.get(pendingKey(f.room, f.cid));
+    if (!p) return;
+    this.pending.delete(pendingKey(f.room, f.cid));
+    p.resolve({ seq: f.seq, ts: f.ts });
+    this.emit('ack', { room: f.room, cid: f.cid, seq: f.seq, ts: f.ts });
+  }
+
+  onPresence(f) {
+    const r = this.rooms.get(f.room);
+    if (!r) return;
+    // Diffs are set operations: they may repeat what `joined` already said.
+    for (const l of f.leaves) r.presence.delete(l.user);
+    for (const j of f.joins) r.presence.set(j.user, j.name);
+    this.emit('presence', { room: f.room, users: presenceList(r.presence), joins: f.joins, leaves: f.leaves });
+  }
+
+  onError(f) {
+    const err = new ChattyError(f.code, f.message);
+    // A join?
+    for (const [room, r] of this.rooms) {
+      if (f.ref && r.joinRef === f.ref) {
+        if (f.code === 'unavailable') {
+          // The store is busy: ask again shortly, on this socket if it is still up.
+          const ws = this.ws;
+          setTimeout(() => ws === this.ws && this.rooms.get(room) === r && this.sendJoin(room), 1000);
+        } else {
+          for (const w of r.waiters.splice(0)) w.reject(err);
+          this.leave(room);
+          this.emit('error', { room, code: f.code, message: f.message });
+        }
+        return;
+      }
+    }
+    // A send?
+    for (const p of this.pending.values()) {
+      if (f.ref && p.ref === f.ref) {
+        p.inflight = false;
+        if (!RETRY_SEND.has(f.code)) return this.failSend(p, f.code, f.message);
+        // Same cid later: the server stores it at most once.
+        const ws = this.ws;
+        setTimeout(() => ws === this.ws && this.transmit(p), 1000);
+        return;
+      }
+    }
+    const r = f.ref && this.requests.get(f.ref);
+    if (r) {
+      this.requests.delete(f.ref);
+      return r.reject(err);
+    }
+    this.emit('error', { code: f.code, message: f.message });
+  }
+}
+
+export class ChattyError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
+
+/** Shorthand: `connect({url, token})` creates a client and opens it. */
+export function connect(opts) {
+  return new ChattyClient(opts).connect();
+}
+
+function pendingKey(room, cid) {
+  return `${room}\n${cid}`;
+}
+
+function presenceList(map) {
+  return [...map].map(([user, name]) => ({ user, name }));
+}
+
+/** A cid unique per (room, user): time plus 64 random bits, in the protocol's alphabet. */
+function newCid() {
+  const b = new Uint8Array(8);
+  globalThis.crypto.getRandomValues(b);
+  return `c${Date.now().toString(36)}-${[...b].map((x) => x.toString(16).padStart(2, '0')).join('')}`;
+}
+
+/** The claims of a JWT, unverified (only to know our own user id). */
+export function tokenClaims(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bin = atob(part + '='.repeat((4 - (part.length % 4)) % 4));
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(bin, (c) => c.charCodeAt(0))));
+  } catch {
+    return {};
+  }
+}

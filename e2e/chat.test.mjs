@@ -1,0 +1,353 @@
+// The chat page in a real browser against the real server (target/release/chatty):
+// 1. two users chat, see each other's presence and typing; the server restarts (SIGTERM, same
+//    port and database) mid-conversation, and both pages end up showing every message exactly
+//    once, in seq order;
+// 2. a late joiner pages back through history, and unread counts follow read markers;
+// 3. a page cut off (4000) while more than the replay cap happens recovers it all, the
+//    truncated replay completed with history.
+// Run with e2e/run.sh; screenshots and logs land in test-output/e2e/.
+
+import assert from 'node:assert/strict';
+import { mkdirSync, createWriteStream } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { chromium } from 'playwright-core';
+import { OUT, ROOT, Server } from './server.mjs';
+
+const CHROMIUM = process.env.CHATTY_E2E_CHROMIUM ?? '/usr/bin/chromium';
+const WAIT = 20000; // the bound on any single wait for the page
+const ROOM = 'lobby';
+const REPLAY_MAX = 10; // the server's replay cap in this test, so that a truncated replay is cheap to cause
+const BURST = Number(process.env.CHATTY_E2E_BURST ?? 3); // messages per user sent during the drain
+
+mkdirSync(OUT, { recursive: true });
+
+let server;
+let browser;
+const pages = {}; // name -> page
+const pageErrors = [];
+
+const links = {}; // name -> { ws, blocked }: the routed socket of a page opened with `routed`
+
+async function openPage(name, { routed = false } = {}) {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 760 } });
+  if (routed) {
+    // The page's sockets go through Playwright, so the test can cut them (as a server or a
+    // network would) and refuse reconnects for a while. Frames are forwarded untouched.
+    const link = (links[name] = { ws: null, blocked: false });
+    await context.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+      if (link.blocked) return ws.close({ code: 1013, reason: 'test: try again later' });
+      ws.connectToServer();
+      link.ws = ws;
+    });
+  }
+  if (process.env.CHATTY_E2E_LIVE_ASSETS) {
+    // Development aid: serve web/ from disk instead of the assets embedded in the binary,
+    // so page edits need no rebuild. The real run (run.sh) never sets it.
+    const types = { '.js': 'text/javascript', '.css': 'text/css', '.html': 'text/html' };
+    await context.route(/\/(static\/[a-z]+\.(js|css))?$/, (route) => {
+      const p = new URL(route.request().url()).pathname;
+      const file = p === '/' ? 'index.html' : p.slice('/static/'.length);
+      route.fulfill({ path: path.join(ROOT, 'web', file), contentType: types[path.extname(file)] });
+    });
+  }
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT);
+  const log = createWriteStream(path.join(OUT, `console-${name}.log`));
+  page.on('console', (m) => log.write(`[${m.type()}] ${m.text()}\n`));
+  page.on('pageerror', (e) => {
+    log.write(`[pageerror] ${e.stack ?? e}\n`);
+    pageErrors.push(`${name}: ${e.message}`);
+  });
+  await page.goto(server.origin);
+  await page.getByTestId('signin-name').fill(name);
+  if (name === 'alice') await shot(page, 'signin');
+  await page.getByTestId('signin-submit').click();
+  await page.getByTestId('chat-screen').waitFor();
+  await waitState(page, 'open');
+  pages[name] = page;
+  return page;
+}
+
+const shot = (page, name) => page.screenshot({ path: path.join(OUT, `${name}.png`) });
+
+const waitState = (page, state) =>
+  page.waitForFunction(
+    (s) => document.querySelector('[data-testid=connection-status]')?.dataset.state === s,
+    state,
+    { timeout: WAIT, polling: 50 },
+  );
+
+async function join(page, room) {
+  await page.getByTestId('join-room').fill(room);
+  await page.getByTestId('join-submit').click();
+  await page.locator(`[data-testid=room-item][data-room="${room}"]`).waitFor();
+}
+
+async function say(page, body) {
+  const input = page.getByTestId('composer-input');
+  await input.fill(body);
+  await input.press('Enter');
+}
+
+/** The messages of a room as the page shows them, top to bottom. */
+const shown = (page, room) =>
+  page.$$eval(`[data-testid=message-list][data-room="${room}"] [data-testid=message]`, (els) =>
+    els.map((e) => ({
+      seq: e.dataset.seq === undefined ? null : Number(e.dataset.seq),
+      cid: e.dataset.cid,
+      from: e.dataset.from,
+      pending: 'pending' in e.dataset,
+      body: e.querySelector('[data-testid=message-body]').textContent,
+    })),
+  );
+
+/** Wait until every body is shown, stored (has a seq) and not pending. */
+const waitBodies = (page, room, bodies, timeout = WAIT) =>
+  page.waitForFunction(
+    ({ room, bodies }) => {
+      const els = [...document.querySelectorAll(`[data-testid=message-list][data-room="${room}"] [data-testid=message]`)];
+      const stored = new Set(
+        els.filter((e) => e.dataset.seq && !('pending' in e.dataset)).map((e) => e.querySelector('[data-testid=message-body]').textContent),
+      );
+      return bodies.every((b) => stored.has(b));
+    },
+    { room, bodies },
+    { timeout, polling: 50 },
+  );
+
+const presenceOf = (page) =>
+  page.$$eval('[data-testid=presence-user]', (els) => els.map((e) => e.dataset.user).sort());
+
+const waitPresence = (page, users) =>
+  page.waitForFunction(
+    (users) =>
+      JSON.stringify([...document.querySelectorAll('[data-testid=presence-user]')].map((e) => e.dataset.user).sort()) ===
+      JSON.stringify(users),
+    [...users].sort(),
+    { timeout: WAIT, polling: 50 },
+  );
+
+/** Exactly once, in order, gap-free from seq 1: the page shows `bodies` and nothing else. */
+function assertExactlyOnce(list, bodies, who) {
+  const pending = list.filter((m) => m.pending || m.seq === null);
+  assert.deepEqual(pending, [], `${who}: messages still pending`);
+  const seqs = list.map((m) => m.seq);
+  assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b), `${who}: not in seq order`);
+  assert.equal(new Set(seqs).size, seqs.length, `${who}: duplicate seq on screen: ${seqs}`);
+  assert.equal(new Set(list.map((m) => `${m.from}/${m.cid}`)).size, list.length, `${who}: duplicate cid on screen`);
+  assert.deepEqual(seqs, list.map((_, i) => i + 1), `${who}: seqs are not 1..${list.length}`);
+  const counts = new Map();
+  for (const m of list) counts.set(m.body, (counts.get(m.body) ?? 0) + 1);
+  for (const b of bodies) assert.equal(counts.get(b), 1, `${who}: "${b}" shown ${counts.get(b) ?? 0} times`);
+  assert.equal(list.length, bodies.length, `${who}: ${list.length} messages shown, ${bodies.length} sent`);
+}
+
+describe('chat page', () => {
+  before(async () => {
+    server = new Server({ CHATTY__LIMITS__REPLAY_MAX: String(REPLAY_MAX) });
+    await server.init();
+    await server.start();
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      // Playwright gives every launch a fresh temporary user-data-dir of its own.
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-background-networking',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-component-update',
+        '--disable-sync',
+        // Pages served by route interception count as public: let them reach 127.0.0.1.
+        ...(process.env.CHATTY_E2E_LIVE_ASSETS ? ['--disable-features=LocalNetworkAccessChecks'] : []),
+      ],
+      timeout: 30000,
+    });
+  });
+
+  after(async () => {
+    for (const [name, page] of Object.entries(pages)) {
+      await page.screenshot({ path: path.join(OUT, `${name}.png`) }).catch(() => {});
+    }
+    await browser?.close().catch(() => {});
+    await server?.stop({ timeoutMs: 15000 }).catch(() => server.kill());
+    await server?.dropDatabase();
+  });
+
+  test('two users chat, see presence and typing, and lose nothing across a server restart', { timeout: 180000 }, async (t) => {
+    const t0 = Date.now();
+    const alice = await openPage('alice');
+    const bob = await openPage('bob');
+    await join(alice, ROOM);
+    await join(bob, ROOM);
+    await waitPresence(alice, ['alice', 'bob']);
+    await waitPresence(bob, ['alice', 'bob']);
+
+    const sent = [];
+    const chat = async (page, body) => {
+      sent.push(body);
+      await say(page, body);
+    };
+
+    // Both ways.
+    await chat(alice, 'Hi Bob! Ça va ? ✓');
+    await waitBodies(bob, ROOM, sent);
+    await chat(bob, 'Hey Alice, how are you?');
+    await waitBodies(alice, ROOM, sent);
+
+    // Typing: Bob types without sending; Alice sees it, and it clears when his message lands.
+    await bob.getByTestId('composer-input').pressSequentially('Great, thanks', { delay: 20 });
+    await alice.getByTestId('typing-indicator').filter({ hasText: 'bob is typing…' }).waitFor();
+    await shot(alice, 'alice-typing');
+    await bob.getByTestId('composer-input').press('Enter');
+    sent.push('Great, thanks');
+    await waitBodies(alice, ROOM, sent);
+    await alice.waitForFunction(() => document.querySelector('[data-testid=typing-indicator]').textContent === '', null, {
+      timeout: WAIT,
+    });
+    await chat(alice, 'Let me restart the server, hold on');
+    await waitBodies(bob, ROOM, sent);
+    t.diagnostic(`chat and presence: ${Date.now() - t0} ms`);
+
+    // Restart mid-conversation: messages go out while the server drains, while it is down,
+    // and after it is back. Both pages must reconnect and recover by themselves.
+    const t1 = Date.now();
+    const stopping = server.stop();
+    const burst = async (page, who) => {
+      for (let i = 1; i <= BURST; i++) await chat(page, `sent while the server drains (${who} ${i})`);
+    };
+    await Promise.all([burst(alice, 'alice'), burst(bob, 'bob')]);
+    const exit = await stopping;
+    t.diagnostic(`server exited after SIGTERM: ${JSON.stringify(exit)} in ${Date.now() - t1} ms`);
+    await waitState(alice, 'reconnecting');
+    await waitState(bob, 'reconnecting');
+    for (const page of [alice, bob]) {
+      const code = await page.getByTestId('connection-status').getAttribute('data-close-code');
+      assert.equal(code, '1001', 'a draining server closes its sockets with 1001 (going away)');
+    }
+    await chat(alice, 'sent while the server is down (alice)');
+    await chat(bob, 'sent while the server is down (bob)');
+    await shot(bob, 'bob-offline');
+    await server.start();
+    await waitState(alice, 'open');
+    await waitState(bob, 'open');
+    t.diagnostic(`both pages reconnected ${Date.now() - t1} ms after SIGTERM`);
+    await chat(bob, 'back online (bob)');
+    await chat(alice, 'back online (alice)');
+    await waitBodies(alice, ROOM, sent, 40000);
+    await waitBodies(bob, ROOM, sent, 40000);
+    await waitPresence(alice, ['alice', 'bob']);
+    await waitPresence(bob, ['alice', 'bob']);
+
+    // A last message as a barrier: anything a late replay could still bring arrives before it.
+    await chat(bob, 'that went well');
+    await waitBodies(alice, ROOM, sent);
+    await waitBodies(bob, ROOM, sent);
+
+    const a = await shown(alice, ROOM);
+    const b = await shown(bob, ROOM);
+    assertExactlyOnce(a, sent, 'alice');
+    assertExactlyOnce(b, sent, 'bob');
+    assert.deepEqual(
+      a.map((m) => [m.seq, m.body]),
+      b.map((m) => [m.seq, m.body]),
+      'both pages show the same conversation',
+    );
+    assert.deepEqual(await presenceOf(alice), ['alice', 'bob']);
+    assert.deepEqual(pageErrors, [], 'no script errors on the pages');
+    t.diagnostic(`restart scenario: ${Date.now() - t1} ms; total ${Date.now() - t0} ms`);
+  });
+
+  test('a late joiner pages back through history; unread counts follow read markers', { timeout: 120000 }, async (t) => {
+    const t0 = Date.now();
+    // Seed a room with more than one page (50) of history through the HTTP API.
+    const N = 120;
+    for (let i = 1; i <= N; i++) await server.post('archive', { from: 'dave', cid: `seed-${i}`, body: `archived message ${i}` });
+
+    t.diagnostic(`seeded ${N} messages: ${Date.now() - t0} ms`);
+    const carol = await openPage('carol', { routed: true });
+    await join(carol, ROOM);
+    // Carol has seen #lobby (it was on screen) before she moves on.
+    await waitBodies(carol, ROOM, ['that went well']);
+    await join(carol, 'archive');
+    const older = carol.locator('[data-testid=messages][data-room="archive"] [data-testid=load-older]');
+
+    // The newest page first, then older pages on demand, each message once.
+    await waitBodies(carol, 'archive', [`archived message ${N}`]);
+    let list = await shown(carol, 'archive');
+    assert.equal(list.length, 50);
+    assert.equal(list[0].seq, N - 49);
+    while (await older.isVisible()) {
+      const before = (await shown(carol, 'archive')).length;
+      await older.click();
+      await carol.waitForFunction(
+        (n) => document.querySelectorAll('[data-testid=message-list][data-room="archive"] [data-testid=message]').length > n,
+        before,
+        { timeout: WAIT, polling: 50 },
+      );
+      await carol.waitForFunction(() => !document.querySelector('[data-room="archive"] [data-testid=load-older]').disabled, null, {
+        timeout: WAIT,
+      });
+    }
+    list = await shown(carol, 'archive');
+    assertExactlyOnce(
+      list,
+      Array.from({ length: N }, (_, i) => `archived message ${i + 1}`),
+      'carol #archive',
+    );
+
+    // Unread: Alice talks in #lobby while Carol looks at #archive.
+    const badge = carol.locator('[data-testid=room-item][data-room="lobby"] [data-testid=room-unread]');
+    assert.equal(await badge.isVisible(), false);
+    await say(pages.alice, 'Carol, are you there?');
+    await say(pages.alice, 'Ping me when you are back');
+    await waitBodies(carol, ROOM, ['Carol, are you there?', 'Ping me when you are back']);
+    await carol.waitForFunction(
+      () => document.querySelector('[data-room="lobby"] [data-testid=room-unread]')?.textContent === '2',
+      null,
+      { timeout: WAIT, polling: 50 },
+    );
+    await shot(carol, 'carol-unread');
+    // Looking at the room reads it.
+    await carol.locator('[data-testid=room-item][data-room="lobby"] .room-link').click();
+    await badge.waitFor({ state: 'hidden' });
+    await say(carol, 'Here now!');
+    await waitBodies(pages.alice, ROOM, ['Here now!']);
+    await waitPresence(pages.alice, ['alice', 'bob', 'carol']);
+    assert.deepEqual(pageErrors, [], 'no script errors on the pages');
+    t.diagnostic(`history and unread: ${Date.now() - t0} ms`);
+  });
+
+  test('a page offline for long recovers a truncated replay with history, each message once', { timeout: 120000 }, async (t) => {
+    const t0 = Date.now();
+    const { alice, carol } = pages;
+    // Carol's socket is closed as a slow consumer (4000), and she cannot get back for a while.
+    links.carol.blocked = true;
+    await links.carol.ws.close({ code: 4000, reason: 'slow consumer' });
+    await carol.waitForFunction(
+      () => document.querySelector('[data-testid=connection-status]').dataset.state !== 'open',
+      null,
+      { timeout: WAIT, polling: 50 },
+    );
+    // More than the server replays (limits.replay_max = REPLAY_MAX) happens while Carol is away.
+    const missed = Array.from({ length: REPLAY_MAX * 2 + 5 }, (_, i) => `while carol was away ${i + 1}`);
+    for (const [i, body] of missed.entries()) await server.post(ROOM, { from: 'dave', cid: `away-${i}`, body });
+    await waitBodies(alice, ROOM, missed);
+    const historyBefore = await server.metric('chatty_frames_in_total', { type: 'history' });
+    links.carol.blocked = false;
+    await waitBodies(carol, ROOM, missed, 30000);
+    // The replay was truncated, and the page paged the hole in with history.
+    assert.ok((await server.metric('chatty_frames_in_total', { type: 'history' })) > historyBefore, 'history was asked for');
+    await say(carol, 'I am back');
+    await waitBodies(alice, ROOM, ['I am back']);
+    await waitBodies(carol, ROOM, ['I am back']);
+    const a = await shown(alice, ROOM);
+    const c = await shown(carol, ROOM);
+    assertExactlyOnce(c, a.map((m) => m.body), 'carol');
+    assert.deepEqual(c.map((m) => [m.seq, m.body]), a.map((m) => [m.seq, m.body]), 'carol and alice show the same conversation');
+    assert.deepEqual(pageErrors, [], 'no script errors on the pages');
+    t.diagnostic(`truncated replay recovered: ${Date.now() - t0} ms`);
+  });
+});
