@@ -114,5 +114,8 @@ cargo test --workspace --locked
 log "browser end-to-end test (headless Chromium)"
 e2e/run.sh
 
+log "WebSocket conformance (Autobahn|Testsuite against the real read path)"
+scripts/autobahn.sh
+
 log "deployment lints"
 scripts/lint-deploy.sh

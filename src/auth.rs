@@ -63,7 +63,14 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(s: &AuthSettings) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if !s.jwt_audience.is_empty() {
+            required.push("aud");
+        }
+        if !s.jwt_issuer.is_empty() {
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         validation.leeway = 5;
         validation.validate_nbf = true;
         let audience = (!s.jwt_audience.is_empty()).then(|| s.jwt_audience.clone());

@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use fastwebsockets::upgrade::IncomingUpgrade;
-use fastwebsockets::Role;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
@@ -28,8 +27,7 @@ pub async fn upgrade(
     tokio::spawn(async move {
         let Ok(socket) = fut.await else { return };
         let (r, mut w) = tokio::io::split(socket.into_inner());
-        let (reader, _) = fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-        let mut reader = MessageReader::new(reader, max_frame, max_message);
+        let mut reader = MessageReader::new(r, max_frame, max_message);
         // (opcode, payload); a close ends the writer.
         let (tx, mut rx) = mpsc::channel::<(u8, Vec<u8>)>(64);
         let writer = tokio::spawn(async move {

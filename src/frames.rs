@@ -19,7 +19,8 @@ pub enum Message {
 
 /// Reads complete messages, or the close code the connection must end with.
 pub struct MessageReader<R> {
-    reader: WebSocketRead<R>,
+    reader: WebSocketRead<MaskCheck<R>>,
+    unmasked: UnmaskedFlag,
     max_message: usize,
     assembling: Option<(OpCode, BytesMut, usize)>,
 }
@@ -27,12 +28,19 @@ pub struct MessageReader<R> {
 impl<R: tokio::io::AsyncRead + Unpin> MessageReader<R> {
     /// `max_frame` bounds each frame (checked by fastwebsockets before it allocates anything),
     /// `max_message` the reassembled message.
-    pub fn new(mut reader: WebSocketRead<R>, max_frame: usize, max_message: usize) -> Self {
+    pub fn new(stream: R, max_frame: usize, max_message: usize) -> Self {
+        let unmasked = UnmaskedFlag::default();
+        let (mut reader, _) = fastwebsockets::after_handshake_split(
+            MaskCheck::new(stream, unmasked.clone()),
+            tokio::io::sink(),
+            fastwebsockets::Role::Server,
+        );
         reader.set_max_message_size(max_frame + 1);
         reader.set_auto_pong(true);
         reader.set_auto_close(true);
         Self {
             reader,
+            unmasked,
             max_message,
             assembling: None,
         }
@@ -61,8 +69,15 @@ impl<R: tokio::io::AsyncRead + Unpin> MessageReader<R> {
             };
             let frame = self.reader.read_frame(&mut obligated).await;
             let frame = frame.map_err(|e| read_error_code(&e))?;
+            if self.unmasked.get() {
+                return Err(close::PROTOCOL); // RFC 6455 5.1: clients must mask every frame
+            }
             on_frame();
             match frame.opcode {
+                // fastwebsockets bounds pings only; RFC 6455 bounds every control frame.
+                OpCode::Close | OpCode::Ping | OpCode::Pong if frame.payload.len() > 125 => {
+                    return Err(close::PROTOCOL);
+                }
                 OpCode::Close => {
                     // Echo the client's code when it is one we may send, else a normal close.
                     let code = if frame.payload.len() >= 2 {
@@ -125,6 +140,157 @@ impl<R: tokio::io::AsyncRead + Unpin> MessageReader<R> {
     }
 }
 
+/// Set once an unmasked client frame went by.
+#[derive(Clone, Default)]
+pub struct UnmaskedFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl UnmaskedFlag {
+    fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Where a frame header scan stands.
+#[derive(Clone, Copy)]
+enum Scan {
+    First,
+    Second,
+    ExtLen {
+        need: u8,
+        got: u8,
+        len: u64,
+        masked: bool,
+    },
+    Mask {
+        left: u8,
+        len: u64,
+    },
+    Payload {
+        left: u64,
+    },
+}
+
+/// Watches the frame headers in the bytes read from a client and flags an unmasked frame:
+/// fastwebsockets does not check the mask bit, and its frames do not expose it.
+pub struct MaskCheck<R> {
+    inner: R,
+    scan: Scan,
+    flag: UnmaskedFlag,
+}
+
+impl<R> MaskCheck<R> {
+    fn new(inner: R, flag: UnmaskedFlag) -> Self {
+        Self {
+            inner,
+            scan: Scan::First,
+            flag,
+        }
+    }
+
+    fn after_len(&mut self, len: u64, masked: bool) {
+        if !masked {
+            self.flag.set();
+        }
+        self.scan = if masked {
+            Scan::Mask { left: 4, len }
+        } else if len > 0 {
+            Scan::Payload { left: len }
+        } else {
+            Scan::First
+        };
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.scan {
+                Scan::Payload { left } => {
+                    let n = left.min(bytes.len() as u64);
+                    bytes = &bytes[n as usize..];
+                    self.scan = if n == left {
+                        Scan::First
+                    } else {
+                        Scan::Payload { left: left - n }
+                    };
+                    continue;
+                }
+                Scan::First => self.scan = Scan::Second,
+                Scan::Second => {
+                    let (masked, len7) = (bytes[0] & 0x80 != 0, bytes[0] & 0x7f);
+                    match len7 {
+                        126 => {
+                            self.scan = Scan::ExtLen {
+                                need: 2,
+                                got: 0,
+                                len: 0,
+                                masked,
+                            }
+                        }
+                        127 => {
+                            self.scan = Scan::ExtLen {
+                                need: 8,
+                                got: 0,
+                                len: 0,
+                                masked,
+                            }
+                        }
+                        n => self.after_len(u64::from(n), masked),
+                    }
+                }
+                Scan::ExtLen {
+                    need,
+                    got,
+                    len,
+                    masked,
+                } => {
+                    let len = (len << 8) | u64::from(bytes[0]);
+                    if got + 1 == need {
+                        self.after_len(len, masked);
+                    } else {
+                        self.scan = Scan::ExtLen {
+                            need,
+                            got: got + 1,
+                            len,
+                            masked,
+                        };
+                    }
+                }
+                Scan::Mask { left, len } => {
+                    self.scan = if left > 1 {
+                        Scan::Mask {
+                            left: left - 1,
+                            len,
+                        }
+                    } else if len > 0 {
+                        Scan::Payload { left: len }
+                    } else {
+                        Scan::First
+                    };
+                }
+            }
+            bytes = &bytes[1..];
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for MaskCheck<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if !this.flag.get() {
+            this.feed(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
 fn read_error_code(e: &WebSocketError) -> u16 {
     match e {
         WebSocketError::FrameTooLarge => close::TOO_BIG,
@@ -164,6 +330,23 @@ pub fn put_close(buf: &mut BytesMut, code: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mask_scan_follows_frame_boundaries() {
+        let flag = UnmaskedFlag::default();
+        let mut m = MaskCheck::new((), flag.clone());
+        // masked text "hi", masked 200-byte binary (16-bit length), masked empty ping
+        let mut bytes = vec![0x81, 0x82, 1, 2, 3, 4, b'h', b'i'];
+        bytes.extend([0x82, 0xfe, 0, 200, 1, 2, 3, 4]);
+        bytes.extend(std::iter::repeat_n(0u8, 200));
+        bytes.extend([0x89, 0x80, 1, 2, 3, 4]);
+        for chunk in bytes.chunks(7) {
+            m.feed(chunk);
+        }
+        assert!(!flag.get());
+        m.feed(&[0x81, 0x02, b'o', b'k']);
+        assert!(flag.get());
+    }
 
     #[test]
     fn frames_use_the_shortest_length_form() {

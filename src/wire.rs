@@ -63,9 +63,131 @@ fn decode_raw<'a, T: Deserialize<'a>>(bytes: &'a [u8], encoding: Encoding) -> Op
     }
 }
 
+/// Every frame is one JSON object or one MessagePack map: serde would also build the frame
+/// struct from a positional array, which the protocol does not allow.
+fn is_object(bytes: &[u8], encoding: Encoding) -> bool {
+    match encoding {
+        Encoding::Json => bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{'),
+        Encoding::MsgPack => bytes
+            .first()
+            .is_some_and(|b| (0x80..=0x8f).contains(b) || *b == 0xde || *b == 0xdf),
+    }
+}
+
+/// Find a string `ref` among the top-level entries of a MessagePack map without recursing:
+/// values are skipped by counting the items still to skip, so depth costs nothing.
+fn msgpack_ref(bytes: &[u8]) -> Option<String> {
+    use rmp::Marker;
+    let mut rd = bytes;
+    let entries = match rmp::decode::read_marker(&mut rd).ok()? {
+        Marker::FixMap(n) => u32::from(n),
+        Marker::Map16 => be(&mut rd, 2)? as u32,
+        Marker::Map32 => be(&mut rd, 4)? as u32,
+        _ => return None,
+    };
+    for _ in 0..entries {
+        // Keys of interest are short strings; any other key is skipped like a value.
+        let mut key_rd = rd;
+        let is_ref = matches!(
+            rmp::decode::read_str_len(&mut key_rd),
+            Ok(3) if key_rd.get(..3) == Some(b"ref")
+        );
+        if is_ref {
+            rd = &key_rd[3..];
+            let mut v = rd;
+            let len = rmp::decode::read_str_len(&mut v).ok()? as usize;
+            return std::str::from_utf8(v.get(..len)?).ok().map(str::to_owned);
+        }
+        skip_values(&mut rd, 2)?;
+    }
+    None
+}
+
+/// Read a `k`-byte big-endian unsigned integer.
+fn be(rd: &mut &[u8], k: usize) -> Option<u64> {
+    let b = rd.get(..k)?;
+    *rd = &rd[k..];
+    Some(b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
+}
+
+/// Skip `n` MessagePack values iteratively.
+fn skip_values(rd: &mut &[u8], mut n: u64) -> Option<()> {
+    use rmp::Marker;
+    fn take(rd: &mut &[u8], k: usize) -> Option<()> {
+        *rd = rd.get(k..)?;
+        Some(())
+    }
+    while n > 0 {
+        n -= 1;
+        match rmp::decode::read_marker(rd).ok()? {
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+            }
+            Marker::U8 | Marker::I8 => take(rd, 1)?,
+            Marker::U16 | Marker::I16 => take(rd, 2)?,
+            Marker::U32 | Marker::I32 | Marker::F32 => take(rd, 4)?,
+            Marker::U64 | Marker::I64 | Marker::F64 => take(rd, 8)?,
+            Marker::FixStr(l) => take(rd, l as usize)?,
+            Marker::Str8 | Marker::Bin8 => {
+                let l = be(rd, 1)?;
+                take(rd, l as usize)?
+            }
+            Marker::Str16 | Marker::Bin16 => {
+                let l = be(rd, 2)?;
+                take(rd, l as usize)?
+            }
+            Marker::Str32 | Marker::Bin32 => {
+                let l = be(rd, 4)?;
+                take(rd, l as usize)?
+            }
+            Marker::FixArray(l) => n += u64::from(l),
+            Marker::Array16 => n += be(rd, 2)?,
+            Marker::Array32 => n += be(rd, 4)?,
+            Marker::FixMap(l) => n += 2 * u64::from(l),
+            Marker::Map16 => n += 2 * be(rd, 2)?,
+            Marker::Map32 => n += 2 * be(rd, 4)?,
+            Marker::FixExt1 => take(rd, 2)?,
+            Marker::FixExt2 => take(rd, 3)?,
+            Marker::FixExt4 => take(rd, 5)?,
+            Marker::FixExt8 => take(rd, 9)?,
+            Marker::FixExt16 => take(rd, 17)?,
+            Marker::Ext8 => {
+                let l = be(rd, 1)?;
+                take(rd, l as usize + 1)?
+            }
+            Marker::Ext16 => {
+                let l = be(rd, 2)?;
+                take(rd, l as usize + 1)?
+            }
+            Marker::Ext32 => {
+                let l = be(rd, 4)?;
+                take(rd, l as usize + 1)?
+            }
+            Marker::Reserved => return None,
+        }
+        // A length lie larger than what is left ends the scan instead of looping on.
+        if n > rd.len() as u64 {
+            return None;
+        }
+    }
+    Some(())
+}
+
 /// Decode one complete client message (already reassembled and size-checked).
 pub fn decode(bytes: &[u8], encoding: Encoding, max_body: usize) -> Result<Command, DecodeError> {
-    let Some(raw) = decode_raw::<RawFrame>(bytes, encoding) else {
+    let raw = is_object(bytes, encoding)
+        .then(|| decode_raw::<RawFrame>(bytes, encoding))
+        .flatten();
+    let Some(raw) = raw else {
+        if encoding == Encoding::MsgPack {
+            return Err(DecodeError {
+                r#ref: msgpack_ref(bytes).filter(|r| r.len() <= MAX_REF_BYTES),
+                code: ErrorCode::BadRequest,
+                message: "frame is not a valid object of the protocol",
+            });
+        }
         let r#ref = decode_raw::<RefOnly>(bytes, encoding)
             .and_then(|r| r.r#ref)
             .filter(|r| r.len() <= MAX_REF_BYTES);
@@ -217,6 +339,38 @@ mod tests {
         mp.extend(std::iter::repeat_n(0x91, 100_000));
         mp.push(0xc0);
         assert!(decode(&mp, Encoding::MsgPack, 4096).is_err());
+    }
+
+    #[test]
+    fn positional_arrays_are_not_frames() {
+        let e = json(r#"["send","a1","r",null,"c","body",null,null,null]"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let arr = rmp_serde::to_vec(&("ping", "p1")).unwrap();
+        assert!(decode(&arr, Encoding::MsgPack, 4096).is_err());
+    }
+
+    #[test]
+    fn the_ref_of_a_deeply_nested_msgpack_frame_is_still_found() {
+        let mut mp = vec![
+            0x83, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g',
+        ];
+        mp.extend([0xa1, b'x']);
+        mp.extend(std::iter::repeat_n(0x91, 100_000));
+        mp.push(0xc0);
+        mp.extend([0xa3, b'r', b'e', b'f', 0xa2, b'r', b'9']);
+        let e = decode(&mp, Encoding::MsgPack, 4096).unwrap_err();
+        assert_eq!(e.r#ref.as_deref(), Some("r9"));
+        // And before the deep part.
+        let mut mp = vec![0x82, 0xa3, b'r', b'e', b'f', 0xa1, b'q', 0xa1, b'x'];
+        mp.extend(std::iter::repeat_n(0x91, 100_000));
+        mp.push(0xc0);
+        assert_eq!(
+            decode(&mp, Encoding::MsgPack, 4096)
+                .unwrap_err()
+                .r#ref
+                .as_deref(),
+            Some("q")
+        );
     }
 
     #[test]

@@ -15,7 +15,6 @@ use chatty_actors::{
     STOP_READING,
 };
 use fastwebsockets::upgrade::IncomingUpgrade;
-use fastwebsockets::Role;
 use serde::Deserialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -233,11 +232,8 @@ where
     metrics.connections_active.inc();
     let (r, w) = tokio::io::split(stream);
     // fastwebsockets reads; our writer task frames and writes (so it can coalesce).
-    let (reader, _unused) =
-        fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
     let s = &state.settings;
-    let mut reader =
-        MessageReader::new(reader, s.limits.max_frame_bytes, s.limits.max_message_bytes);
+    let mut reader = MessageReader::new(r, s.limits.max_frame_bytes, s.limits.max_message_bytes);
 
     let timing = Timing {
         ping_interval: Duration::from_millis(s.server.ping_interval_ms),
@@ -286,6 +282,13 @@ where
         Ok(Ok(c)) => c,
         _ => conn.shared.close_code(),
     };
+    // Linger: read (and drop) what the client still sends until it closes too, briefly.
+    // Closing a socket with unread data makes the kernel send a reset, and a reset can make
+    // the client lose our close frame (and its code) before reading it.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while reader.next(|_| {}, || {}).await.is_ok() {}
+    })
+    .await;
     conn.actor.stop(None);
     metrics.connections_active.dec();
     metrics

@@ -423,7 +423,12 @@ impl RoomState {
         member.outbox.push(joined);
 
         let replaying = replay_from < head;
+        // A `since` beyond what this room has delivered may be real (another node is ahead of
+        // this one) or not (a restored database): the store decides, right away.
         let skip_through = since.unwrap_or(head).max(head);
+        if skip_through > head {
+            let _ = myself.cast(RoomMsg::CheckHead);
+        }
         if replaying {
             spawn_replay(
                 self.args.store.clone(),
@@ -692,6 +697,12 @@ impl RoomState {
         loop {
             let delivered = self.args.shared.core.lock().delivered;
             if delivered >= head {
+                // Nobody waits for messages past the real head: a member that joined with a
+                // `since` the store never reached gets everything after the head.
+                let mut core = self.args.shared.core.lock();
+                for m in core.members.values_mut() {
+                    m.skip_through = m.skip_through.min(head);
+                }
                 return;
             }
             self.args.metrics.gap_fills.inc();

@@ -218,6 +218,14 @@ impl Client {
         self.ws.send(msg).await.expect("ws send");
     }
 
+    /// Send, reporting failure instead of panicking (the server may be closing).
+    pub async fn try_send(&mut self, v: Value) -> bool {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .is_ok()
+    }
+
     pub async fn send_raw(&mut self, m: Message) {
         let _ = self.ws.send(m).await;
     }

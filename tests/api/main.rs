@@ -6,6 +6,7 @@ mod cluster;
 mod embedded;
 mod faults;
 mod handshake;
+mod hostile;
 mod http_api;
 mod messaging;
 mod observability;

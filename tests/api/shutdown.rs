@@ -25,9 +25,19 @@ async fn sigterm_under_traffic_closes_every_socket_with_1001_keeps_every_ack_and
             loop {
                 let cid = format!("u{c}m{i}");
                 i += 1;
-                client
-                    .send(json!({"type":"send","ref":cid,"room":"shutdown","cid":cid,"body":"x"}))
-                    .await;
+                let frame = json!({"type":"send","ref":cid,"room":"shutdown","cid":cid,"body":"x"});
+                if !client.try_send(frame).await {
+                    // The server is closing: what it sent before is still to be read.
+                    while let Some(v) = client.next().await {
+                        if v["type"] == "ack" {
+                            acked.push((
+                                v["cid"].as_str().unwrap().to_string(),
+                                v["seq"].as_i64().unwrap(),
+                            ));
+                        }
+                    }
+                    return (client.closed, acked);
+                }
                 // Read whatever is available for a moment.
                 loop {
                     match tokio::time::timeout(Duration::from_millis(2), client.next()).await {
