@@ -37,7 +37,9 @@ export class Server {
   /** `extra`: more CHATTY__* settings for this server. */
   constructor(extra = {}) {
     this.extra = extra;
-    this.bin = process.env.CHATTY_BIN ?? path.join(ROOT, 'target', 'release', 'chatty');
+    this.bin =
+      process.env.CHATTY_BIN ??
+      path.join(process.env.CARGO_TARGET_DIR ?? path.join(ROOT, 'target'), 'release', 'chatty');
     // A PostgreSQL server URL without a database name (a fresh database is created per run),
     // or `sqlite` for the embedded store in a fresh file.
     const base = (process.env.CHATTY_TEST_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432').replace(/\/+$/, '');
