@@ -111,6 +111,9 @@ drop_old_test_databases
 log "cargo test"
 cargo test --workspace --locked
 
+log "load generator: lints and unit tests (its own workspace)"
+(cd loadtests && cargo clippy --all-targets --locked -- -D warnings && cargo test --locked)
+
 log "browser end-to-end test (headless Chromium)"
 e2e/run.sh
 

@@ -189,7 +189,7 @@ impl Application {
             metrics,
         })
         .await?;
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+        let listener = bind(&settings.server.host, settings.server.port)
             .await
             .with_context(|| {
                 format!(
@@ -303,6 +303,23 @@ impl Application {
         );
         Ok(clean)
     }
+}
+
+/// Bind the public listener with a deep accept backlog: a reconnect storm (every client of a
+/// restarted node at once) overflows the default 128 and the kernel starts SYN cookies.
+async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("no address"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// `chatty migrate`: create the database if needed and apply migrations.

@@ -23,6 +23,9 @@ pub struct NodeConfig {
     pub writer_queue: usize,
     /// Largest writer batch.
     pub writer_batch_max: usize,
+    /// Batches being committed at once (later ones wait on earlier ones' row locks and
+    /// become visible in order).
+    pub writer_max_in_flight: usize,
     /// Longest a message waits in a partial batch.
     pub writer_flush_interval: Duration,
     /// How long a failing flush is retried before its sends are answered `unavailable`.
@@ -57,6 +60,7 @@ impl Default for NodeConfig {
             inbound_queue: 32,
             writer_queue: 20_000,
             writer_batch_max: 1024,
+            writer_max_in_flight: 1,
             writer_flush_interval: Duration::from_millis(5),
             writer_retry_max: Duration::from_secs(10),
             room_queue: 10_000,

@@ -99,9 +99,14 @@ pub struct WriterCounters {
 }
 
 pub struct WriterState {
-    args: WriterArgs,
+    args: Arc<WriterArgs>,
     batch: Vec<Pending>,
     ticker: Option<JoinHandle<()>>,
+    /// Flushes in flight, at most `writer_max_in_flight`.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Resolves when the newest flush has finished: flushes finish in the order they
+    /// started, so acks and deliveries never overtake an earlier batch.
+    last_done: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 #[ractor::async_trait]
@@ -122,8 +127,12 @@ impl Actor for Writer {
             .inc();
         Ok(WriterState {
             batch: Vec::with_capacity(args.config.writer_batch_max),
-            args,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                args.config.writer_max_in_flight.max(1),
+            )),
+            args: Arc::new(args),
             ticker: Some(ticker),
+            last_done: None,
         })
     }
 
@@ -159,12 +168,18 @@ impl Actor for Writer {
                 }
             }
             WriterMsg::Tick => {
-                if !state.batch.is_empty() {
+                // Only a batch nothing else is about to join: ticks sit in the mailbox among
+                // the appends, and flushing at each one would cut batches to a few rows.
+                let queued = state.args.counters.mailbox.load(Ordering::Acquire);
+                if !state.batch.is_empty() && queued == 0 {
                     flush(state).await;
                 }
             }
             WriterMsg::Drain(reply) => {
                 flush(state).await;
+                if let Some(done) = state.last_done.take() {
+                    let _ = done.await;
+                }
                 let _ = reply.send(());
             }
             WriterMsg::Panic => panic!("fault injection: writer panic requested"),
@@ -179,15 +194,39 @@ impl Actor for Writer {
     }
 }
 
-/// Commit the batch (retrying while the store fails), then make it visible.
+/// Start committing the batch. Up to `writer_max_in_flight` flushes overlap (each commit
+/// waits on the database most of its time); while that many are in flight the actor waits
+/// here, so its mailbox keeps filling the next, larger batch.
 async fn flush(state: &mut WriterState) {
     if state.batch.is_empty() {
         return;
     }
+    let Ok(permit) = state.in_flight.clone().acquire_owned().await else {
+        return;
+    };
     let batch = std::mem::take(&mut state.batch);
-    let a = &state.args;
+    let previous = state.last_done.take();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    state.last_done = Some(done_rx);
+    let args = state.args.clone();
     let span = tracing::debug_span!("flush", size = batch.len());
+    tokio::spawn(
+        async move {
+            commit_batch(&args, batch, previous).await;
+            drop(permit);
+            let _ = done_tx.send(());
+        }
+        .instrument(span),
+    );
+}
 
+/// Commit one batch (retrying while the store fails), then, once every earlier batch is
+/// visible, make this one visible: acks to senders, messages to rooms and the bus.
+async fn commit_batch(
+    a: &WriterArgs,
+    batch: Vec<Pending>,
+    previous: Option<tokio::sync::oneshot::Receiver<()>>,
+) {
     // Collapse repeats of one (room, user, cid) inside the batch: the store sees each key once
     // and every repeat gets the first one's outcome, flagged as a duplicate.
     let mut first: HashMap<(&str, &str, &str), usize> = HashMap::with_capacity(batch.len());
@@ -210,10 +249,7 @@ async fn flush(state: &mut WriterState) {
     let mut backoff = Duration::from_millis(25);
     let outcome = loop {
         let t = Instant::now();
-        match crate::ports::timed(a.store.append(&unique))
-            .instrument(span.clone())
-            .await
-        {
+        match crate::ports::timed(a.store.append(&unique)).await {
             Ok(res) => {
                 a.metrics
                     .writer_flush_seconds
@@ -232,6 +268,9 @@ async fn flush(state: &mut WriterState) {
             }
         }
     };
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
 
     let results = match outcome {
         Ok(r) if r.len() == unique.len() => r,

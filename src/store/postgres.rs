@@ -1,8 +1,8 @@
-//! PostgreSQL store. A batch is one transaction of five statements whatever its size: ensure
-//! the room rows, lock them in room-id order, find cids already stored, advance the counters,
-//! insert every new message with one `UNNEST`.
+//! PostgreSQL store. A batch is one transaction of three statements whatever its size: find
+//! the cids already stored, advance every room counter at once (creating rooms on the way,
+//! locking them in room-id order), insert every new message with one `UNNEST`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -42,31 +42,13 @@ impl MessageStore for PgStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
-        rooms.sort_unstable();
-        rooms.dedup();
-
         let mut tx = self.pool.begin().await.map_err(store_err)?;
-        // 1. Make sure every room row exists (inserted in id order, like the locks below).
-        sqlx::query(
-            "insert into rooms (id) select * from unnest($1::text[]) order by 1 on conflict (id) do nothing",
-        )
-        .bind(&rooms)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_err)?;
-        // 2. Lock the counters in room-id order: concurrent writers queue instead of deadlocking.
-        let heads: HashMap<String, i64> = sqlx::query(
-            "select id, last_seq from rooms where id = any($1::text[]) order by id for update",
-        )
-        .bind(&rooms)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(store_err)?
-        .into_iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
-        .collect();
-        // 3. With the locks held, any earlier send of the same cid is committed and visible.
+        // 1. Which cids are stored already: they keep their original seq and are not inserted.
+        // LATERAL keeps this an index lookup per key: a plain join lets the planner pick a hash
+        // join over a sequential scan of `messages` whenever its statistics are stale (a young,
+        // fast-growing table), and every batch then reads the whole table. A concurrent insert
+        // of the same key that this read misses makes step 3 fail on the unique key, and the
+        // Writer's retry then finds it here.
         let (q_room, q_user, q_cid): (Vec<&str>, Vec<&str>, Vec<&str>) = batch
             .iter()
             .map(|m| (m.room.as_str(), m.from.as_str(), m.cid.as_str()))
@@ -77,10 +59,12 @@ impl MessageStore for PgStore {
                 acc
             });
         let existing: HashMap<(String, String, String), (i64, i64)> = sqlx::query(
-            "select m.room_id, m.user_id, m.cid, m.seq, m.ts
-               from messages m
-               join unnest($1::text[], $2::text[], $3::text[]) as k(room_id, user_id, cid)
-                 on m.room_id = k.room_id and m.user_id = k.user_id and m.cid = k.cid",
+            "select k.room_id, k.user_id, k.cid, m.seq, m.ts
+               from unnest($1::text[], $2::text[], $3::text[]) as k(room_id, user_id, cid)
+               cross join lateral (
+                 select seq, ts from messages
+                  where room_id = k.room_id and user_id = k.user_id and cid = k.cid
+               ) m",
         )
         .bind(&q_room)
         .bind(&q_user)
@@ -97,16 +81,55 @@ impl MessageStore for PgStore {
         })
         .collect();
 
-        // 4. Assign seqs in batch order and advance the counters.
+        // 2. Count the new messages per room and advance every counter in one statement. The
+        // rows are taken in room-id order, so concurrent writers (on any node) queue on the
+        // same locks in the same order and never deadlock; the counter and the messages commit
+        // together, so seq stays gap-free.
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut new_rows = 0usize;
+        for m in batch {
+            let key = (
+                m.room.as_str().to_owned(),
+                m.from.as_str().to_owned(),
+                m.cid.as_str().to_owned(),
+            );
+            if !existing.contains_key(&key) {
+                *counts.entry(m.room.as_str()).or_default() += 1;
+                new_rows += 1;
+            }
+        }
+        let mut next: HashMap<String, i64> = HashMap::with_capacity(counts.len());
+        if new_rows > 0 {
+            let (ids, adds): (Vec<&str>, Vec<i64>) = counts.iter().map(|(r, n)| (*r, *n)).unzip();
+            let heads = sqlx::query(
+                "insert into rooms (id, last_seq)
+                 select * from unnest($1::text[], $2::bigint[]) order by 1
+                 on conflict (id) do update set last_seq = rooms.last_seq + excluded.last_seq
+                 returning id, last_seq",
+            )
+            .bind(&ids)
+            .bind(&adds)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(store_err)?;
+            for r in heads {
+                let (id, head): (String, i64) = (r.get(0), r.get(1));
+                // The first seq of this batch in the room.
+                let n = counts.get(id.as_str()).copied().unwrap_or(0);
+                next.insert(id, head - n);
+            }
+        }
+
+        // 3. Assign seqs in batch order and insert every new message with one statement: the
+        // arrays are one bind parameter each, so the 65,535-parameter limit never applies.
         let ts = now_ms();
-        let mut next: HashMap<&str, i64> = heads.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         let mut out = Vec::with_capacity(batch.len());
-        let mut ins_room = Vec::new();
-        let mut ins_seq = Vec::new();
-        let mut ins_user = Vec::new();
-        let mut ins_name = Vec::new();
-        let mut ins_cid = Vec::new();
-        let mut ins_body = Vec::new();
+        let mut ins_room = Vec::with_capacity(new_rows);
+        let mut ins_seq = Vec::with_capacity(new_rows);
+        let mut ins_user = Vec::with_capacity(new_rows);
+        let mut ins_name = Vec::with_capacity(new_rows);
+        let mut ins_cid = Vec::with_capacity(new_rows);
+        let mut ins_body = Vec::with_capacity(new_rows);
         for m in batch {
             let key = (
                 m.room.as_str().to_owned(),
@@ -121,40 +144,23 @@ impl MessageStore for PgStore {
                 });
                 continue;
             }
-            let head = next
+            let last = next
                 .get_mut(m.room.as_str())
-                .ok_or_else(|| StoreError::Other("room row missing after insert".into()))?;
-            *head += 1;
+                .ok_or_else(|| StoreError::Other("room counter missing after update".into()))?;
+            *last += 1;
             out.push(Appended {
-                seq: *head as Seq,
+                seq: *last as Seq,
                 ts,
                 duplicate: false,
             });
             ins_room.push(m.room.as_str());
-            ins_seq.push(*head);
+            ins_seq.push(*last);
             ins_user.push(m.from.as_str());
             ins_name.push(m.name.as_str());
             ins_cid.push(m.cid.as_str());
             ins_body.push(m.body.as_str());
         }
-        if !ins_room.is_empty() {
-            let (ids, lasts): (Vec<&str>, Vec<i64>) = next
-                .iter()
-                .filter(|(k, v)| heads.get(**k) != Some(v))
-                .map(|(k, v)| (*k, *v))
-                .unzip();
-            sqlx::query(
-                "update rooms set last_seq = v.last
-                   from unnest($1::text[], $2::bigint[]) as v(id, last)
-                  where rooms.id = v.id",
-            )
-            .bind(&ids)
-            .bind(&lasts)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_err)?;
-            // 5. One statement for every new message of the batch, whatever its size: arrays
-            // are one bind parameter each, so the 65,535-parameter limit never applies.
+        if new_rows > 0 {
             sqlx::query(
                 "insert into messages (room_id, seq, user_id, name, cid, body, ts)
                  select r, s, u, n, c, b, $7
