@@ -408,7 +408,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
         #[test]
         fn any_bytes_decode_or_error_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode(&bytes, Encoding::Json, 4096);
