@@ -441,7 +441,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 if c != STOP_READING { break c; }
             }
             item = rx.recv() => {
-                let Some(item) = item else { break close::NORMAL };
+                let Some(item) = item else {
+                    // The queue can end before the close request is seen: use the code the
+                    // connection is being closed with, not a blanket 1000.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(200),
+                        close_rx.wait_for(|c| *c != 0 && *c != STOP_READING),
+                    )
+                    .await;
+                    let c = shared.close_code();
+                    break if c == 0 || c == STOP_READING { close::NORMAL } else { c };
+                };
                 buf.clear();
                 let mut n = 0u64;
                 let mut next = Some(item);
