@@ -58,9 +58,13 @@ impl MessageStore for PgStore {
                 acc.2.push(c);
                 acc
             });
-        let existing: HashMap<(String, String, String), (i64, i64)> = sqlx::query(
-            "select k.room_id, k.user_id, k.cid, m.seq, m.ts
-               from unnest($1::text[], $2::text[], $3::text[]) as k(room_id, user_id, cid)
+        // The original (seq, ts) of each message of the batch already stored, by batch index:
+        // `with ordinality` numbers the keys, so no key strings are rebuilt to look them up.
+        let mut existing: Vec<Option<(i64, i64)>> = vec![None; batch.len()];
+        let rows = sqlx::query(
+            "select k.i, m.seq, m.ts
+               from unnest($1::text[], $2::text[], $3::text[])
+                      with ordinality as k(room_id, user_id, cid, i)
                cross join lateral (
                  select seq, ts from messages
                   where room_id = k.room_id and user_id = k.user_id and cid = k.cid
@@ -71,15 +75,13 @@ impl MessageStore for PgStore {
         .bind(&q_cid)
         .fetch_all(&mut *tx)
         .await
-        .map_err(store_err)?
-        .into_iter()
-        .map(|r| {
-            (
-                (r.get(0), r.get(1), r.get(2)),
-                (r.get::<i64, _>(3), r.get::<i64, _>(4)),
-            )
-        })
-        .collect();
+        .map_err(store_err)?;
+        for r in rows {
+            let i = r.get::<i64, _>(0) as usize - 1;
+            if let Some(slot) = existing.get_mut(i) {
+                *slot = Some((r.get::<i64, _>(1), r.get::<i64, _>(2)));
+            }
+        }
 
         // 2. Count the new messages per room and advance every counter in one statement. The
         // rows are taken in room-id order, so concurrent writers (on any node) queue on the
@@ -87,13 +89,8 @@ impl MessageStore for PgStore {
         // together, so seq stays gap-free.
         let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
         let mut new_rows = 0usize;
-        for m in batch {
-            let key = (
-                m.room.as_str().to_owned(),
-                m.from.as_str().to_owned(),
-                m.cid.as_str().to_owned(),
-            );
-            if !existing.contains_key(&key) {
+        for (m, dup) in batch.iter().zip(&existing) {
+            if dup.is_none() {
                 *counts.entry(m.room.as_str()).or_default() += 1;
                 new_rows += 1;
             }
@@ -130,13 +127,8 @@ impl MessageStore for PgStore {
         let mut ins_name = Vec::with_capacity(new_rows);
         let mut ins_cid = Vec::with_capacity(new_rows);
         let mut ins_body = Vec::with_capacity(new_rows);
-        for m in batch {
-            let key = (
-                m.room.as_str().to_owned(),
-                m.from.as_str().to_owned(),
-                m.cid.as_str().to_owned(),
-            );
-            if let Some(&(seq, ts)) = existing.get(&key) {
+        for (m, dup) in batch.iter().zip(&existing) {
+            if let Some((seq, ts)) = *dup {
                 out.push(Appended {
                     seq: seq as Seq,
                     ts,
