@@ -9,6 +9,11 @@
 # (default: all but cluster, which needs CLUSTER_URLS="ws://...,ws://..." of running nodes).
 # Rates (messages/s) can be set with HOT_RATES, MANY_RATES, DURABLE_RATES, SLOW_RATES, MIXED_RATES;
 # DURATION (15), WARMUP (3), DRAIN (5).
+#
+# A scenario whose run is INVALID (planned connections refused or failed, connections closed by
+# the server mid-run, a saturated generator: the generator exits 3) or that fails is recorded
+# and the suite goes on; the script then exits non-zero (3: only INVALID runs, 1: a failure)
+# and names them. Their tables and JSON are still written, marked INVALID.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/peers/lib.sh"
 
@@ -19,8 +24,24 @@ DURATION="${DURATION:-15}"
 WARMUP="${WARMUP:-3}"
 DRAIN="${DRAIN:-5}"
 DB=chatty_bench_suite
+for s in $SCENARIOS; do
+    case $s in
+        pg-baseline|idle|storm|hot-room|many-rooms|durable|slow-consumers|mixed|cluster) ;;
+        *) log "unknown scenario $s"; exit 2 ;;
+    esac
+done
 mkdir -p "$OUT"
 trap stop_server EXIT
+INVALID=()
+FAILED=()
+# record SCENARIO STATUS — what the generator's exit status says about that scenario.
+record() {
+    case $2 in
+        0) ;;
+        3) INVALID+=("$1"); log "$1: INVALID, not a result (see $OUT/$1.table.md)" ;;
+        *) FAILED+=("$1"); log "$1: failed with status $2" ;;
+    esac
+}
 
 build_loadtest
 [ -x "$CHATTY_BIN" ] || (cd "$REPO_DIR" && cargo build --release --locked -q)
@@ -50,10 +71,14 @@ for s in $SCENARIOS; do
     fi
     if [ "$s" = cluster ]; then
         [ -n "${CLUSTER_URLS:-}" ] || { log "cluster: set CLUSTER_URLS"; continue; }
+        # These nodes run elsewhere: their per-IP cap (limits.max_connections_per_ip, 2,000 by
+        # default) must allow CONNS from this machine, or the run is INVALID.
+        rc=0
         loadtest run --scenario cluster --url "$CLUSTER_URLS" --conns "${CONNS:-5000}" \
             --rates "${HOT_RATES:-10,20}" --duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" \
             --note "cluster: $CLUSTER_URLS; $(machine_load)" --out "$OUT/$s.json" --svg "$OUT/$s.svg" \
-            | tee "$OUT/$s.table.md"
+            | tee "$OUT/$s.table.md" || rc=$?
+        record "$s" "$rc"
         continue
     fi
     start_chatty 18080 19090 "$DB"
@@ -63,6 +88,7 @@ for s in $SCENARIOS; do
             --out "$OUT/$s.json" --svg "$OUT/$s.svg")
     note="server on CPU $SERVER_CPU, generator on CPU $GEN_CPU; before: $(machine_load)"
     log "$s: $note"
+    rc=0
     case $s in
         idle)
             loadtest run --scenario idle --conns "${IDLE_CONNS:-15000}" --hold 10 "${common[@]}" --note "$note" ;;
@@ -81,9 +107,15 @@ for s in $SCENARIOS; do
         mixed)
             loadtest run --scenario mixed --conns 10000 --hot-members 1000 --hot-share 0.1 \
                 --rates "${MIXED_RATES:-500,1000,2000}" "${common[@]}" --note "$note" ;;
-        *) log "unknown scenario $s"; exit 2 ;;
-    esac | tee "$OUT/$s.table.md"
+    esac | tee "$OUT/$s.table.md" || rc=$?
+    record "$s" "$rc"
     stop_server
     sleep 2
 done
 log "results in $OUT"
+if [ ${#FAILED[@]} -gt 0 ] || [ ${#INVALID[@]} -gt 0 ]; then
+    [ ${#INVALID[@]} -eq 0 ] || log "INVALID (not results): ${INVALID[*]}"
+    [ ${#FAILED[@]} -eq 0 ] || log "FAILED: ${FAILED[*]}"
+    [ ${#FAILED[@]} -gt 0 ] && exit 1
+    exit 3
+fi

@@ -68,6 +68,10 @@ require_alive() {
 }
 
 # start_chatty PORT METRICS_PORT DB — a fresh database, persistence on.
+# The admission caps are raised to what the load tests open: every generator connection comes
+# from 127.0.0.1, so the default per-IP cap (2,000) would refuse most of them with HTTP 429.
+# The generator mints one user per connection, so the per-user cap (default 50) is not reached
+# today; it is raised too so that a scenario sharing users would not be silently capped.
 start_chatty() {
     local port=$1 mport=$2 db=$3
     require_free "$port" "$mport"
@@ -81,6 +85,8 @@ start_chatty() {
     CHATTY__LIMITS__MESSAGES_PER_SECOND=100000 \
     CHATTY__LIMITS__MESSAGE_BURST=100000 \
     CHATTY__LIMITS__MAX_CONNECTIONS=19500 \
+    CHATTY__LIMITS__MAX_CONNECTIONS_PER_IP=19500 \
+    CHATTY__LIMITS__MAX_CONNECTIONS_PER_USER=19500 \
     ${CHATTY_OUTBOUND_QUEUE:+CHATTY__LIMITS__OUTBOUND_QUEUE=$CHATTY_OUTBOUND_QUEUE} \
         nice -n "$BENCH_NICE" taskset -c "$SERVER_CPU" "$CHATTY_BIN" serve >"${SERVER_LOG:-/dev/null}" 2>&1 &
     SERVER_PID=$!

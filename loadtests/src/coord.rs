@@ -13,7 +13,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Command, ConnectReport, Event, Group, Layout, Step, StepReport, WorkerSpec};
+use crate::plan::{
+    CloseReport, Command, ConnectReport, Event, Group, Layout, Step, StepReport, WorkerSpec,
+};
 use crate::report::{self, RunResult, ServerSample};
 use crate::stats::{self, now_us};
 use crate::target::Target;
@@ -147,7 +149,14 @@ pub struct RunArgs {
     /// Write an SVG chart (latency percentiles against offered load) here.
     #[arg(long)]
     pub svg: Option<String>,
+    /// Exit 0 even when a step (or the connect phase) is INVALID; without it such a run exits
+    /// with status 3 after writing its table, JSON and chart.
+    #[arg(long)]
+    pub allow_invalid: bool,
 }
+
+/// Exit status of `run` when the run is INVALID (and --allow-invalid is not given).
+pub const EXIT_INVALID: i32 = 3;
 
 fn build_layout(a: &RunArgs) -> Result<Layout> {
     let n = a.conns;
@@ -355,7 +364,8 @@ fn print_progress(evs: &[Event]) {
     );
 }
 
-pub fn run(a: RunArgs) -> Result<()> {
+/// Runs one scenario; `Ok(false)` when the run is INVALID (its results are still written).
+pub fn run(a: RunArgs) -> Result<bool> {
     if a.body_bytes > 4000 {
         bail!("--body-bytes must stay under Chatty's 4096-byte body limit");
     }
@@ -442,17 +452,35 @@ pub fn run(a: RunArgs) -> Result<()> {
         },
         vec![],
     )?;
-    let connect = report::merge_connect(&reps)?;
+    let mut connect = report::merge_connect(&reps)?;
+    connect
+        .invalid_reasons
+        .extend(report::connect_failure(&connect, layout.conns));
+    if a.scenario == Scenario::Storm {
+        // Storm's result is the connect phase itself: a saturated generator timed itself.
+        connect.invalid_reasons.extend(report::saturation(
+            connect.generator_cpu_pct_max_worker,
+            connect.generator_cpu_pct_total,
+            stats::allowed_cpus() as f64,
+        ));
+    }
     eprintln!(
-        "  connected {}/{} in {:.3} s ({} failed){}",
+        "  connected {}/{} in {:.3} s ({} failed), generator {:.0}% (max worker {:.0}%){}{}",
         connect.connected,
-        connect.attempted,
+        layout.conns,
         connect.elapsed_s,
         connect.failed,
+        connect.generator_cpu_pct_total,
+        connect.generator_cpu_pct_max_worker,
         if connect.errors.is_empty() {
             String::new()
         } else {
             format!("; e.g. {}", connect.errors[0])
+        },
+        if connect.invalid_reasons.is_empty() {
+            String::new()
+        } else {
+            format!("  INVALID: {}", connect.invalid_reasons.join("; "))
         }
     );
     // Let the server settle (presence coalescing, allocator) before reading its memory.
@@ -462,6 +490,29 @@ pub fn run(a: RunArgs) -> Result<()> {
     if matches!(a.scenario, Scenario::Idle) {
         std::thread::sleep(Duration::from_secs_f64(a.hold));
         held = Some(sample(&a));
+    }
+    // Idle and storm have no steps to carry the closes: ask the workers now. A connection
+    // dropped before the memory sample or after its join makes those figures wrong.
+    let mut run_reasons = Vec::new();
+    if matches!(a.scenario, Scenario::Idle | Scenario::Storm) {
+        for w in ws.iter_mut() {
+            send(w, &Command::Closes)?;
+        }
+        let closes: Vec<CloseReport> = pump.wait(
+            Duration::from_secs(60),
+            |_, ev| match ev {
+                Event::Closes(r) => Some(r),
+                _ => None,
+            },
+            vec![],
+        )?;
+        let unexpected: u64 = closes.iter().map(|c| c.unexpected).sum();
+        let mut codes: BTreeMap<u16, u64> = BTreeMap::new();
+        for (c, n) in closes.iter().flat_map(|c| c.unexpected_codes.iter()) {
+            *codes.entry(*c).or_default() += n;
+        }
+        let codes: Vec<(u16, u64)> = codes.into_iter().collect();
+        run_reasons.extend(report::closes_failure(unexpected, &codes, layout.conns));
     }
 
     // Steps.
@@ -515,6 +566,7 @@ pub fn run(a: RunArgs) -> Result<()> {
                 let r = report::step_result(
                     &step,
                     &layout,
+                    &connect,
                     &reps,
                     s0.unwrap_or_default(),
                     s1.unwrap_or_default(),
@@ -557,6 +609,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         }
     }
 
+    let invalid_reasons = report::run_invalid_reasons(&connect, &run_reasons, &steps);
     let memory = memory_per_conn(
         &before_connect,
         &after_connect,
@@ -586,6 +639,8 @@ pub fn run(a: RunArgs) -> Result<()> {
         steps,
         durable,
         metrics,
+        valid: invalid_reasons.is_empty(),
+        invalid_reasons,
     };
     println!("{}", report::table(std::slice::from_ref(&result)));
     if let Some(p) = &a.out {
@@ -602,7 +657,15 @@ pub fn run(a: RunArgs) -> Result<()> {
             eprintln!("wrote {p}");
         }
     }
-    Ok(())
+    if !result.valid {
+        eprintln!(
+            "chatty-loadtest: {} against {} is INVALID, not a result: {}",
+            result.scenario,
+            result.label,
+            result.invalid_reasons.join("; ")
+        );
+    }
+    Ok(result.valid)
 }
 
 fn memory_per_conn(

@@ -87,7 +87,13 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run(a) => coord::run(*a),
+        Cmd::Run(a) => {
+            let allow_invalid = a.allow_invalid;
+            if !coord::run(*a)? && !allow_invalid {
+                std::process::exit(coord::EXIT_INVALID);
+            }
+            Ok(())
+        }
         Cmd::Report {
             inputs,
             json,

@@ -121,8 +121,12 @@ impl Step {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
-    Connect { start_us: u64 },
+    Connect {
+        start_us: u64,
+    },
     Step(Step),
+    /// Report the connections closed so far (idle and storm have no steps to carry this).
+    Closes,
     Quit,
 }
 
@@ -133,10 +137,28 @@ pub struct ConnectReport {
     pub failed: usize,
     /// First few failure reasons.
     pub errors: Vec<String>,
+    /// Failures counted by reason (the first few distinct reasons; the rest under "other").
+    #[serde(default)]
+    pub error_counts: Vec<(String, u64)>,
     /// Time from the start signal to the last join (µs).
     pub elapsed_us: u64,
     /// Per-connection connect+handshake+join latency (base64 HdrHistogram V2, µs).
     pub hist: String,
+    /// Worker CPU from the start signal to the last join, seconds.
+    #[serde(default)]
+    pub cpu_s: f64,
+}
+
+/// Connections the server (or the network) closed since the connect phase. Cumulative: a
+/// connection lost in one step is missing from every later step too.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CloseReport {
+    pub closed: u64,
+    pub close_codes: Vec<(u16, u64)>,
+    /// Closes the scenario did not plan for: all of them except slow consumers' once they
+    /// have stopped reading.
+    pub unexpected: u64,
+    pub unexpected_codes: Vec<(u16, u64)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -159,6 +181,11 @@ pub struct StepReport {
     pub error_samples: Vec<String>,
     pub closed: u64,
     pub close_codes: Vec<(u16, u64)>,
+    /// Of `closed`, those the scenario did not plan for (cumulative, like `closed`).
+    #[serde(default)]
+    pub unexpected_closed: u64,
+    #[serde(default)]
+    pub unexpected_close_codes: Vec<(u16, u64)>,
     /// Worker CPU over the window, seconds.
     pub cpu_s: f64,
     /// Worst lateness of a send behind its schedule (µs).
@@ -183,4 +210,5 @@ pub enum Event {
         closed: u64,
     },
     StepDone(StepReport),
+    Closes(CloseReport),
 }

@@ -20,7 +20,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
-use crate::plan::{Command, ConnectReport, Event, Step, StepReport, WorkerSpec};
+use crate::plan::{CloseReport, Command, ConnectReport, Event, Step, StepReport, WorkerSpec};
 use crate::stats::{self, hist_to_b64, new_hist, now_us};
 use crate::target::{make_body, parse_body, parse_u64, Target};
 use crate::ws::{self, WsUrl, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
@@ -66,6 +66,9 @@ struct Stats {
     error_samples: Vec<String>,
     closed: u64,
     close_codes: HashMap<u16, u64>,
+    /// Closes the scenario did not plan for (see `read_loop`).
+    unexpected_closed: u64,
+    unexpected_close_codes: HashMap<u16, u64>,
     sent: u64,
     sent_total: u64,
     max_lag: u64,
@@ -77,6 +80,8 @@ impl Stats {
     fn reset(&mut self) {
         let closed = self.closed;
         let close_codes = std::mem::take(&mut self.close_codes);
+        let unexpected_closed = self.unexpected_closed;
+        let unexpected_close_codes = std::mem::take(&mut self.unexpected_close_codes);
         let sent_total = self.sent_total;
         *self = Stats {
             hist: Some(new_hist()),
@@ -84,9 +89,20 @@ impl Stats {
             iv_hist: Some(new_hist()),
             closed,
             close_codes,
+            unexpected_closed,
+            unexpected_close_codes,
             sent_total,
             ..Default::default()
         };
+    }
+
+    fn close_report(&self) -> CloseReport {
+        CloseReport {
+            closed: self.closed,
+            close_codes: sorted_codes(&self.close_codes),
+            unexpected: self.unexpected_closed,
+            unexpected_codes: sorted_codes(&self.unexpected_close_codes),
+        }
     }
 
     fn error(&mut self, what: &[u8]) {
@@ -96,6 +112,12 @@ impl Stats {
             self.error_samples.push(s);
         }
     }
+}
+
+fn sorted_codes(m: &HashMap<u16, u64>) -> Vec<(u16, u64)> {
+    let mut v: Vec<(u16, u64)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+    v.sort();
+    v
 }
 
 struct Shared {
@@ -201,6 +223,10 @@ async fn run(spec: WorkerSpec, mut rx: mpsc::UnboundedReceiver<Command>) -> Resu
                 let r = run_step(&sh, step).await;
                 emit(&Event::StepDone(r));
             }
+            Command::Closes => {
+                let r = sh.st.borrow().close_report();
+                emit(&Event::Closes(r));
+            }
             Command::Quit => break,
         }
     }
@@ -259,6 +285,7 @@ async fn connect_all(sh: &Rc<Shared>, start_us: u64) -> Result<ConnectReport> {
         });
     }
     tokio::time::sleep_until(instant_at(start_us)).await;
+    let cpu0 = stats::self_cpu_s();
     let sem = Rc::new(Semaphore::new(spec.connect_concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<u64, String>>();
     for (c, token) in mine.iter().copied().zip(tokens) {
@@ -316,6 +343,7 @@ async fn connect_all(sh: &Rc<Shared>, start_us: u64) -> Result<ConnectReport> {
         ..Default::default()
     };
     let mut hist = new_hist();
+    let mut kinds: Vec<(String, u64)> = Vec::new();
     for _ in 0..mine.len() {
         match done_rx.recv().await {
             Some(Ok(us)) => {
@@ -324,6 +352,7 @@ async fn connect_all(sh: &Rc<Shared>, start_us: u64) -> Result<ConnectReport> {
             }
             Some(Err(e)) => {
                 rep.failed += 1;
+                count_error(&mut kinds, &e);
                 if rep.errors.len() < 8 {
                     rep.errors.push(e);
                 }
@@ -332,8 +361,35 @@ async fn connect_all(sh: &Rc<Shared>, start_us: u64) -> Result<ConnectReport> {
         }
     }
     rep.elapsed_us = now_us().saturating_sub(start_us);
+    rep.cpu_s = stats::self_cpu_s() - cpu0;
     rep.hist = hist_to_b64(&hist);
+    rep.error_counts = kinds;
     Ok(rep)
+}
+
+/// Distinct failure reasons kept with a count each.
+const ERROR_KINDS: usize = 16;
+
+fn count_error(kinds: &mut Vec<(String, u64)>, e: &str) {
+    let e = if e.len() > 160 {
+        // Keep a char boundary.
+        let mut end = 160;
+        while !e.is_char_boundary(end) {
+            end -= 1;
+        }
+        &e[..end]
+    } else {
+        e
+    };
+    if let Some(k) = kinds.iter_mut().find(|(k, _)| k == e) {
+        k.1 += 1;
+    } else if kinds.len() < ERROR_KINDS {
+        kinds.push((e.to_string(), 1));
+    } else if let Some(k) = kinds.iter_mut().find(|(k, _)| k == "other") {
+        k.1 += 1;
+    } else {
+        kinds.push(("other".into(), 1));
+    }
 }
 
 async fn connect_one(
@@ -389,10 +445,8 @@ async fn read_loop(
     let mut carry = carry;
     let mut wbuf: Vec<u8> = Vec::new();
     // Frames that arrived with the join reply.
-    if !carry.is_empty() && process(&sh, &mut cs, &mut carry, None).is_err() {
-        return;
-    }
-    loop {
+    let ok = carry.is_empty() || process(&sh, &mut cs, &mut carry, None).is_ok();
+    while ok && cs.close_code.is_none() {
         if slow && sh.slow_stop.get() {
             // A slow consumer: stop reading for good; the kernel buffers fill up.
             std::future::pending::<()>().await;
@@ -443,11 +497,18 @@ async fn read_loop(
             break;
         }
     }
+    // Only the server (or the network) ends a connection while the worker runs: the worker
+    // never closes one itself. A slow consumer that has stopped reading may be dropped (4000
+    // from Chatty), which is what that scenario provokes; any other close is unplanned.
+    let code = cs.close_code.unwrap_or(1006);
+    let planned = slow && sh.slow_stop.get();
     let mut st = sh.st.borrow_mut();
     st.closed += 1;
-    *st.close_codes
-        .entry(cs.close_code.unwrap_or(1006))
-        .or_default() += 1;
+    *st.close_codes.entry(code).or_default() += 1;
+    if !planned {
+        st.unexpected_closed += 1;
+        *st.unexpected_close_codes.entry(code).or_default() += 1;
+    }
 }
 
 /// Read what is there (when `s` is given) and handle every complete frame. `Ok(false)`: EOF.
@@ -681,8 +742,7 @@ async fn run_step(sh: &Rc<Shared>, step: Step) -> StepReport {
     }
     ticker.abort();
     let mut st = sh.st.borrow_mut();
-    let mut codes: Vec<(u16, u64)> = st.close_codes.iter().map(|(k, v)| (*k, *v)).collect();
-    codes.sort();
+    let closes = st.close_report();
     StepReport {
         index: step.index,
         sent: st.sent,
@@ -696,8 +756,10 @@ async fn run_step(sh: &Rc<Shared>, step: Step) -> StepReport {
         out_of_order: st.out_of_order,
         errors: st.errors,
         error_samples: std::mem::take(&mut st.error_samples),
-        closed: st.closed,
-        close_codes: codes,
+        closed: closes.closed,
+        close_codes: closes.close_codes,
+        unexpected_closed: closes.unexpected,
+        unexpected_close_codes: closes.unexpected_codes,
         cpu_s: cpu1 - cpu0,
         max_send_lag_us: st.max_lag,
         hist: st.hist.as_ref().map(hist_to_b64).unwrap_or_default(),
