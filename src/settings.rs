@@ -151,14 +151,16 @@ pub struct Limits {
     pub max_connections_per_user: u32,
 }
 
+/// Most writer lanes (each holds a database connection while it commits).
+pub const MAX_WRITER_LANES: usize = 16;
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct WriterSettings {
     pub batch_max: usize,
-    /// Batches committed concurrently. Above 1, two quick sends of one client can land in
-    /// overlapping batches and take their seqs in the other order (the room's order is still
-    /// one order for everyone, but not the sender's own): 1 keeps each sender's order.
-    pub max_in_flight: usize,
-    pub flush_interval_ms: u64,
+    /// Lanes committing in parallel, each with its own database connection; a room always
+    /// uses the same lane, so its order (and each sender's within it) is kept. The embedded
+    /// SQLite store has one writer by nature and always uses one lane.
+    pub lanes: usize,
     pub retry_max_ms: u64,
 }
 
@@ -227,8 +229,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("limits.max_connections_per_ip", "2000"),
     ("limits.max_connections_per_user", "50"),
     ("writer.batch_max", "1024"),
-    ("writer.max_in_flight", "1"),
-    ("writer.flush_interval_ms", "5"),
+    ("writer.lanes", "4"),
     ("writer.retry_max_ms", "10000"),
     ("presence.grace_ms", "3000"),
     ("presence.ttl_ms", "15000"),
@@ -359,14 +360,9 @@ impl Settings {
             "must be 1..8192",
         );
         need(
-            (1..=32).contains(&self.writer.max_in_flight),
-            "writer.max_in_flight",
-            "must be 1..32",
-        );
-        need(
-            self.writer.flush_interval_ms >= 1,
-            "writer.flush_interval_ms",
-            "must be >= 1",
+            (1..=MAX_WRITER_LANES).contains(&self.writer.lanes),
+            "writer.lanes",
+            "must be 1..16",
         );
         need(
             self.server.ping_interval_ms >= 100,
@@ -484,8 +480,7 @@ impl Settings {
             inbound_queue: l.inbound_queue,
             writer_queue: l.writer_queue,
             writer_batch_max: self.writer.batch_max,
-            writer_max_in_flight: self.writer.max_in_flight,
-            writer_flush_interval: Duration::from_millis(self.writer.flush_interval_ms),
+            writer_lanes: self.writer.lanes,
             writer_retry_max: Duration::from_millis(self.writer.retry_max_ms),
             room_queue: l.room_queue,
             replay_max: l.replay_max,

@@ -181,11 +181,13 @@ impl Application {
                 .context("redis.url")?;
                 (bus, Some(presence))
             };
+        let mut config = settings.node_config();
+        config.writer_lanes = db.writer_lanes(config.writer_lanes);
         let node = Node::start(NodeArgs {
             store: db.store(),
             bus,
             presence_store,
-            config: settings.node_config(),
+            config,
             metrics,
         })
         .await?;

@@ -19,15 +19,14 @@ pub struct NodeConfig {
     pub outbound_queue: usize,
     /// Client frames decoded but not yet handled, per connection (the reader waits past it).
     pub inbound_queue: usize,
-    /// Sends waiting for the Writer, node-wide (`unavailable` past it).
+    /// Sends waiting for the Writer, node-wide, split evenly between the lanes (`unavailable`
+    /// past a lane's share).
     pub writer_queue: usize,
     /// Largest writer batch.
     pub writer_batch_max: usize,
-    /// Batches being committed at once (later ones wait on earlier ones' row locks and
-    /// become visible in order).
-    pub writer_max_in_flight: usize,
-    /// Longest a message waits in a partial batch.
-    pub writer_flush_interval: Duration,
+    /// Writer lanes: batching loops that commit in parallel, each with its own database
+    /// connection. A room always maps to the same lane.
+    pub writer_lanes: usize,
     /// How long a failing flush is retried before its sends are answered `unavailable`.
     pub writer_retry_max: Duration,
     /// Room-bound commands (joins, typing) waiting per room (`unavailable` past it).
@@ -60,8 +59,7 @@ impl Default for NodeConfig {
             inbound_queue: 32,
             writer_queue: 20_000,
             writer_batch_max: 1024,
-            writer_max_in_flight: 1,
-            writer_flush_interval: Duration::from_millis(5),
+            writer_lanes: 4,
             writer_retry_max: Duration::from_secs(10),
             room_queue: 10_000,
             replay_max: 1000,

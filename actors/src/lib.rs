@@ -32,4 +32,4 @@ pub use protocol::{
     Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, Ref, ServerFrame,
     StoredMessage,
 };
-pub use writer::WriteError;
+pub use writer::{writer_lane, WriteError};

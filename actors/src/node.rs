@@ -26,7 +26,7 @@ use crate::presence::{PresenceArgs, PresenceKeeper, PresenceKeeperMsg};
 use crate::protocol::{Encoding, PresenceEntry, StoredMessage};
 use crate::room::RoomMsg;
 use crate::rooms::{RoomRegistry, RoomSupervisor, RoomSupervisorArgs};
-use crate::writer::{WriteError, Writer, WriterArgs, WriterCounters, WriterHandle, WriterMsg};
+use crate::writer::{WriteError, Writer, WriterArgs, WriterHandle, WriterMsg};
 
 /// Inputs of a node.
 pub struct NodeArgs {
@@ -74,11 +74,7 @@ impl Node {
     /// Start the supervision tree.
     pub async fn start(args: NodeArgs) -> Result<Arc<Node>, NodeError> {
         let rooms = RoomRegistry::new();
-        let writer = WriterHandle::new(
-            WriterCounters::default(),
-            args.config.writer_queue,
-            args.metrics.clone(),
-        );
+        let writer = WriterHandle::new(args.metrics.clone());
         let presence = Arc::new(RwLock::new(None));
         let conns = Arc::new(ConnRegistry::default());
         let conn_sup = Arc::new(RwLock::new(None));
@@ -356,11 +352,9 @@ impl NodeState {
                     bus: a.bus.clone(),
                     config: a.config.clone(),
                     metrics: a.metrics.clone(),
-                    counters: a.writer.counters(),
+                    handle: a.writer.clone(),
                 };
                 let (w, _) = Actor::spawn_linked(None, Writer, args, cell).await?;
-                a.writer.reset_mailbox();
-                a.writer.set_actor(w.clone());
                 w.get_id()
             }
             Child::Presence => {

@@ -1,8 +1,8 @@
-//! PostgreSQL store. A batch is one transaction of three statements whatever its size: find
-//! the cids already stored, advance every room counter at once (creating rooms on the way,
-//! locking them in room-id order), insert every new message with one `UNNEST`.
+//! PostgreSQL store. A batch is one statement, so one round trip and one implicit
+//! transaction whatever its size: find the cids already stored, advance every room counter at
+//! once (creating rooms on the way, locking them in room-id order), insert every new message
+//! with one `UNNEST`, and return each message's seq.
 
-use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -17,6 +17,8 @@ use super::{page, row_to_message, store_err};
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Appends use their own pool: one connection per writer lane.
+    writes: PgPool,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -26,9 +28,69 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The whole append. Data-modifying CTEs all run, once, on one snapshot, and the statement
+/// commits or fails as a unit, so seq stays gap-free without an explicit transaction.
+///
+/// - `k`: the batch, numbered (`with ordinality`) so results map back without key strings, its
+///   ids in the columns' bytewise collation (so sorts and probes never consult the locale).
+/// - `old`: keys stored already; they keep their original seq and are not inserted. LATERAL
+///   keeps this one index probe per key: a plain join lets the planner pick a hash join over a
+///   sequential scan of `messages` when its statistics are stale (a young, fast-growing table).
+///   A concurrent insert of the same key that this snapshot misses makes the insert fail on
+///   the unique key; the lane's retry then finds it here.
+/// - `heads`: every room counter advanced at once, rows taken in room-id order (`collate "C"`,
+///   the column's), so writers on any node queue on the same locks in the same order and never
+///   deadlock. `on conflict do update` waits for and then updates the newest row version, so
+///   concurrent writers never hand out the same seq.
+/// - `ins`: every new message, its seq derived from the room's new head.
+const APPEND: &str = r#"
+with k as (
+    select r collate "C" as room_id, u collate "C" as user_id, nm as name,
+           c collate "C" as cid, b as body, i
+      from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+           with ordinality as t(r, u, nm, c, b, i)
+), old as (
+    select k.i, m.seq, m.ts
+      from k cross join lateral (
+        select seq, ts from messages m
+         where m.room_id = k.room_id and m.user_id = k.user_id and m.cid = k.cid
+         limit 1
+      ) m
+), fresh as (
+    select k.*, row_number() over (partition by k.room_id order by k.i) as n
+      from k where not exists (select 1 from old where old.i = k.i)
+), counts as (
+    select room_id, count(*) as c from fresh group by room_id
+), heads as (
+    insert into rooms as r (id, last_seq)
+    select room_id, c from counts order by room_id
+    on conflict (id) do update set last_seq = r.last_seq + excluded.last_seq
+    returning id, last_seq
+), seqs as (
+    select f.*, h.last_seq - c.c + f.n as seq
+      from fresh f
+      join counts c on c.room_id = f.room_id
+      join heads h on h.id = f.room_id
+), ins as (
+    insert into messages (room_id, seq, user_id, name, cid, body, ts)
+    select room_id, seq, user_id, name, cid, body, $6 from seqs
+)
+select i, seq, $6::bigint as ts, false as dup from seqs
+union all
+select i, seq, ts, true from old"#;
+
 impl PgStore {
+    /// A store whose appends share the main pool (tests, tools).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            writes: pool.clone(),
+            pool,
+        }
+    }
+
+    /// A store whose appends use `writes`, a pool sized for the writer lanes.
+    pub fn with_write_pool(pool: PgPool, writes: PgPool) -> Self {
+        Self { pool, writes }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -42,136 +104,49 @@ impl MessageStore for PgStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.map_err(store_err)?;
-        // 1. Which cids are stored already: they keep their original seq and are not inserted.
-        // LATERAL keeps this an index lookup per key: a plain join lets the planner pick a hash
-        // join over a sequential scan of `messages` whenever its statistics are stale (a young,
-        // fast-growing table), and every batch then reads the whole table. A concurrent insert
-        // of the same key that this read misses makes step 3 fail on the unique key, and the
-        // Writer's retry then finds it here.
-        let (q_room, q_user, q_cid): (Vec<&str>, Vec<&str>, Vec<&str>) = batch
-            .iter()
-            .map(|m| (m.room.as_str(), m.from.as_str(), m.cid.as_str()))
-            .fold((vec![], vec![], vec![]), |mut acc, (r, u, c)| {
-                acc.0.push(r);
-                acc.1.push(u);
-                acc.2.push(c);
-                acc
-            });
-        // The original (seq, ts) of each message of the batch already stored, by batch index:
-        // `with ordinality` numbers the keys, so no key strings are rebuilt to look them up.
-        let mut existing: Vec<Option<(i64, i64)>> = vec![None; batch.len()];
-        let rows = sqlx::query(
-            "select k.i, m.seq, m.ts
-               from unnest($1::text[], $2::text[], $3::text[])
-                      with ordinality as k(room_id, user_id, cid, i)
-               cross join lateral (
-                 select seq, ts from messages
-                  where room_id = k.room_id and user_id = k.user_id and cid = k.cid
-               ) m",
-        )
-        .bind(&q_room)
-        .bind(&q_user)
-        .bind(&q_cid)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(store_err)?;
-        for r in rows {
-            let i = r.get::<i64, _>(0) as usize - 1;
-            if let Some(slot) = existing.get_mut(i) {
-                *slot = Some((r.get::<i64, _>(1), r.get::<i64, _>(2)));
-            }
+        let n = batch.len();
+        let mut rooms = Vec::with_capacity(n);
+        let mut users = Vec::with_capacity(n);
+        let mut names = Vec::with_capacity(n);
+        let mut cids = Vec::with_capacity(n);
+        let mut bodies = Vec::with_capacity(n);
+        for m in batch {
+            rooms.push(m.room.as_str());
+            users.push(m.from.as_str());
+            names.push(m.name.as_str());
+            cids.push(m.cid.as_str());
+            bodies.push(m.body.as_str());
         }
-
-        // 2. Count the new messages per room and advance every counter in one statement. The
-        // rows are taken in room-id order, so concurrent writers (on any node) queue on the
-        // same locks in the same order and never deadlock; the counter and the messages commit
-        // together, so seq stays gap-free.
-        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut new_rows = 0usize;
-        for (m, dup) in batch.iter().zip(&existing) {
-            if dup.is_none() {
-                *counts.entry(m.room.as_str()).or_default() += 1;
-                new_rows += 1;
-            }
-        }
-        let mut next: HashMap<String, i64> = HashMap::with_capacity(counts.len());
-        if new_rows > 0 {
-            let (ids, adds): (Vec<&str>, Vec<i64>) = counts.iter().map(|(r, n)| (*r, *n)).unzip();
-            let heads = sqlx::query(
-                "insert into rooms (id, last_seq)
-                 select * from unnest($1::text[], $2::bigint[]) order by 1
-                 on conflict (id) do update set last_seq = rooms.last_seq + excluded.last_seq
-                 returning id, last_seq",
-            )
-            .bind(&ids)
-            .bind(&adds)
-            .fetch_all(&mut *tx)
+        // The arrays are one bind parameter each, so the 65,535-parameter limit never applies.
+        let rows = sqlx::query(APPEND)
+            .bind(&rooms)
+            .bind(&users)
+            .bind(&names)
+            .bind(&cids)
+            .bind(&bodies)
+            .bind(now_ms())
+            .fetch_all(&self.writes)
             .await
             .map_err(store_err)?;
-            for r in heads {
-                let (id, head): (String, i64) = (r.get(0), r.get(1));
-                // The first seq of this batch in the room.
-                let n = counts.get(id.as_str()).copied().unwrap_or(0);
-                next.insert(id, head - n);
-            }
-        }
-
-        // 3. Assign seqs in batch order and insert every new message with one statement: the
-        // arrays are one bind parameter each, so the 65,535-parameter limit never applies.
-        let ts = now_ms();
-        let mut out = Vec::with_capacity(batch.len());
-        let mut ins_room = Vec::with_capacity(new_rows);
-        let mut ins_seq = Vec::with_capacity(new_rows);
-        let mut ins_user = Vec::with_capacity(new_rows);
-        let mut ins_name = Vec::with_capacity(new_rows);
-        let mut ins_cid = Vec::with_capacity(new_rows);
-        let mut ins_body = Vec::with_capacity(new_rows);
-        for (m, dup) in batch.iter().zip(&existing) {
-            if let Some((seq, ts)) = *dup {
-                out.push(Appended {
-                    seq: seq as Seq,
-                    ts,
-                    duplicate: true,
+        let mut out: Vec<Option<Appended>> = vec![None; n];
+        for r in &rows {
+            let i = r.try_get::<i64, _>(0).map_err(store_err)? as usize;
+            if let Some(slot) = i.checked_sub(1).and_then(|i| out.get_mut(i)) {
+                *slot = Some(Appended {
+                    seq: r.try_get::<i64, _>(1).map_err(store_err)? as Seq,
+                    ts: r.try_get(2).map_err(store_err)?,
+                    duplicate: r.try_get(3).map_err(store_err)?,
                 });
-                continue;
             }
-            let last = next
-                .get_mut(m.room.as_str())
-                .ok_or_else(|| StoreError::Other("room counter missing after update".into()))?;
-            *last += 1;
-            out.push(Appended {
-                seq: *last as Seq,
-                ts,
-                duplicate: false,
-            });
-            ins_room.push(m.room.as_str());
-            ins_seq.push(*last);
-            ins_user.push(m.from.as_str());
-            ins_name.push(m.name.as_str());
-            ins_cid.push(m.cid.as_str());
-            ins_body.push(m.body.as_str());
         }
-        if new_rows > 0 {
-            sqlx::query(
-                "insert into messages (room_id, seq, user_id, name, cid, body, ts)
-                 select r, s, u, n, c, b, $7
-                   from unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
-                     as t(r, s, u, n, c, b)",
-            )
-            .bind(&ins_room)
-            .bind(&ins_seq)
-            .bind(&ins_user)
-            .bind(&ins_name)
-            .bind(&ins_cid)
-            .bind(&ins_body)
-            .bind(ts)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_err)?;
-        }
-        tx.commit().await.map_err(store_err)?;
-        Ok(out)
+        // The statement committed; a message without a result would be a bug in it. Report it
+        // rather than ack something unknown (the Writer answers `unavailable`, and the client's
+        // retry finds the stored row by its cid).
+        out.into_iter()
+            .map(|a| {
+                a.ok_or_else(|| StoreError::Other("append returned no seq for a message".into()))
+            })
+            .collect()
     }
 
     async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {

@@ -2117,8 +2117,8 @@ impl Duplex {
 /// 11,000 sends in one burst from 10 sockets over 4 rooms: more rows than one statement could
 /// bind at six parameters per row (65,535 / 6 = 10,922). Settings: `writer.batch_max` is
 /// raised to 16,384 (above the 8,192 that settings validation allows, so one flush can really
-/// take them all) and `writer.flush_interval_ms` to 60 s (its ticks would otherwise cut the
-/// pile into small flushes); the `messages` table is locked for a moment so the sends pile up
+/// take them all) and `writer.lanes` set to 1 (so the four rooms pile up behind one lane, and
+/// its whole queue share is the default 20,000); the `messages` table is locked for a moment so the sends pile up
 /// behind one blocked flush; `limits.outbound_queue` is raised to 65,536 so the test's own
 /// readers cannot become slow consumers; the rate limit is the harness's 100,000/s and
 /// `limits.writer_queue` stays at its default 20,000.
@@ -2129,7 +2129,7 @@ async fn eleven_thousand_sends_in_one_burst_are_all_acked_and_stored_exactly_onc
     const ROOMS: usize = 4;
     let (mut s, _) = test_settings().await;
     s.writer.batch_max = 16_384;
-    s.writer.flush_interval_ms = 60_000;
+    s.writer.lanes = 1;
     s.writer.retry_max_ms = 60_000;
     s.limits.outbound_queue = 65_536;
     s.limits.writer_queue = 20_000;

@@ -8,6 +8,7 @@ mod faults;
 mod handshake;
 mod hostile;
 mod http_api;
+mod lanes;
 mod messaging;
 mod observability;
 mod presence;

@@ -1,0 +1,139 @@
+//! One writer lane: a plain batching loop over its own bounded queue.
+//!
+//! It waits for the first send, takes whatever else is already queued (up to
+//! `writer.batch_max`), commits that as one batch and only then makes it visible. While a batch
+//! commits, the next one fills in the queue, so under load batches grow by themselves and at
+//! low load a lone send is committed at once, with no timer to wait for. A room always maps to
+//! the same lane and a lane commits one batch at a time, so a room's acks and deliveries keep
+//! commit order; lanes commit in parallel and share the database's fsyncs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use super::batch::Assembled;
+use super::{Pending, WriteError, WriterArgs};
+use crate::ports::StoreError;
+
+/// What a lane's queue carries.
+pub(crate) enum LaneItem {
+    Send(Pending),
+    /// Answer once everything queued before this item is committed and answered.
+    Drain(oneshot::Sender<()>),
+}
+
+/// Set when the lane's task ends, however it ends (its queue closed, or a panic unwinding
+/// through the task): the Writer watches it, and a successor lane waits for it.
+pub(crate) struct LaneDone(pub watch::Sender<bool>);
+
+impl Drop for LaneDone {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
+}
+
+pub(crate) struct Lane {
+    pub index: usize,
+    pub rx: mpsc::Receiver<LaneItem>,
+    pub args: Arc<WriterArgs>,
+    /// The lane this one replaces (after a Writer restart): it must finish committing first,
+    /// or one room's sends could commit out of order across the two.
+    pub predecessor: Option<watch::Receiver<bool>>,
+    /// Held, never read: dropping it (however the task ends) marks the lane finished.
+    pub _done: LaneDone,
+}
+
+impl Lane {
+    pub async fn run(mut self) {
+        if let Some(mut p) = self.predecessor.take() {
+            let _ = p.wait_for(|finished| *finished).await;
+        }
+        let max = self.args.config.writer_batch_max.max(1);
+        let mut batch: Vec<Pending> = Vec::with_capacity(max);
+        let mut drains: Vec<oneshot::Sender<()>> = Vec::new();
+        while let Some(item) = self.rx.recv().await {
+            let mut next = Some(item);
+            while let Some(item) = next.take() {
+                match item {
+                    LaneItem::Send(p) => batch.push(p),
+                    LaneItem::Drain(reply) => drains.push(reply),
+                }
+                if batch.len() < max {
+                    next = self.rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                let span = tracing::debug_span!("flush", lane = self.index, size = batch.len());
+                commit(&self.args, &mut batch).instrument(span).await;
+            }
+            for reply in drains.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+}
+
+/// Commit one batch (retrying while the store fails, up to `writer.retry_max`), then make it
+/// visible: messages to the local rooms and onto the bus, acks to the senders.
+async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>) {
+    let asm = Assembled::new(batch.iter().map(|p| &p.msg));
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(25);
+    let outcome = loop {
+        let t = Instant::now();
+        match crate::ports::timed(a.store.append(&asm.unique)).await {
+            Ok(res) => {
+                a.metrics
+                    .writer_flush_seconds
+                    .observe(t.elapsed().as_secs_f64());
+                break Ok(res);
+            }
+            Err(e) => {
+                a.metrics.writer_flush_errors.inc();
+                if started.elapsed() >= a.config.writer_retry_max {
+                    tracing::error!(error = %e, size = asm.unique.len(), "flush failed, giving up on batch");
+                    break Err(e);
+                }
+                tracing::warn!(error = %e, size = asm.unique.len(), retry_in_ms = backoff.as_millis() as u64, "flush failed, retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    };
+    let results = match outcome {
+        Ok(r) if r.len() == asm.unique.len() => r,
+        Ok(_) | Err(StoreError::Other(_)) | Err(StoreError::Unavailable(_)) => {
+            // Not committed (or the store broke its contract): nobody is acked, everybody may
+            // retry with the same cid.
+            a.metrics.writer_unavailable.inc_by(batch.len() as u64);
+            for p in batch.drain(..) {
+                p.ack.answer(Err(WriteError::Unavailable));
+            }
+            return;
+        }
+    };
+    let committed = Instant::now();
+    a.metrics.writer_batch_size.observe(asm.unique.len() as f64);
+
+    let runs = asm.visible(&results);
+    let persisted: usize = runs.iter().map(|r| r.len()).sum();
+    a.metrics.messages_persisted.inc_by(persisted as u64);
+    for run in runs {
+        a.rooms.deliver(run.clone(), committed);
+        a.bus.publish(crate::ports::BusEvent::Messages(run));
+    }
+
+    let now = Instant::now();
+    for (k, p) in batch.drain(..).enumerate() {
+        let r = asm.answer(&results, k);
+        if r.duplicate {
+            a.metrics.messages_duplicate.inc();
+        }
+        a.metrics
+            .send_ack_seconds
+            .observe(now.duration_since(p.enqueued).as_secs_f64());
+        p.ack.answer(Ok(r));
+    }
+}
