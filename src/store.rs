@@ -1,6 +1,7 @@
 //! The `MessageStore` adapters: PostgreSQL (production, every multi-node setup) and the
 //! embedded SQLite default (single node, nothing to install), behind one `Database` handle.
 
+mod nodelay;
 mod postgres;
 mod sqlite;
 
@@ -14,7 +15,7 @@ use chatty_actors::{
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -75,26 +76,38 @@ impl Database {
                     .await
                     .context("database.url: cannot create the database")?;
             }
+            let opts: PgConnectOptions = url.parse().context("database.url: not a valid URL")?;
+            let port = opts.get_port();
             let pool = PgPoolOptions::new()
                 .max_connections(d.max_connections)
                 .acquire_timeout(timeout)
-                .connect(url)
+                .after_connect(move |_, _| Box::pin(async move { nodelay(port) }))
+                .connect_with(opts)
                 .await
                 .context("database.url: cannot connect")?;
             // One connection per writer lane, in a pool of their own so reads never hold a
             // lane back. No ping before each use (sqlx's default costs a round trip per
             // batch): a lane retries a batch whose connection turns out dead, and the pool
-            // replaces that connection. Custom plans only: the append's generic plan cannot
-            // know how many rows its arrays hold, guesses a few, and joins with nested loops
-            // that take ~70 ms on a 1,000-row batch (custom: ~8 ms plus ~2 ms of planning);
-            // left on `auto`, PostgreSQL switches to that plan after five executions.
-            let write_opts = (*pool.connect_options())
-                .clone()
-                .options([("plan_cache_mode", "force_custom_plan")]);
+            // replaces that connection. These connections run nothing but the append, so they
+            // are tuned for it (measured with pgbench and psql, see docs/benchmarks.md):
+            // - one generic plan, made once per connection: planning the statement each time
+            //   cost ~0.5 ms, 40% of a small batch;
+            // - hash joins between its CTEs: the generic plan cannot know how many rows the
+            //   arrays hold, guesses few, and otherwise joins them with nested loops that take
+            //   ~70 ms on a 1,000-row batch (the one nested loop it needs, the index probe per
+            //   key, stays: LATERAL leaves no other way);
+            // - no JIT: a large batch's plan crosses `jit_above_cost`, and compiling took
+            //   longer than running it (540 rows: 12-19 ms without, 32-36 ms with).
+            let write_opts = (*pool.connect_options()).clone().options([
+                ("plan_cache_mode", "force_generic_plan"),
+                ("enable_nestloop", "off"),
+                ("jit", "off"),
+            ]);
             let writes = PgPoolOptions::new()
                 .max_connections(MAX_WRITER_LANES as u32)
                 .acquire_timeout(timeout)
                 .test_before_acquire(false)
+                .after_connect(move |_, _| Box::pin(async move { nodelay(port) }))
                 .connect_lazy_with(write_opts);
             Database::Postgres { pool, writes }
         };
@@ -157,6 +170,13 @@ impl Database {
             Database::Sqlite(p) => p.close().await,
         }
     }
+}
+
+/// Run from each new PostgreSQL connection's `after_connect`: see `nodelay.rs`.
+fn nodelay(port: u16) -> Result<(), sqlx::Error> {
+    let n = nodelay::apply(port);
+    tracing::debug!(sockets = n, "TCP_NODELAY set on database connections");
+    Ok(())
 }
 
 /// Rebuild a message from a row of either store. Rows were validated on the way in; a row

@@ -32,52 +32,48 @@ pub(crate) fn now_ms() -> i64 {
 /// commits or fails as a unit, so seq stays gap-free without an explicit transaction.
 ///
 /// - `k`: the batch, numbered (`with ordinality`) so results map back without key strings, its
-///   ids in the columns' bytewise collation (so sorts and probes never consult the locale).
-/// - `old`: keys stored already; they keep their original seq and are not inserted. LATERAL
-///   keeps this one index probe per key: a plain join lets the planner pick a hash join over a
-///   sequential scan of `messages` when its statistics are stale (a young, fast-growing table).
-///   A concurrent insert of the same key that this snapshot misses makes the insert fail on
-///   the unique key; the lane's retry then finds it here.
-/// - `heads`: every room counter advanced at once, rows taken in room-id order (`collate "C"`,
-///   the column's), so writers on any node queue on the same locks in the same order and never
-///   deadlock. `on conflict do update` waits for and then updates the newest row version, so
-///   concurrent writers never hand out the same seq.
-/// - `ins`: every new message, its seq derived from the room's new head.
+///   ids in the columns' bytewise collation, each row with the seq it already has if its
+///   (room, user, cid) is stored. LATERAL with `limit 1` keeps that one index probe per key:
+///   without the limit the planner may flatten it into a hash join over a sequential scan of
+///   `messages`. A concurrent insert of the same key that this snapshot misses makes the insert
+///   fail on the unique key; the lane's retry then finds it here.
+/// - `fresh`: the rows to insert, numbered within their room (`n` of `c`).
+/// - `heads`: every room counter advanced at once, rows taken in room-id order, so writers on
+///   any node queue on the same locks in the same order and never deadlock. `on conflict do
+///   update` waits for and then updates the newest row version, so concurrent writers never
+///   hand out the same seq.
+/// - `seqs`/`ins`: each new message's seq from its room's new head, inserted in one go.
 const APPEND: &str = r#"
 with k as (
-    select r collate "C" as room_id, u collate "C" as user_id, nm as name,
-           c collate "C" as cid, b as body, i
+    select t.i, t.r collate "C" as room_id, t.u collate "C" as user_id, t.nm as name,
+           t.c collate "C" as cid, t.b as body, m.seq as old_seq, m.ts as old_ts
       from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
            with ordinality as t(r, u, nm, c, b, i)
-), old as (
-    select k.i, m.seq, m.ts
-      from k cross join lateral (
+      left join lateral (
         select seq, ts from messages m
-         where m.room_id = k.room_id and m.user_id = k.user_id and m.cid = k.cid
+         where m.room_id = t.r collate "C" and m.user_id = t.u collate "C"
+           and m.cid = t.c collate "C"
          limit 1
-      ) m
+      ) m on true
 ), fresh as (
-    select k.*, row_number() over (partition by k.room_id order by k.i) as n
-      from k where not exists (select 1 from old where old.i = k.i)
-), counts as (
-    select room_id, count(*) as c from fresh group by room_id
+    select k.*, row_number() over (partition by room_id order by i) as n,
+           count(*) over (partition by room_id) as c
+      from k where old_seq is null
 ), heads as (
     insert into rooms as r (id, last_seq)
-    select room_id, c from counts order by room_id
+    select distinct on (room_id) room_id, c from fresh order by room_id
     on conflict (id) do update set last_seq = r.last_seq + excluded.last_seq
     returning id, last_seq
 ), seqs as (
-    select f.*, h.last_seq - c.c + f.n as seq
-      from fresh f
-      join counts c on c.room_id = f.room_id
-      join heads h on h.id = f.room_id
+    select f.i, f.room_id, f.user_id, f.name, f.cid, f.body, h.last_seq - f.c + f.n as seq
+      from fresh f join heads h on h.id = f.room_id
 ), ins as (
     insert into messages (room_id, seq, user_id, name, cid, body, ts)
     select room_id, seq, user_id, name, cid, body, $6 from seqs
 )
 select i, seq, $6::bigint as ts, false as dup from seqs
 union all
-select i, seq, ts, true from old"#;
+select i, old_seq, old_ts, true from k where old_seq is not null"#;
 
 impl PgStore {
     /// A store whose appends share the main pool (tests, tools).
