@@ -44,10 +44,11 @@ pub fn apply(port: u16) -> usize {
             .ok()
             .and_then(|a| a.as_socket())
             .map(|a| a.port());
-        if peer_port == Some(port) && sock.tcp_nodelay().ok() == Some(false) {
-            if sock.set_tcp_nodelay(true).is_ok() {
-                switched += 1;
-            }
+        if peer_port == Some(port)
+            && sock.tcp_nodelay().ok() == Some(false)
+            && sock.set_tcp_nodelay(true).is_ok()
+        {
+            switched += 1;
         }
     }
     switched
