@@ -229,7 +229,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("limits.max_connections_per_ip", "2000"),
     ("limits.max_connections_per_user", "50"),
     ("writer.batch_max", "1024"),
-    ("writer.lanes", "4"),
+    ("writer.lanes", "2"),
     ("writer.retry_max_ms", "10000"),
     ("presence.grace_ms", "3000"),
     ("presence.ttl_ms", "15000"),

@@ -59,7 +59,7 @@ impl Default for NodeConfig {
             inbound_queue: 32,
             writer_queue: 20_000,
             writer_batch_max: 1024,
-            writer_lanes: 4,
+            writer_lanes: 2,
             writer_retry_max: Duration::from_secs(10),
             room_queue: 10_000,
             replay_max: 1000,

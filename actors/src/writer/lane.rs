@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::batch::Assembled;
 use super::{Pending, WriteError, WriterArgs};
-use crate::ports::StoreError;
+use crate::ports::{StoreError, STORE_TIMEOUT};
 
 /// What a lane's queue carries.
 pub(crate) enum LaneItem {
@@ -79,11 +79,21 @@ impl Lane {
 /// visible: messages to the local rooms and onto the bus, acks to the senders.
 async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>) {
     let asm = Assembled::new(batch.iter().map(|p| &p.msg));
-    let started = Instant::now();
+    // Tokio's clock, so tests with paused time see the retry budget run out.
+    let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(25);
     let outcome = loop {
         let t = Instant::now();
-        match crate::ports::timed(a.store.append(&asm.unique)).await {
+        // Each attempt gets at most what is left of the retry budget, so a database that
+        // hangs (frozen, or a black-holed connection) is answered `unavailable` after
+        // `writer.retry_max`, not up to one store timeout later.
+        let left = a.config.writer_retry_max.saturating_sub(started.elapsed());
+        let limit = STORE_TIMEOUT.min(left.max(Duration::from_millis(100)));
+        let attempt = match tokio::time::timeout(limit, a.store.append(&asm.unique)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable("store call timed out".into())),
+        };
+        match attempt {
             Ok(res) => {
                 a.metrics
                     .writer_flush_seconds

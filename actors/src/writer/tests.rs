@@ -31,12 +31,17 @@ struct FakeStore {
     hold_until: AtomicUsize,
     failures_left: AtomicUsize,
     appends: AtomicUsize,
+    /// Never answer (a frozen database).
+    hang: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
 impl MessageStore for FakeStore {
     async fn append(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError> {
         self.appends.fetch_add(1, Ordering::SeqCst);
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         let now = self.in_progress.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_at_once.fetch_max(now, Ordering::SeqCst);
         let want = self.hold_until.load(Ordering::SeqCst);
@@ -277,6 +282,24 @@ async fn a_store_failing_past_the_retry_limit_answers_unavailable() {
     let (w, _a) = start(store.clone(), c).await;
     let mut rx = submit_all(&w, vec![msg("r", "u", "1")]);
     assert_eq!(collect(&mut rx, 1).await[0], Err(WriteError::Unavailable));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_store_is_answered_unavailable_within_the_retry_budget() {
+    let store = Arc::new(FakeStore::default());
+    store.hang.store(true, Ordering::SeqCst);
+    let mut c = config(1, 100);
+    c.writer_retry_max = Duration::from_secs(2);
+    let (w, _a) = start(store.clone(), c).await;
+    let t = tokio::time::Instant::now();
+    let mut rx = submit_all(&w, vec![msg("r", "u", "1")]);
+    assert_eq!(collect(&mut rx, 1).await[0], Err(WriteError::Unavailable));
+    // Virtual time: the budget (2 s), not the budget plus a whole store timeout (5 s).
+    assert!(
+        t.elapsed() < crate::ports::STORE_TIMEOUT,
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 #[tokio::test]
