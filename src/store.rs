@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::settings::{Settings, MAX_WRITER_LANES};
+use crate::settings::Settings;
 
 /// An open database of either kind.
 #[derive(Clone)]
@@ -29,8 +29,8 @@ pub enum Database {
     Postgres {
         /// Reads and everything else.
         pool: PgPool,
-        /// The writer lanes' connections (see `PgStore`).
-        writes: PgPool,
+        /// How the writer lanes connect (see `PgStore`).
+        writes: Box<PgConnectOptions>,
     },
     Sqlite(SqlitePool),
 }
@@ -90,10 +90,9 @@ impl Database {
                 .connect_with(opts)
                 .await
                 .context("database.url: cannot connect")?;
-            // One connection per writer lane, in a pool of their own so reads never hold a
-            // lane back. No ping before each use (sqlx's default costs a round trip per
-            // batch): a lane retries a batch whose connection turns out dead, and the pool
-            // replaces that connection. These connections run nothing but the append, so they
+            // The writer lanes' connections: their own, outside the pool, so reads never hold
+            // a lane back and a batch pays neither the pool's ping nor its hand-back (~4% of the
+            // server's CPU in the many-rooms profile). They run nothing but the append, so they
             // are tuned for it (measured with pgbench and psql, see docs/benchmarks.md):
             // - one generic plan, made once per connection: planning the statement each time
             //   cost ~0.5 ms, 40% of a small batch;
@@ -103,18 +102,15 @@ impl Database {
             //   key, stays: LATERAL leaves no other way);
             // - no JIT: a large batch's plan crosses `jit_above_cost`, and compiling took
             //   longer than running it (540 rows: 12-19 ms without, 32-36 ms with).
-            let write_opts = (*pool.connect_options()).clone().options([
+            let writes = (*pool.connect_options()).clone().options([
                 ("plan_cache_mode", "force_generic_plan"),
                 ("enable_nestloop", "off"),
                 ("jit", "off"),
             ]);
-            let writes = PgPoolOptions::new()
-                .max_connections(MAX_WRITER_LANES as u32)
-                .acquire_timeout(timeout)
-                .test_before_acquire(false)
-                .after_connect(move |_, _| Box::pin(async move { nodelay(port) }))
-                .connect_lazy_with(write_opts);
-            Database::Postgres { pool, writes }
+            Database::Postgres {
+                pool,
+                writes: Box::new(writes),
+            }
         };
         if migrate {
             db.migrate().await?;
@@ -135,9 +131,10 @@ impl Database {
 
     pub fn store(&self) -> Arc<dyn MessageStore> {
         match self {
-            Database::Postgres { pool, writes } => {
-                Arc::new(PgStore::with_write_pool(pool.clone(), writes.clone()))
-            }
+            Database::Postgres { pool, writes } => Arc::new(PgStore::with_write_options(
+                pool.clone(),
+                (**writes).clone(),
+            )),
             Database::Sqlite(p) => Arc::new(SqliteStore::new(p.clone())),
         }
     }
@@ -168,17 +165,14 @@ impl Database {
 
     pub async fn close(&self) {
         match self {
-            Database::Postgres { pool, writes } => {
-                writes.close().await;
-                pool.close().await
-            }
+            Database::Postgres { pool, .. } => pool.close().await,
             Database::Sqlite(p) => p.close().await,
         }
     }
 }
 
-/// Run from each new PostgreSQL connection's `after_connect`: see `nodelay.rs`.
-fn nodelay(port: u16) -> Result<(), sqlx::Error> {
+/// Run after each new PostgreSQL connection: see `nodelay.rs`.
+pub(crate) fn nodelay(port: u16) -> Result<(), sqlx::Error> {
     let n = nodelay::apply(port);
     tracing::debug!(sockets = n, "TCP_NODELAY set on database connections");
     Ok(())

@@ -3,22 +3,51 @@
 //! once (creating rooms on the way, locking them in room-id order), insert every new message
 //! with one `UNNEST`, and return each message's seq.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chatty_actors::{
     Appended, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError, StoredMessage, UserId,
 };
-use sqlx::postgres::PgPool;
-use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
+use sqlx::{ConnectOptions, Row};
 
 use super::{page, row_to_message, store_err};
 
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Appends use their own pool: one connection per writer lane.
-    writes: PgPool,
+    /// Appends run on connections of their own: one per writer lane.
+    writes: Arc<WriteConns>,
+}
+
+/// The writer lanes' connections: a stack of idle ones, taken for one append and put back
+/// after it. Each lane commits one batch at a time, so there are never more than `writer.lanes`
+/// of them. A connection whose append failed is dropped (it may be broken, or mid-query after
+/// a timeout) and the next append opens a fresh one.
+struct WriteConns {
+    opts: PgConnectOptions,
+    idle: parking_lot::Mutex<Vec<PgConnection>>,
+}
+
+impl WriteConns {
+    async fn take(&self) -> Result<PgConnection, StoreError> {
+        if let Some(c) = self.idle.lock().pop() {
+            return Ok(c);
+        }
+        let c = self.opts.connect().await.map_err(store_err)?;
+        // Harmless if it fails: the connection only loses the fix for Nagle's algorithm.
+        let _ = super::nodelay(self.opts.get_port());
+        Ok(c)
+    }
+
+    fn give_back(&self, c: PgConnection) {
+        let mut idle = self.idle.lock();
+        if idle.len() < crate::settings::MAX_WRITER_LANES {
+            idle.push(c);
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -76,17 +105,21 @@ union all
 select i, old_seq, old_ts, true from k where old_seq is not null"#;
 
 impl PgStore {
-    /// A store whose appends share the main pool (tests, tools).
+    /// A store whose appends connect like `pool` does.
     pub fn new(pool: PgPool) -> Self {
-        Self {
-            writes: pool.clone(),
-            pool,
-        }
+        let opts = (*pool.connect_options()).clone();
+        Self::with_write_options(pool, opts)
     }
 
-    /// A store whose appends use `writes`, a pool sized for the writer lanes.
-    pub fn with_write_pool(pool: PgPool, writes: PgPool) -> Self {
-        Self { pool, writes }
+    /// A store whose appends connect with `writes` (tuned for the append).
+    pub fn with_write_options(pool: PgPool, writes: PgConnectOptions) -> Self {
+        Self {
+            pool,
+            writes: Arc::new(WriteConns {
+                opts: writes,
+                idle: parking_lot::Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -114,6 +147,7 @@ impl MessageStore for PgStore {
             bodies.push(m.body.as_str());
         }
         // The arrays are one bind parameter each, so the 65,535-parameter limit never applies.
+        let mut conn = self.writes.take().await?;
         let rows = sqlx::query(APPEND)
             .bind(&rooms)
             .bind(&users)
@@ -121,9 +155,10 @@ impl MessageStore for PgStore {
             .bind(&cids)
             .bind(&bodies)
             .bind(now_ms())
-            .fetch_all(&self.writes)
+            .fetch_all(&mut conn)
             .await
             .map_err(store_err)?;
+        self.writes.give_back(conn);
         let mut out: Vec<Option<Appended>> = vec![None; n];
         for r in &rows {
             let i = r.try_get::<i64, _>(0).map_err(store_err)? as usize;
