@@ -103,6 +103,14 @@ impl RoomRegistry {
         }
     }
 
+    /// Ask the room (if it has local members) to compare what it delivered with the store's
+    /// head and fill what it missed.
+    pub fn check_head(&self, room: &RoomId) {
+        if let Some(h) = self.get(room) {
+            h.cast(RoomMsg::CheckHead);
+        }
+    }
+
     /// The room's handle, spawning its actor if needed. The caller must follow with exactly
     /// one `RoomMsg::Join` (or `join_abandoned`): until then the room is held open.
     pub async fn get_or_spawn(&self, room: &RoomId) -> Option<Arc<RoomHandle>> {

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::batch::Assembled;
 use super::{Pending, WriteError, WriterArgs};
+use crate::ids::RoomId;
 use crate::ports::{StoreError, STORE_TIMEOUT};
 
 /// What a lane's queue carries.
@@ -45,6 +46,44 @@ pub(crate) struct Lane {
     pub _done: LaneDone,
 }
 
+/// Rooms whose last batch ended in doubt: the store failed or timed out, so the batch may have
+/// committed after all (a statement cut off by a timeout can still commit on the server). Its
+/// sends were answered `unavailable` and nothing was delivered; if it did commit, the room's
+/// members would not see those messages until a later one revealed the gap. So such rooms, and
+/// rooms where a send turns out to be stored already (a retry after such a doubt), are told to
+/// compare what they delivered with the store, here and on every node, now and again after
+/// the lane's next successful commit.
+#[derive(Default)]
+pub(crate) struct Doubt {
+    rooms: std::collections::HashSet<RoomId>,
+}
+
+impl Doubt {
+    fn note(&mut self, a: &WriterArgs, rooms: impl IntoIterator<Item = RoomId>) {
+        for room in rooms {
+            // Once per doubtful room until it settles: a room whose head check fails retries
+            // by itself, and every further nudge during a long outage would start one more
+            // retry loop against a database that is trying to come back.
+            if !self.rooms.contains(&room) {
+                recheck(a, &room);
+                self.rooms.insert(room);
+            }
+        }
+    }
+
+    fn settle(&mut self, a: &WriterArgs) {
+        for room in self.rooms.drain() {
+            recheck(a, &room);
+        }
+    }
+}
+
+fn recheck(a: &WriterArgs, room: &RoomId) {
+    a.rooms.check_head(room);
+    a.bus
+        .publish(crate::ports::BusEvent::Resync { room: room.clone() });
+}
+
 impl Lane {
     pub async fn run(mut self) {
         if let Some(mut p) = self.predecessor.take() {
@@ -53,6 +92,7 @@ impl Lane {
         let max = self.args.config.writer_batch_max.max(1);
         let mut batch: Vec<Pending> = Vec::with_capacity(max);
         let mut drains: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut doubt = Doubt::default();
         while let Some(item) = self.rx.recv().await {
             let mut next = Some(item);
             while let Some(item) = next.take() {
@@ -66,7 +106,9 @@ impl Lane {
             }
             if !batch.is_empty() {
                 let span = tracing::debug_span!("flush", lane = self.index, size = batch.len());
-                commit(&self.args, &mut batch).instrument(span).await;
+                commit(&self.args, &mut batch, &mut doubt)
+                    .instrument(span)
+                    .await;
             }
             for reply in drains.drain(..) {
                 let _ = reply.send(());
@@ -77,7 +119,7 @@ impl Lane {
 
 /// Commit one batch (retrying while the store fails, up to `writer.retry_max`), then make it
 /// visible: messages to the local rooms and onto the bus, acks to the senders.
-async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>) {
+async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
     let asm = Assembled::new(batch.iter().map(|p| &p.msg));
     // Tokio's clock, so tests with paused time see the retry budget run out.
     let started = tokio::time::Instant::now();
@@ -118,12 +160,19 @@ async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>) {
             // Not committed (or the store broke its contract): nobody is acked, everybody may
             // retry with the same cid.
             a.metrics.writer_unavailable.inc_by(batch.len() as u64);
+            doubt.note(a, asm.unique.iter().map(|m| m.room.clone()));
             for p in batch.drain(..) {
                 p.ack.answer(Err(WriteError::Unavailable));
             }
             return;
         }
     };
+    doubt.settle(a);
+    for (m, r) in asm.unique.iter().zip(&results) {
+        if r.duplicate {
+            recheck(a, &m.room);
+        }
+    }
     let committed = Instant::now();
     a.metrics.writer_batch_size.observe(asm.unique.len() as f64);
 

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::bus::LocalBus;
 use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
-use crate::ports::{JoinInfo, StoreError};
+use crate::ports::{BusEvent, JoinInfo, StoreError};
 use crate::protocol::StoredMessage;
 
 /// (room, user, cid)
@@ -33,6 +33,8 @@ struct FakeStore {
     appends: AtomicUsize,
     /// Never answer (a frozen database).
     hang: std::sync::atomic::AtomicBool,
+    /// Commit the next batch, then report a failure (a statement cut off after it committed).
+    commit_then_fail: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -62,7 +64,8 @@ impl MessageStore for FakeStore {
         }
         let mut heads = self.heads.lock();
         let mut keys = self.keys.lock();
-        Ok(batch
+        let lie = self.commit_then_fail.swap(false, Ordering::SeqCst);
+        let out: Vec<Appended> = batch
             .iter()
             .map(|m| {
                 let key = (
@@ -86,7 +89,13 @@ impl MessageStore for FakeStore {
                     duplicate: false,
                 }
             })
-            .collect())
+            .collect();
+        if lie {
+            return Err(StoreError::Unavailable(
+                "connection lost after commit".into(),
+            ));
+        }
+        Ok(out)
     }
     async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {
         Ok(*self.heads.lock().get(room.as_str()).unwrap_or(&0))
@@ -122,6 +131,33 @@ impl MessageStore for FakeStore {
     }
 }
 
+/// A bus that keeps what is published.
+#[derive(Default)]
+struct RecordingBus {
+    events: Mutex<Vec<BusEvent>>,
+}
+
+impl ClusterBus for RecordingBus {
+    fn publish(&self, event: BusEvent) {
+        self.events.lock().push(event);
+    }
+    fn subscribe(&self, _: &RoomId) {}
+    fn unsubscribe(&self, _: &RoomId) {}
+    fn take_receiver(&self) -> Option<mpsc::Receiver<BusEvent>> {
+        None
+    }
+}
+
+impl RecordingBus {
+    fn resyncs(&self, room: &str) -> usize {
+        self.events
+            .lock()
+            .iter()
+            .filter(|e| matches!(e, BusEvent::Resync { room: r } if r.as_str() == room))
+            .count()
+    }
+}
+
 fn config(lanes: usize, queue: usize) -> NodeConfig {
     NodeConfig {
         writer_lanes: lanes,
@@ -133,12 +169,20 @@ fn config(lanes: usize, queue: usize) -> NodeConfig {
 }
 
 async fn start(store: Arc<FakeStore>, config: NodeConfig) -> (WriterHandle, ActorRef<WriterMsg>) {
+    start_with_bus(store, config, LocalBus::new()).await
+}
+
+async fn start_with_bus(
+    store: Arc<FakeStore>,
+    config: NodeConfig,
+    bus: Arc<dyn ClusterBus>,
+) -> (WriterHandle, ActorRef<WriterMsg>) {
     let metrics = Metrics::new(&prometheus::Registry::new());
     let handle = WriterHandle::new(metrics.clone());
     let args = WriterArgs {
         store,
         rooms: RoomRegistry::new(),
-        bus: LocalBus::new(),
+        bus,
         config,
         metrics,
         handle: handle.clone(),
@@ -300,6 +344,30 @@ async fn a_hanging_store_is_answered_unavailable_within_the_retry_budget() {
         "{:?}",
         t.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_batch_in_doubt_makes_its_rooms_recheck_the_store_now_and_after_the_next_commit() {
+    let store = Arc::new(FakeStore::default());
+    store.commit_then_fail.store(true, Ordering::SeqCst);
+    let bus = Arc::new(RecordingBus::default());
+    let mut c = config(1, 100);
+    c.writer_retry_max = Duration::ZERO; // no retry: answer the first failure
+    let (w, _a) = start_with_bus(store.clone(), c, bus.clone()).await;
+    let mut rx = submit_all(&w, vec![msg("doubt", "u", "1")]);
+    assert_eq!(collect(&mut rx, 1).await[0], Err(WriteError::Unavailable));
+    // It did commit: no member has it, so the room is told to look.
+    assert_eq!(bus.resyncs("doubt"), 1);
+    // The client retries with the same cid: stored already, so the room looks again, and the
+    // next successful commit settles the doubt with one more look.
+    let mut rx = submit_all(&w, vec![msg("doubt", "u", "1")]);
+    let again = collect(&mut rx, 1).await[0].unwrap();
+    assert_eq!((again.seq, again.duplicate), (1, true));
+    assert_eq!(bus.resyncs("doubt"), 3);
+    // Doubt settled: later commits do not recheck.
+    let mut rx = submit_all(&w, vec![msg("doubt", "u", "2")]);
+    collect(&mut rx, 1).await;
+    assert_eq!(bus.resyncs("doubt"), 3);
 }
 
 #[tokio::test]
