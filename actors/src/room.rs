@@ -242,7 +242,19 @@ async fn handle_room(
                 .shared
                 .pending_joins
                 .fetch_sub(1, Ordering::AcqRel);
-            state.join(&myself, *member, r#ref, since, read);
+            // A `since` beyond what this room has delivered: ask the store for the real head
+            // now, before anything else is delivered. Asked later, a message committed
+            // meanwhile would already count as "seen" by this member and be skipped for it.
+            let delivered = state.args.shared.core.lock().delivered;
+            let store_head = match since {
+                Some(s) if s > delivered => {
+                    crate::ports::timed(state.args.store.head(&state.args.room))
+                        .await
+                        .ok()
+                }
+                _ => None,
+            };
+            state.join(&myself, *member, r#ref, since, read, store_head);
         }
         RoomMsg::Leave { conn, r#ref } => {
             if let Some(m) = state.remove_member(&myself, conn) {
@@ -370,6 +382,7 @@ impl RoomState {
         r#ref: Ref,
         since: Option<Seq>,
         read: Seq,
+        store_head: Option<Seq>,
     ) {
         let room = self.args.room.clone();
         let conn = member.outbox.conn();
@@ -424,9 +437,13 @@ impl RoomState {
 
         let replaying = replay_from < head;
         // A `since` beyond what this room has delivered may be real (another node is ahead of
-        // this one) or not (a restored database): the store decides, right away.
-        let skip_through = since.unwrap_or(head).max(head);
-        if skip_through > head {
+        // this one) or not (a restored database): the store decides. Its head, read just
+        // before this join, caps what the member can have seen; what lies between this room's
+        // head and the store's is filled by CheckHead (and skipped for this member only up to
+        // its `since`). If the read failed, CheckHead caps it later.
+        let claimed = since.unwrap_or(head);
+        let skip_through = store_head.map_or(claimed, |h| claimed.min(h)).max(head);
+        if skip_through > head || store_head.is_some_and(|h| h > head) {
             let _ = myself.cast(RoomMsg::CheckHead);
         }
         if replaying {
