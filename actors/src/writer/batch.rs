@@ -89,17 +89,7 @@ impl Assembled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{Body, Cid, DisplayName, RoomId, UserId};
-
-    fn msg(room: &str, user: &str, cid: &str) -> NewMessage {
-        NewMessage {
-            room: RoomId::parse(room).unwrap(),
-            from: UserId::parse(user).unwrap(),
-            name: DisplayName::sanitize(user),
-            cid: Cid::parse(cid).unwrap(),
-            body: Body::parse("hi", 100).unwrap(),
-        }
-    }
+    use crate::writer::tests::msg;
 
     fn ok(seq: u64) -> Appended {
         Appended {

@@ -191,7 +191,8 @@ async fn start_with_bus(
     (handle, actor)
 }
 
-fn msg(room: &str, user: &str, cid: &str) -> NewMessage {
+/// A valid send (also used by the batch tests).
+pub(super) fn msg(room: &str, user: &str, cid: &str) -> NewMessage {
     NewMessage {
         room: RoomId::parse(room).unwrap(),
         from: UserId::parse(user).unwrap(),
