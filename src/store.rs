@@ -1,6 +1,7 @@
 //! The `MessageStore` adapters: PostgreSQL (production, every multi-node setup) and the
 //! embedded SQLite default (single node, nothing to install), behind one `Database` handle.
 
+mod conns;
 mod nodelay;
 mod postgres;
 mod sqlite;
@@ -21,16 +22,19 @@ use sqlx::sqlite::{
 };
 use sqlx::{ColumnIndex, Decode, Row, Type};
 
-use crate::settings::Settings;
+use crate::settings::{Settings, MAX_WRITER_LANES};
+use conns::Conns;
 
 /// An open database of either kind.
 #[derive(Clone)]
 pub enum Database {
     Postgres {
-        /// Reads and everything else.
+        /// sqlx's pool: migrations and the rare calls.
         pool: PgPool,
-        /// How the writer lanes connect (see `PgStore`).
-        writes: Box<PgConnectOptions>,
+        /// The hot reads' connections (see `conns.rs`).
+        reads: Arc<Conns>,
+        /// The writer lanes' connections.
+        writes: Arc<Conns>,
     },
     Sqlite(SqlitePool),
 }
@@ -108,8 +112,13 @@ impl Database {
                 ("jit", "off"),
             ]);
             Database::Postgres {
+                reads: Arc::new(Conns::new(
+                    (*pool.connect_options()).clone(),
+                    d.max_connections as usize,
+                    timeout,
+                )),
+                writes: Arc::new(Conns::new(writes, MAX_WRITER_LANES, timeout)),
                 pool,
-                writes: Box::new(writes),
             }
         };
         if migrate {
@@ -131,9 +140,14 @@ impl Database {
 
     pub fn store(&self) -> Arc<dyn MessageStore> {
         match self {
-            Database::Postgres { pool, writes } => Arc::new(PgStore::with_write_options(
+            Database::Postgres {
+                pool,
+                reads,
+                writes,
+            } => Arc::new(PgStore::from_parts(
                 pool.clone(),
-                (**writes).clone(),
+                reads.clone(),
+                writes.clone(),
             )),
             Database::Sqlite(p) => Arc::new(SqliteStore::new(p.clone())),
         }
@@ -158,14 +172,23 @@ impl Database {
     /// (open, idle) connections of the pool.
     pub fn pool_stats(&self) -> (u32, usize) {
         match self {
-            Database::Postgres { pool, .. } => (pool.size(), pool.num_idle()),
+            // The hot reads' connections: the pool itself only serves the rare calls.
+            Database::Postgres { reads, .. } => reads.stats(),
             Database::Sqlite(p) => (p.size(), p.num_idle()),
         }
     }
 
     pub async fn close(&self) {
         match self {
-            Database::Postgres { pool, .. } => pool.close().await,
+            Database::Postgres {
+                pool,
+                reads,
+                writes,
+            } => {
+                writes.close().await;
+                reads.close().await;
+                pool.close().await
+            }
             Database::Sqlite(p) => p.close().await,
         }
     }

@@ -10,44 +10,20 @@ use async_trait::async_trait;
 use chatty_actors::{
     Appended, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError, StoredMessage, UserId,
 };
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
-use sqlx::{ConnectOptions, Row};
+use sqlx::postgres::PgPool;
+use sqlx::Row;
 
+use super::conns::Conns;
 use super::{page, row_to_message, store_err};
 
 #[derive(Clone)]
 pub struct PgStore {
+    /// sqlx's pool: the rare calls (room settings, members).
     pool: PgPool,
-    /// Appends run on connections of their own: one per writer lane.
-    writes: Arc<WriteConns>,
-}
-
-/// The writer lanes' connections: a stack of idle ones, taken for one append and put back
-/// after it. Each lane commits one batch at a time, so there are never more than `writer.lanes`
-/// of them. A connection whose append failed is dropped (it may be broken, or mid-query after
-/// a timeout) and the next append opens a fresh one.
-struct WriteConns {
-    opts: PgConnectOptions,
-    idle: parking_lot::Mutex<Vec<PgConnection>>,
-}
-
-impl WriteConns {
-    async fn take(&self) -> Result<PgConnection, StoreError> {
-        if let Some(c) = self.idle.lock().pop() {
-            return Ok(c);
-        }
-        let c = self.opts.connect().await.map_err(store_err)?;
-        // Harmless if it fails: the connection only loses the fix for Nagle's algorithm.
-        let _ = super::nodelay(self.opts.get_port());
-        Ok(c)
-    }
-
-    fn give_back(&self, c: PgConnection) {
-        let mut idle = self.idle.lock();
-        if idle.len() < crate::settings::MAX_WRITER_LANES {
-            idle.push(c);
-        }
-    }
+    /// The hot reads (join, replay, gap fill, history, read markers).
+    reads: Arc<Conns>,
+    /// The writer lanes' appends: one connection per lane.
+    writes: Arc<Conns>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -105,20 +81,23 @@ union all
 select i, old_seq, old_ts, true from k where old_seq is not null"#;
 
 impl PgStore {
-    /// A store whose appends connect like `pool` does.
+    /// A store whose own connections are made like `pool`'s (tests, tools).
     pub fn new(pool: PgPool) -> Self {
         let opts = (*pool.connect_options()).clone();
-        Self::with_write_options(pool, opts)
+        let wait = pool.options().get_acquire_timeout();
+        let n = pool.options().get_max_connections() as usize;
+        Self::from_parts(
+            pool,
+            Arc::new(Conns::new(opts.clone(), n, wait)),
+            Arc::new(Conns::new(opts, crate::settings::MAX_WRITER_LANES, wait)),
+        )
     }
 
-    /// A store whose appends connect with `writes` (tuned for the append).
-    pub fn with_write_options(pool: PgPool, writes: PgConnectOptions) -> Self {
+    pub fn from_parts(pool: PgPool, reads: Arc<Conns>, writes: Arc<Conns>) -> Self {
         Self {
             pool,
-            writes: Arc::new(WriteConns {
-                opts: writes,
-                idle: parking_lot::Mutex::new(Vec::new()),
-            }),
+            reads,
+            writes,
         }
     }
 
@@ -147,7 +126,7 @@ impl MessageStore for PgStore {
             bodies.push(m.body.as_str());
         }
         // The arrays are one bind parameter each, so the 65,535-parameter limit never applies.
-        let mut conn = self.writes.take().await?;
+        let mut lease = self.writes.lease().await?;
         let rows = sqlx::query(APPEND)
             .bind(&rooms)
             .bind(&users)
@@ -155,10 +134,10 @@ impl MessageStore for PgStore {
             .bind(&cids)
             .bind(&bodies)
             .bind(now_ms())
-            .fetch_all(&mut conn)
+            .fetch_all(lease.conn())
             .await
             .map_err(store_err)?;
-        self.writes.give_back(conn);
+        lease.done();
         let mut out: Vec<Option<Appended>> = vec![None; n];
         for r in &rows {
             let i = r.try_get::<i64, _>(0).map_err(store_err)? as usize;
@@ -181,11 +160,13 @@ impl MessageStore for PgStore {
     }
 
     async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {
+        let mut lease = self.reads.lease().await?;
         let h: Option<i64> = sqlx::query_scalar("select last_seq from rooms where id = $1")
             .bind(room.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(lease.conn())
             .await
             .map_err(store_err)?;
+        lease.done();
         Ok(h.unwrap_or(0) as Seq)
     }
 
@@ -195,6 +176,7 @@ impl MessageStore for PgStore {
         after: Seq,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut lease = self.reads.lease().await?;
         let rows = sqlx::query(
             "select seq, user_id, name, cid, body, ts from messages
               where room_id = $1 and seq > $2 order by seq limit $3",
@@ -202,9 +184,10 @@ impl MessageStore for PgStore {
         .bind(room.as_str())
         .bind(after.min(i64::MAX as u64) as i64)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(lease.conn())
         .await
         .map_err(store_err)?;
+        lease.done();
         rows.iter().map(|r| row_to_message(room, r)).collect()
     }
 
@@ -214,6 +197,7 @@ impl MessageStore for PgStore {
         before: Option<Seq>,
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        let mut lease = self.reads.lease().await?;
         let before = before
             .map(|b| b.min(i64::MAX as u64) as i64)
             .unwrap_or(i64::MAX);
@@ -225,13 +209,15 @@ impl MessageStore for PgStore {
         .bind(room.as_str())
         .bind(before)
         .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
+        .fetch_all(lease.conn())
         .await
         .map_err(store_err)?;
+        lease.done();
         page(room, &rows, limit)
     }
 
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {
+        let mut lease = self.reads.lease().await?;
         let row = sqlx::query(
             "select coalesce((select not r.private
                                  or exists (select 1 from room_members m
@@ -242,9 +228,10 @@ impl MessageStore for PgStore {
         )
         .bind(room.as_str())
         .bind(user.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(lease.conn())
         .await
         .map_err(store_err)?;
+        lease.done();
         Ok(JoinInfo {
             allowed: row.get::<bool, _>(0),
             read: row.get::<i64, _>(1) as Seq,
@@ -252,6 +239,7 @@ impl MessageStore for PgStore {
     }
 
     async fn set_read(&self, room: &RoomId, user: &UserId, seq: Seq) -> Result<Seq, StoreError> {
+        let mut lease = self.reads.lease().await?;
         // Clamp to the head and never move backwards.
         let v: i64 = sqlx::query_scalar(
             "insert into read_markers (room_id, user_id, seq)
@@ -263,9 +251,10 @@ impl MessageStore for PgStore {
         .bind(room.as_str())
         .bind(user.as_str())
         .bind(seq.min(i64::MAX as u64) as i64)
-        .fetch_one(&self.pool)
+        .fetch_one(lease.conn())
         .await
         .map_err(store_err)?;
+        lease.done();
         Ok(v as Seq)
     }
 
