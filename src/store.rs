@@ -82,10 +82,9 @@ impl Database {
             }
             let opts: PgConnectOptions = url.parse().context("database.url: not a valid URL")?;
             let port = opts.get_port();
-            // No ping before each use here either: it doubled the round trips of every join
-            // (the storm's joins spent ~290 us of PostgreSQL CPU each). A connection that died
-            // while idle fails its next query once (`unavailable`, the client retries) and
-            // sqlx drops it.
+            // sqlx's pool now serves only migrations and the rare API calls (the hot paths use
+            // `conns.rs`). No ping before each use, as there: a connection that died while idle
+            // fails its next query once (the caller sees `unavailable` and may retry).
             let pool = PgPoolOptions::new()
                 .max_connections(d.max_connections)
                 .acquire_timeout(timeout)
