@@ -5,9 +5,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use chatty_actors::{
-    Body, BodyError, Cid, DisplayName, HistoryItem, NodeError, PresenceEntry, RoomId, UserId,
-    WriteError,
+    Body, BodyError, Cid, DisplayName, HistoryItem, ModError, NodeError, PresenceEntry, RoomId,
+    RoomRole, UserId, WriteError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -23,6 +24,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("body larger than max_body_bytes")]
     TooLarge,
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("try again later")]
     Unavailable,
     #[error("internal error: {0}")]
@@ -35,6 +38,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -55,6 +59,17 @@ impl From<NodeError> for ApiError {
             NodeError::Store(chatty_actors::StoreError::Other(m)) => ApiError::Internal(m),
             NodeError::Start(m) => ApiError::Internal(m),
             _ => ApiError::Unavailable,
+        }
+    }
+}
+
+impl From<ModError> for ApiError {
+    fn from(e: ModError) -> Self {
+        match e {
+            ModError::Forbidden(why) => ApiError::Forbidden(why),
+            ModError::BadRequest(why) => ApiError::BadRequest(why.into()),
+            ModError::Unavailable => ApiError::Unavailable,
+            ModError::Store(m) => ApiError::Internal(m),
         }
     }
 }
@@ -88,6 +103,20 @@ fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 
 fn room_id(room: &str) -> Result<RoomId, ApiError> {
     RoomId::parse(room).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn user_id(user: &str) -> Result<UserId, ApiError> {
+    UserId::parse(user).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// An optional JSON body: none (or only whitespace) is `None`; anything else must parse.
+fn optional_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -191,20 +220,35 @@ pub async fn put_room(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `PUT /api/v1/rooms/{room}/members/{user}`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberBody {
+    role: String,
+}
+
+/// `PUT /api/v1/rooms/{room}/members/{user}` with an optional `{"role": ...}`: without one,
+/// the user becomes a member and keeps any role they had.
 pub async fn put_member(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path((room, user)): Path<(String, String)>,
+    body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     check_key(&state, &headers)?;
     let room = room_id(&room)?;
-    let user = UserId::parse(&user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    state.node.store().add_member(&room, &user).await?;
+    let user = user_id(&user)?;
+    let role = match optional_json::<MemberBody>(&body)? {
+        None => None,
+        Some(b) => Some(RoomRole::parse(&b.role).ok_or_else(|| {
+            ApiError::BadRequest("role must be member, moderator or owner".into())
+        })?),
+    };
+    state.node.set_member(&room, &user, role).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `DELETE /api/v1/rooms/{room}/members/{user}`
+/// `DELETE /api/v1/rooms/{room}/members/{user}`: in a private room the user's sockets are
+/// taken out of it on every node (`removed`, reason `removed`).
 pub async fn delete_member(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -212,8 +256,68 @@ pub async fn delete_member(
 ) -> Result<StatusCode, ApiError> {
     check_key(&state, &headers)?;
     let room = room_id(&room)?;
-    let user = UserId::parse(&user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    state.node.store().remove_member(&room, &user).await?;
+    let user = user_id(&user)?;
+    state.node.remove_member(&room, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KickBody {
+    user: String,
+    #[serde(default)]
+    ban: bool,
+}
+
+/// `POST /api/v1/rooms/{room}/kick {user, ban?}`
+pub async fn kick(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(room): Path<String>,
+    Json(b): Json<KickBody>,
+) -> Result<StatusCode, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    let user = user_id(&b.user)?;
+    state.node.kick(&room, &user, b.ban).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/rooms/{room}/bans/{user}`
+pub async fn unban(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((room, user)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    let user = user_id(&user)?;
+    state.node.unban(&room, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectBody {
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/users/{user}/disconnect {reason?}`: every socket of the user in the cluster
+/// is closed with 4003. The reason goes to this node's log, not to the client.
+pub async fn disconnect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    check_key(&state, &headers)?;
+    let user = user_id(&user)?;
+    let reason = optional_json::<DisconnectBody>(&body)?.and_then(|b| b.reason);
+    if reason.as_ref().is_some_and(|r| r.len() > 256) {
+        return Err(ApiError::BadRequest("reason longer than 256 bytes".into()));
+    }
+    let here = state.node.disconnect_user(&user);
+    tracing::info!(user = %user, sockets_here = here, reason = reason.as_deref().unwrap_or(""), "disconnecting a user");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use chatty_actors::Identity;
 use chatty_actors::{DisplayName, UserId};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,11 @@ use crate::settings::AuthSettings;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 4096;
+/// Most entries of the `roles` claim, and the longest entry: more is a malformed token.
+pub const MAX_ROLES: usize = 16;
+pub const MAX_ROLE_BYTES: usize = 64;
+/// The global roles Chatty knows; any other name in `roles` is ignored.
+pub const ROLE_ADMIN: &str = "admin";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -23,13 +29,9 @@ struct Claims {
     iss: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     nbf: Option<u64>,
-}
-
-/// Who a socket belongs to.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub user: UserId,
-    pub name: DisplayName,
+    /// Global roles. Anything but an array of strings fails the token's decoding.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<String>,
 }
 
 /// Why a token was refused (a bounded label for metrics; never the token).
@@ -101,13 +103,33 @@ impl Authenticator {
         }
         let data = decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|_| AuthError::Invalid)?;
-        let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::Invalid)?;
-        let name = DisplayName::sanitize(data.claims.name.as_deref().unwrap_or(user.as_str()));
-        Ok(Identity { user, name })
+        let c = data.claims;
+        let user = UserId::parse(&c.sub).map_err(|_| AuthError::Invalid)?;
+        if c.roles.len() > MAX_ROLES || c.roles.iter().any(|r| r.len() > MAX_ROLE_BYTES) {
+            return Err(AuthError::Invalid);
+        }
+        let name = DisplayName::sanitize(c.name.as_deref().unwrap_or(user.as_str()));
+        Ok(Identity {
+            user,
+            name,
+            admin: c.roles.iter().any(|r| r == ROLE_ADMIN),
+            expires: c.exp,
+        })
     }
 
     /// Mint a token for `user`, valid for `ttl`.
     pub fn mint(&self, user: &str, name: Option<&str>, ttl: Duration) -> Result<String, String> {
+        self.mint_with_roles(user, name, &[], ttl)
+    }
+
+    /// Mint a token for `user` with global `roles`, valid for `ttl`.
+    pub fn mint_with_roles(
+        &self,
+        user: &str,
+        name: Option<&str>,
+        roles: &[&str],
+        ttl: Duration,
+    ) -> Result<String, String> {
         UserId::parse(user).map_err(|e| e.to_string())?;
         let exp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -121,6 +143,7 @@ impl Authenticator {
             aud: self.audience.clone(),
             iss: self.issuer.clone(),
             nbf: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(|e| e.to_string())
     }
@@ -144,6 +167,7 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use crate::settings::Secret;
+    use serde_json::json;
 
     fn settings(aud: &str, iss: &str) -> AuthSettings {
         AuthSettings {
@@ -182,6 +206,37 @@ mod tests {
         assert_eq!(a.verify(&wrong_aud).unwrap_err(), AuthError::Invalid);
         assert_eq!(a.verify("garbage").unwrap_err(), AuthError::Invalid);
         assert_eq!(a.verify(&"x".repeat(5000)).unwrap_err(), AuthError::TooLong);
+    }
+
+    #[test]
+    fn roles_give_admin_ignore_unknown_names_and_refuse_malformed_claims() {
+        let a = Authenticator::new(&settings("", ""));
+        let ttl = Duration::from_secs(60);
+        let t = a
+            .mint_with_roles("ann", None, &["admin", "x"], ttl)
+            .unwrap();
+        assert!(a.verify(&t).unwrap().admin);
+        let t = a
+            .mint_with_roles("bob", None, &["Admin", "owner"], ttl)
+            .unwrap();
+        assert!(!a.verify(&t).unwrap().admin);
+        let many: Vec<&str> = std::iter::repeat_n("r", MAX_ROLES + 1).collect();
+        let t = a.mint_with_roles("bob", None, &many, ttl).unwrap();
+        assert_eq!(a.verify(&t).unwrap_err(), AuthError::Invalid);
+        let long = "r".repeat(MAX_ROLE_BYTES + 1);
+        let t = a.mint_with_roles("bob", None, &[&long], ttl).unwrap();
+        assert_eq!(a.verify(&t).unwrap_err(), AuthError::Invalid);
+        // `roles` that is not an array of strings.
+        for roles in [json!("admin"), json!(5), json!([1]), json!({"admin": true})] {
+            let claims = json!({"sub": "bob", "exp": 4_000_000_000u64, "roles": roles});
+            let t = encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"0123456789abcdef0123"),
+            )
+            .unwrap();
+            assert_eq!(a.verify(&t).unwrap_err(), AuthError::Invalid, "{roles}");
+        }
     }
 
     #[test]

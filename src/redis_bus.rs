@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chatty_actors::{
-    Body, BusEvent, Cid, ClusterBus, DisplayName, Metrics, RoomId, StoredMessage, UserId,
+    Body, BusEvent, Cid, ClusterBus, DisplayName, Metrics, RemoveReason, RoomId, StoredMessage,
+    UserId,
 };
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -27,6 +28,25 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn channel(room: &RoomId) -> String {
     format!("chatty:room:{}", room.as_str())
+}
+
+/// The channel every node listens on, for events that are not a room's (disconnect a user).
+const CONTROL: &str = "chatty:control";
+
+/// Where an event goes.
+#[derive(Clone)]
+enum Target {
+    Room(RoomId),
+    Control,
+}
+
+impl Target {
+    fn channel(&self) -> String {
+        match self {
+            Target::Room(r) => channel(r),
+            Target::Control => CONTROL.to_owned(),
+        }
+    }
 }
 
 /// What travels on a room's channel (MessagePack).
@@ -55,6 +75,20 @@ enum WireEvent {
     Resync {
         room: String,
     },
+    Remove {
+        room: String,
+        user: String,
+        reason: String,
+        force: bool,
+    },
+    Read {
+        room: String,
+        user: String,
+        seq: u64,
+    },
+    Disconnect {
+        user: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -74,7 +108,7 @@ fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-fn to_wire(ev: &BusEvent) -> Option<(RoomId, WireEvent)> {
+fn to_wire(ev: &BusEvent) -> Option<(Target, WireEvent)> {
     Some(match ev {
         BusEvent::Messages(msgs) => {
             let room = msgs.first()?.room.clone();
@@ -93,25 +127,53 @@ fn to_wire(ev: &BusEvent) -> Option<(RoomId, WireEvent)> {
                     })
                     .collect(),
             };
-            (room, wire)
+            (Target::Room(room), wire)
         }
         BusEvent::PresenceChanged { room } => (
-            room.clone(),
+            Target::Room(room.clone()),
             WireEvent::PresenceChanged {
                 room: room.as_str().to_owned(),
             },
         ),
         BusEvent::Typing { room, user } => (
-            room.clone(),
+            Target::Room(room.clone()),
             WireEvent::Typing {
                 room: room.as_str().to_owned(),
                 user: user.as_str().to_owned(),
             },
         ),
         BusEvent::Resync { room } => (
-            room.clone(),
+            Target::Room(room.clone()),
             WireEvent::Resync {
                 room: room.as_str().to_owned(),
+            },
+        ),
+        BusEvent::Remove {
+            room,
+            user,
+            reason,
+            force,
+        } => (
+            Target::Room(room.clone()),
+            WireEvent::Remove {
+                room: room.as_str().to_owned(),
+                user: user.as_str().to_owned(),
+                reason: reason.as_str().to_owned(),
+                force: *force,
+            },
+        ),
+        BusEvent::Read { room, user, seq } => (
+            Target::Room(room.clone()),
+            WireEvent::Read {
+                room: room.as_str().to_owned(),
+                user: user.as_str().to_owned(),
+                seq: *seq,
+            },
+        ),
+        BusEvent::Disconnect { user } => (
+            Target::Control,
+            WireEvent::Disconnect {
+                user: user.as_str().to_owned(),
             },
         ),
     })
@@ -161,6 +223,34 @@ fn from_wire(ev: WireEvent) -> Option<(BusEvent, Option<u64>)> {
             },
             None,
         ),
+        WireEvent::Remove {
+            room,
+            user,
+            reason,
+            force,
+        } => (
+            BusEvent::Remove {
+                room: RoomId::parse(&room).ok()?,
+                user: UserId::parse(&user).ok()?,
+                reason: RemoveReason::parse(&reason)?,
+                force,
+            },
+            None,
+        ),
+        WireEvent::Read { room, user, seq } => (
+            BusEvent::Read {
+                room: RoomId::parse(&room).ok()?,
+                user: UserId::parse(&user).ok()?,
+                seq,
+            },
+            None,
+        ),
+        WireEvent::Disconnect { user } => (
+            BusEvent::Disconnect {
+                user: UserId::parse(&user).ok()?,
+            },
+            None,
+        ),
     })
 }
 
@@ -172,24 +262,58 @@ enum SubCmd {
 /// Rooms whose events could not be published; a `resync` goes out for each once Redis
 /// answers again. Bounded: past the bound, everything is resynced on the next reconnect of
 /// every subscriber anyway.
+///
+/// Revocations (removals from a room, disconnects) cannot be rebuilt from the store like
+/// messages, so those events themselves are kept (bounded too) and published again.
 #[derive(Default)]
-struct Dropped(Mutex<HashSet<RoomId>>);
+struct Dropped {
+    rooms: Mutex<HashSet<RoomId>>,
+    revocations: Mutex<Vec<(Target, Vec<u8>)>>,
+}
+
+/// Most revocation events kept for republishing while Redis is away.
+const MAX_KEPT_REVOCATIONS: usize = 10_000;
 
 impl Dropped {
     fn add(&self, room: RoomId) {
-        let mut d = self.0.lock();
+        let mut d = self.rooms.lock();
         if d.len() < 100_000 {
             d.insert(room);
         }
     }
     fn take(&self) -> Vec<RoomId> {
-        self.0.lock().drain().collect()
+        self.rooms.lock().drain().collect()
     }
+    fn keep(&self, target: Target, bytes: Vec<u8>) {
+        let mut r = self.revocations.lock();
+        if r.len() < MAX_KEPT_REVOCATIONS {
+            r.push((target, bytes));
+        }
+    }
+    fn take_revocations(&self) -> Vec<(Target, Vec<u8>)> {
+        std::mem::take(&mut *self.revocations.lock())
+    }
+    /// An event that could not go out: remember what it takes to repair it.
+    fn lost(&self, out: Outgoing) {
+        if out.revocation {
+            self.keep(out.target, out.bytes);
+        } else if let Target::Room(room) = out.target {
+            self.add(room);
+        }
+    }
+}
+
+/// One queued publish: where, the encoded envelope, and whether it is a revocation (kept and
+/// republished if it cannot go out).
+struct Outgoing {
+    target: Target,
+    bytes: Vec<u8>,
+    revocation: bool,
 }
 
 pub struct RedisBus {
     node: Arc<str>,
-    publish_tx: mpsc::Sender<(RoomId, Vec<u8>)>,
+    publish_tx: mpsc::Sender<Outgoing>,
     sub_tx: mpsc::Sender<SubCmd>,
     rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
     dropped: Arc<Dropped>,
@@ -242,7 +366,8 @@ impl RedisBus {
 
 impl ClusterBus for RedisBus {
     fn publish(&self, event: BusEvent) {
-        let Some((room, wire)) = to_wire(&event) else {
+        let revocation = matches!(event, BusEvent::Remove { .. } | BusEvent::Disconnect { .. });
+        let Some((target, wire)) = to_wire(&event) else {
             return;
         };
         let env = Envelope {
@@ -252,9 +377,14 @@ impl ClusterBus for RedisBus {
         let Ok(bytes) = rmp_serde::to_vec_named(&env) else {
             return;
         };
-        if self.publish_tx.try_send((room.clone(), bytes)).is_err() {
+        let out = Outgoing {
+            target,
+            bytes,
+            revocation,
+        };
+        if let Err(e) = self.publish_tx.try_send(out) {
             self.metrics.bus_errors.inc();
-            self.dropped.add(room);
+            self.dropped.lost(e.into_inner());
         }
     }
 
@@ -288,13 +418,13 @@ async fn connect(client: &redis::Client) -> Option<redis::aio::MultiplexedConnec
 async fn publisher(
     client: redis::Client,
     node: Arc<str>,
-    mut rx: mpsc::Receiver<(RoomId, Vec<u8>)>,
+    mut rx: mpsc::Receiver<Outgoing>,
     dropped: Arc<Dropped>,
     metrics: Metrics,
     redis_errors: IntCounter,
 ) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
-    let mut batch: Vec<(RoomId, Vec<u8>)> = Vec::with_capacity(256);
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(256);
     loop {
         batch.clear();
         match rx.recv().await {
@@ -313,8 +443,9 @@ async fn publisher(
         let ok = match conn.as_mut() {
             Some(c) => {
                 let mut pipe = redis::pipe();
-                for (room, bytes) in &batch {
-                    pipe.publish(channel(room), bytes.as_slice()).ignore();
+                for out in &batch {
+                    pipe.publish(out.target.channel(), out.bytes.as_slice())
+                        .ignore();
                 }
                 matches!(
                     tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(c)).await,
@@ -325,7 +456,21 @@ async fn publisher(
         };
         if ok {
             metrics.bus_published.inc_by(batch.len() as u64);
-            // Redis answers again: tell the other nodes which rooms may have holes.
+            // Redis answers again: the revocations that could not go out go now, then the
+            // other nodes hear which rooms may have holes.
+            let kept = dropped.take_revocations();
+            if let (false, Some(c)) = (kept.is_empty(), conn.as_mut()) {
+                let mut pipe = redis::pipe();
+                for (target, bytes) in &kept {
+                    pipe.publish(target.channel(), bytes.as_slice()).ignore();
+                }
+                if !matches!(
+                    tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(c)).await,
+                    Ok(Ok(()))
+                ) {
+                    kept.into_iter().for_each(|(t, b)| dropped.keep(t, b));
+                }
+            }
             let rooms = dropped.take();
             if let (false, Some(c)) = (rooms.is_empty(), conn.as_mut()) {
                 let mut pipe = redis::pipe();
@@ -351,8 +496,8 @@ async fn publisher(
             metrics.bus_errors.inc();
             redis_errors.inc();
             conn = None;
-            for (room, _) in batch.drain(..) {
-                dropped.add(room);
+            for out in batch.drain(..) {
+                dropped.lost(out);
             }
             // Back off a little so a dead Redis is not hammered; the queue bound protects
             // memory meanwhile.
@@ -397,8 +542,15 @@ async fn subscriber(
         };
         backoff = Duration::from_millis(100);
         let (mut sink, mut stream) = pubsub.split();
-        let mut healthy = true;
+        // The control channel first: every node hears every disconnect.
+        let mut healthy = matches!(
+            tokio::time::timeout(OP_TIMEOUT, sink.subscribe(CONTROL)).await,
+            Ok(Ok(()))
+        );
         for room in &wanted {
+            if !healthy {
+                break;
+            }
             if !matches!(
                 tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channel(room))).await,
                 Ok(Ok(()))

@@ -347,7 +347,13 @@ fn public_router(state: AppState) -> Router {
         .route(
             "/api/v1/rooms/{room}/members/{user}",
             put(api::put_member).delete(api::delete_member),
-        );
+        )
+        .route("/api/v1/rooms/{room}/kick", post(api::kick))
+        .route(
+            "/api/v1/rooms/{room}/bans/{user}",
+            axum::routing::delete(api::unban),
+        )
+        .route("/api/v1/users/{user}/disconnect", post(api::disconnect));
     if state.settings.debug.echo_endpoint {
         r = r.route("/debug/echo", get(crate::echo::upgrade));
     }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatty_actors::{
-    Body, Cid, DisplayName, MessageStore, RoomId, Seq, StoreError, StoredMessage, UserId,
+    Body, Cid, DisplayName, JoinInfo, MessageStore, RoomId, RoomRole, Seq, StoreError,
+    StoredMessage, UserId,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -224,6 +225,23 @@ where
         cid: Cid::parse(&cid).map_err(|_| bad("cid"))?,
         body: Body::parse(&body, usize::MAX).map_err(|_| bad("body"))?,
         ts,
+    })
+}
+
+/// Build a `JoinInfo` from the columns both stores read. A role the table's check
+/// constraint lets through but this binary does not know (a newer version wrote it) is read
+/// as the least one, `member`.
+pub(crate) fn join_info(
+    public: bool,
+    role: Option<&str>,
+    banned: bool,
+    read: i64,
+) -> Result<JoinInfo, StoreError> {
+    Ok(JoinInfo {
+        allowed: public || role.is_some(),
+        banned,
+        role: role.and_then(RoomRole::parse).unwrap_or_default(),
+        read: read.max(0) as Seq,
     })
 }
 

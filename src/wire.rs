@@ -3,7 +3,9 @@
 //! whenever one could be read. Size is bounded before we get here (frame and message caps);
 //! nesting depth is bounded by the decoders (JSON 128, MessagePack 32).
 
-use chatty_actors::{Body, BodyError, Cid, Command, Encoding, ErrorCode, RoomId};
+use chatty_actors::{
+    Body, BodyError, Cid, Command, Encoding, ErrorCode, Identity, RoomId, RoomRole, UserId,
+};
 use serde::Deserialize;
 
 /// Longest accepted `ref`.
@@ -43,7 +45,14 @@ struct RawFrame {
     before: Option<u64>,
     limit: Option<u64>,
     seq: Option<u64>,
+    user: Option<String>,
+    ban: Option<bool>,
+    role: Option<String>,
+    token: Option<String>,
 }
+
+/// Checks the token of a `refresh` (the edge's `Authenticator`); `None` when it is not valid.
+pub type Verify<'a> = &'a dyn Fn(&str) -> Option<Identity>;
 
 /// Only the `ref`, for replying to a frame whose other fields did not decode.
 #[derive(Deserialize)]
@@ -175,8 +184,14 @@ fn skip_values(rd: &mut &[u8], mut n: u64) -> Option<()> {
     Some(())
 }
 
-/// Decode one complete client message (already reassembled and size-checked).
-pub fn decode(bytes: &[u8], encoding: Encoding, max_body: usize) -> Result<Command, DecodeError> {
+/// Decode one complete client message (already reassembled and size-checked). The token of a
+/// `refresh` is checked here, with `verify`, so no actor ever holds one.
+pub fn decode(
+    bytes: &[u8],
+    encoding: Encoding,
+    max_body: usize,
+    verify: Verify<'_>,
+) -> Result<Command, DecodeError> {
     let raw = is_object(bytes, encoding)
         .then(|| decode_raw::<RawFrame>(bytes, encoding))
         .flatten();
@@ -197,10 +212,10 @@ pub fn decode(bytes: &[u8], encoding: Encoding, max_body: usize) -> Result<Comma
             message: "frame is not a valid object of the protocol",
         });
     };
-    validate(raw, max_body)
+    validate(raw, max_body, verify)
 }
 
-fn validate(raw: RawFrame, max_body: usize) -> Result<Command, DecodeError> {
+fn validate(raw: RawFrame, max_body: usize, verify: Verify<'_>) -> Result<Command, DecodeError> {
     if raw.r#ref.as_ref().is_some_and(|r| r.len() > MAX_REF_BYTES) {
         return Err(DecodeError::new(
             &None,
@@ -215,6 +230,11 @@ fn validate(raw: RawFrame, max_body: usize) -> Result<Command, DecodeError> {
         RoomId::parse(r).map_err(|_| bad("room must match ^[A-Za-z0-9._-]{1,64}$"))
     };
     let boxed = || raw.r#ref.clone().map(String::into_boxed_str);
+    let user = || -> Result<UserId, DecodeError> {
+        let u = raw.user.as_deref().ok_or_else(|| bad("missing user"))?;
+        UserId::parse(u)
+            .map_err(|_| bad("user must be 1-128 bytes of UTF-8, no control characters"))
+    };
     let Some(ty) = raw.ty.as_deref() else {
         return Err(bad("missing type"));
     };
@@ -267,6 +287,41 @@ fn validate(raw: RawFrame, max_body: usize) -> Result<Command, DecodeError> {
         },
         "typing" => Command::Typing { room: room()? },
         "ping" => Command::Ping { r#ref: boxed() },
+        "kick" => Command::Kick {
+            room: room()?,
+            user: user()?,
+            ban: raw.ban.unwrap_or(false),
+            r#ref: boxed(),
+        },
+        "unban" => Command::Unban {
+            room: room()?,
+            user: user()?,
+            r#ref: boxed(),
+        },
+        "set_role" => {
+            let role = raw.role.as_deref().ok_or_else(|| bad("missing role"))?;
+            Command::SetRole {
+                room: room()?,
+                user: user()?,
+                role: RoomRole::parse(role)
+                    .ok_or_else(|| bad("role must be member, moderator or owner"))?,
+                r#ref: boxed(),
+            }
+        }
+        "refresh" => {
+            let token = raw.token.as_deref().ok_or_else(|| bad("missing token"))?;
+            if token.len() > crate::auth::MAX_TOKEN_BYTES {
+                return Err(DecodeError::new(
+                    rf,
+                    ErrorCode::TooLarge,
+                    "token longer than 4096 bytes",
+                ));
+            }
+            Command::Refresh {
+                grant: verify(token),
+                r#ref: boxed(),
+            }
+        }
         _ => {
             return Err(DecodeError::new(
                 rf,
@@ -283,7 +338,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn json(s: &str) -> Result<Command, DecodeError> {
-        decode(s.as_bytes(), Encoding::Json, 4096)
+        decode(s.as_bytes(), Encoding::Json, 4096, &|_| None)
     }
 
     #[test]
@@ -338,7 +393,7 @@ mod tests {
         ];
         mp.extend(std::iter::repeat_n(0x91, 100_000));
         mp.push(0xc0);
-        assert!(decode(&mp, Encoding::MsgPack, 4096).is_err());
+        assert!(decode(&mp, Encoding::MsgPack, 4096, &|_| None).is_err());
     }
 
     #[test]
@@ -346,7 +401,7 @@ mod tests {
         let e = json(r#"["send","a1","r",null,"c","body",null,null,null]"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
         let arr = rmp_serde::to_vec(&("ping", "p1")).unwrap();
-        assert!(decode(&arr, Encoding::MsgPack, 4096).is_err());
+        assert!(decode(&arr, Encoding::MsgPack, 4096, &|_| None).is_err());
     }
 
     #[test]
@@ -358,14 +413,14 @@ mod tests {
         mp.extend(std::iter::repeat_n(0x91, 100_000));
         mp.push(0xc0);
         mp.extend([0xa3, b'r', b'e', b'f', 0xa2, b'r', b'9']);
-        let e = decode(&mp, Encoding::MsgPack, 4096).unwrap_err();
+        let e = decode(&mp, Encoding::MsgPack, 4096, &|_| None).unwrap_err();
         assert_eq!(e.r#ref.as_deref(), Some("r9"));
         // And before the deep part.
         let mut mp = vec![0x82, 0xa3, b'r', b'e', b'f', 0xa1, b'q', 0xa1, b'x'];
         mp.extend(std::iter::repeat_n(0x91, 100_000));
         mp.push(0xc0);
         assert_eq!(
-            decode(&mp, Encoding::MsgPack, 4096)
+            decode(&mp, Encoding::MsgPack, 4096, &|_| None)
                 .unwrap_err()
                 .r#ref
                 .as_deref(),
@@ -376,12 +431,13 @@ mod tests {
     #[test]
     fn msgpack_length_lies_are_errors() {
         // map16 claiming 65535 entries, then nothing.
-        assert!(decode(&[0xde, 0xff, 0xff], Encoding::MsgPack, 4096).is_err());
+        assert!(decode(&[0xde, 0xff, 0xff], Encoding::MsgPack, 4096, &|_| None).is_err());
         // str32 claiming 4 GiB.
         assert!(decode(
             &[0x81, 0xa4, b't', b'y', b'p', b'e', 0xdb, 0xff, 0xff, 0xff, 0xff],
             Encoding::MsgPack,
-            4096
+            4096,
+            &|_| None
         )
         .is_err());
     }
@@ -402,7 +458,7 @@ mod tests {
         })
         .unwrap();
         assert!(matches!(
-            decode(&b, Encoding::MsgPack, 4096).unwrap(),
+            decode(&b, Encoding::MsgPack, 4096, &|_| None).unwrap(),
             Command::Join { since: Some(3), .. }
         ));
     }
@@ -411,14 +467,89 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(20_000))]
         #[test]
         fn any_bytes_decode_or_error_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode(&bytes, Encoding::Json, 4096);
-            let _ = decode(&bytes, Encoding::MsgPack, 4096);
+            let _ = decode(&bytes, Encoding::Json, 4096, &|_| None);
+            let _ = decode(&bytes, Encoding::MsgPack, 4096, &|_| None);
         }
 
         #[test]
         fn json_objects_with_random_fields_never_panic(ty in "[a-z]{0,8}", room in ".{0,70}", cid in ".{0,70}", body in ".{0,100}", since in any::<u64>()) {
             let v = serde_json::json!({"type": ty, "room": room, "cid": cid, "body": body, "since": since, "ref": "r"});
-            let _ = decode(v.to_string().as_bytes(), Encoding::Json, 64);
+            let _ = decode(v.to_string().as_bytes(), Encoding::Json, 64, &|_| None);
         }
+
+        #[test]
+        fn moderation_frames_with_random_fields_never_panic(
+            ty in prop_oneof![Just("kick"), Just("unban"), Just("set_role"), Just("refresh")],
+            room in ".{0,70}", user in ".{0,140}", role in ".{0,12}", token in ".{0,200}",
+            ban in any::<bool>(),
+        ) {
+            let v = serde_json::json!({"type": ty, "room": room, "user": user, "role": role,
+                "token": token, "ban": ban, "ref": "r"});
+            let verify = |t: &str| (t == "good").then(|| identity("u"));
+            for enc in [Encoding::Json, Encoding::MsgPack] {
+                let bytes = match enc {
+                    Encoding::Json => v.to_string().into_bytes(),
+                    Encoding::MsgPack => rmp_serde::to_vec_named(&v).unwrap(),
+                };
+                let _ = decode(&bytes, enc, 64, &verify);
+            }
+        }
+    }
+
+    fn identity(user: &str) -> Identity {
+        Identity {
+            user: UserId::parse(user).unwrap(),
+            name: chatty_actors::DisplayName::sanitize(user),
+            admin: false,
+            expires: 1,
+        }
+    }
+
+    #[test]
+    fn moderation_frames_decode_and_name_what_is_wrong() {
+        let c = json(r#"{"type":"kick","ref":"k","room":"r","user":"bob","ban":true}"#).unwrap();
+        assert!(matches!(c, Command::Kick { ban: true, .. }));
+        let c = json(r#"{"type":"kick","room":"r","user":"bob"}"#).unwrap();
+        assert!(matches!(c, Command::Kick { ban: false, .. }));
+        let e = json(r#"{"type":"kick","ref":"k","room":"r"}"#).unwrap_err();
+        assert_eq!((e.code, e.message), (ErrorCode::BadRequest, "missing user"));
+        let e = json(r#"{"type":"kick","ref":"k","room":"r","user":"ab"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e =
+            json(r#"{"type":"kick","ref":"k","room":"r","user":"bob","ban":"yes"}"#).unwrap_err();
+        assert_eq!(e.r#ref.as_deref(), Some("k"));
+        assert!(matches!(
+            json(r#"{"type":"unban","room":"r","user":"bob"}"#).unwrap(),
+            Command::Unban { .. }
+        ));
+        for bad_role in ["admin", "Owner", ""] {
+            let f = format!(r#"{{"type":"set_role","room":"r","user":"b","role":"{bad_role}"}}"#);
+            assert_eq!(json(&f).unwrap_err().code, ErrorCode::BadRequest);
+        }
+        assert!(matches!(
+            json(r#"{"type":"set_role","room":"r","user":"b","role":"moderator"}"#).unwrap(),
+            Command::SetRole {
+                role: RoomRole::Moderator,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn refresh_carries_the_verdict_never_the_token() {
+        let verify = |t: &str| (t == "good").then(|| identity("ann"));
+        let f = |t: &str| format!(r#"{{"type":"refresh","ref":"f","token":"{t}"}}"#);
+        let ok = decode(f("good").as_bytes(), Encoding::Json, 64, &verify).unwrap();
+        assert!(
+            matches!(ok, Command::Refresh { grant: Some(ref g), .. } if g.user.as_str() == "ann")
+        );
+        let bad = decode(f("forged").as_bytes(), Encoding::Json, 64, &verify).unwrap();
+        assert!(matches!(bad, Command::Refresh { grant: None, .. }));
+        assert!(!format!("{bad:?}").contains("forged"));
+        let long = f(&"t".repeat(crate::auth::MAX_TOKEN_BYTES + 1));
+        let e = decode(long.as_bytes(), Encoding::Json, 64, &verify).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        let e = json(r#"{"type":"refresh","ref":"f"}"#).unwrap_err();
+        assert_eq!(e.message, "missing token");
     }
 }

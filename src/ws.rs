@@ -189,11 +189,7 @@ pub async fn upgrade(
             .headers_mut()
             .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
-    let conn = match state
-        .node
-        .open_connection(identity.user, identity.name, encoding)
-        .await
-    {
+    let conn = match state.node.open_connection(identity, encoding).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "could not start a connection actor");
@@ -265,6 +261,7 @@ where
         &conn,
         encoding,
         s.limits.max_body_bytes,
+        &state.auth,
         &metrics,
     )
     .await;
@@ -311,6 +308,7 @@ async fn read_loop<R>(
     conn: &ConnParts,
     encoding: Encoding,
     max_body: usize,
+    auth: &crate::auth::Authenticator,
     metrics: &Metrics,
 ) -> u16
 where
@@ -350,7 +348,7 @@ where
                 continue;
             }
         };
-        match wire::decode(&payload, encoding, max_body) {
+        match wire::decode(&payload, encoding, max_body, &|t| auth.verify(t).ok()) {
             Ok(cmd) => {
                 metrics
                     .frames_in

@@ -13,8 +13,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::connections::ConnRegistry;
 use crate::ids::RoomId;
 use crate::metrics::Metrics;
+use crate::outbox::close;
 use crate::ports::{BusEvent, ClusterBus};
 use crate::room::RoomMsg;
 use crate::rooms::RoomRegistry;
@@ -50,6 +52,7 @@ pub struct BusListener;
 pub struct BusListenerArgs {
     pub bus: Arc<dyn ClusterBus>,
     pub rooms: Arc<RoomRegistry>,
+    pub conns: Arc<ConnRegistry>,
     pub metrics: Metrics,
 }
 
@@ -79,11 +82,12 @@ impl Actor for BusListener {
         // an extra hop through this actor's own mailbox.
         let pump = args.bus.take_receiver().map(|mut rx| {
             let rooms = args.rooms.clone();
+            let conns = args.conns.clone();
             let metrics = args.metrics.clone();
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     metrics.bus_received.inc();
-                    route(&rooms, ev);
+                    route(&rooms, &conns, ev);
                 }
             })
         });
@@ -110,7 +114,11 @@ impl Actor for BusListener {
     }
 }
 
-fn route(rooms: &RoomRegistry, ev: BusEvent) {
+fn route(rooms: &RoomRegistry, conns: &ConnRegistry, ev: BusEvent) {
+    if let BusEvent::Disconnect { user } = &ev {
+        conns.close_user(user, close::DISCONNECTED);
+        return;
+    }
     let Some(h) = ev.room().and_then(|r| rooms.get(r)) else {
         return;
     };
@@ -122,6 +130,22 @@ fn route(rooms: &RoomRegistry, ev: BusEvent) {
         BusEvent::PresenceChanged { .. } => RoomMsg::PresenceResync,
         BusEvent::Typing { user, .. } => RoomMsg::Typing { user, local: false },
         BusEvent::Resync { .. } => RoomMsg::CheckHead,
+        BusEvent::Remove {
+            user,
+            reason,
+            force,
+            ..
+        } => RoomMsg::RemoveUser {
+            user,
+            reason,
+            force,
+        },
+        BusEvent::Read { user, seq, .. } => RoomMsg::ReadSync {
+            user,
+            seq,
+            except: None,
+        },
+        BusEvent::Disconnect { .. } => return,
     };
     h.cast(msg);
 }

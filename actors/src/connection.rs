@@ -12,13 +12,16 @@ use std::time::Instant;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::access::{self, Identity};
 use crate::config::NodeConfig;
-use crate::ids::{DisplayName, RoomId, UserId};
+use crate::expiry::Expiry;
+use crate::ids::RoomId;
 use crate::metrics::Metrics;
+use crate::moderation::{By, ModError, Moderation};
 use crate::outbox::Outbox;
-use crate::ports::{MessageStore, NewMessage};
+use crate::ports::{BusEvent, ClusterBus, MessageStore, NewMessage};
 use crate::protocol::{Command, Encoding, ErrorCode, HistoryItem, ServerFrame};
-use crate::room::{Member, RoomMsg};
+use crate::room::{Member, Membership, RoomMsg};
 use crate::rooms::{RoomHandle, RoomRegistry};
 use crate::writer::{WriteError, WriterHandle};
 
@@ -33,6 +36,9 @@ pub struct ConnContext {
     pub store: Arc<dyn MessageStore>,
     pub rooms: Arc<RoomRegistry>,
     pub writer: WriterHandle,
+    pub bus: Arc<dyn ClusterBus>,
+    pub moderation: Arc<Moderation>,
+    pub expiry: Arc<Expiry>,
     pub config: NodeConfig,
     pub metrics: Metrics,
 }
@@ -40,16 +46,23 @@ pub struct ConnContext {
 pub struct ConnArgs {
     pub ctx: ConnContext,
     pub outbox: Outbox,
-    pub user: UserId,
-    pub name: DisplayName,
+    /// From the handshake's token; a `refresh` replaces it (same user).
+    pub identity: Identity,
     pub encoding: Encoding,
 }
 
 pub struct ConnectionActor;
 
+/// A room this connection joined.
+struct Joined {
+    handle: Arc<RoomHandle>,
+    /// Revoked by the room when it takes this socket out (kick, ban, member removal).
+    membership: Arc<Membership>,
+}
+
 pub struct ConnState {
     args: ConnArgs,
-    rooms: HashMap<RoomId, Arc<RoomHandle>>,
+    rooms: HashMap<RoomId, Joined>,
     bucket: TokenBucket,
 }
 
@@ -119,8 +132,8 @@ impl Actor for ConnectionActor {
         state: &mut ConnState,
     ) -> Result<(), ActorProcessingErr> {
         let conn = state.args.outbox.conn();
-        for (_, h) in state.rooms.drain() {
-            h.cast(RoomMsg::Detach(conn));
+        for (_, j) in state.rooms.drain() {
+            j.handle.cast(RoomMsg::Detach(conn));
         }
         state
             .args
@@ -160,7 +173,11 @@ fn cmd_ref(cmd: &Command) -> Option<&str> {
         | Command::Send { r#ref, .. }
         | Command::History { r#ref, .. }
         | Command::Read { r#ref, .. }
-        | Command::Ping { r#ref } => r#ref.as_deref(),
+        | Command::Ping { r#ref }
+        | Command::Kick { r#ref, .. }
+        | Command::Unban { r#ref, .. }
+        | Command::SetRole { r#ref, .. }
+        | Command::Refresh { r#ref, .. } => r#ref.as_deref(),
         Command::Typing { .. } => None,
     }
 }
@@ -180,12 +197,44 @@ impl ConnState {
         self.push(ServerFrame::error(r#ref, code, message));
     }
 
-    fn joined(&self, r#ref: Option<&str>, room: &RoomId) -> Option<&Arc<RoomHandle>> {
-        let h = self.rooms.get(room);
+    /// The room's handle if this socket is (still) joined to it; else `not_joined`. A room
+    /// the socket was taken out of is forgotten here, on first use.
+    fn joined(&mut self, r#ref: Option<&str>, room: &RoomId) -> Option<Arc<RoomHandle>> {
+        self.forget_if_revoked(room);
+        let h = self.rooms.get(room).map(|j| j.handle.clone());
         if h.is_none() {
             self.error(r#ref, ErrorCode::NotJoined, "join the room first");
         }
         h
+    }
+
+    fn forget_if_revoked(&mut self, room: &RoomId) {
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|j| j.membership.is_revoked())
+        {
+            self.rooms.remove(room);
+        }
+    }
+
+    fn by(&self) -> By {
+        By::Socket {
+            user: self.args.identity.user.clone(),
+            admin: self.args.outbox.shared().is_admin(),
+        }
+    }
+
+    fn moderation_error(&self, r#ref: Option<&str>, e: ModError) {
+        match e {
+            ModError::Forbidden(why) => self.error(r#ref, ErrorCode::Forbidden, why),
+            ModError::BadRequest(why) => self.error(r#ref, ErrorCode::BadRequest, why),
+            ModError::Unavailable => self.error(r#ref, ErrorCode::Unavailable, "try again later"),
+            ModError::Store(m) => {
+                tracing::error!(error = %m, "moderation: store error");
+                self.error(r#ref, ErrorCode::Internal, "internal error")
+            }
+        }
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -196,6 +245,7 @@ impl ConnState {
             }),
             Command::Join { r#ref, room, since } => {
                 let r = r#ref.as_deref();
+                self.forget_if_revoked(&room);
                 if !self.rooms.contains_key(&room)
                     && self.rooms.len() >= ctx.config.rooms_per_connection
                 {
@@ -205,41 +255,60 @@ impl ConnState {
                         "too many rooms on this connection",
                     );
                 }
-                let read =
-                    match crate::ports::timed(ctx.store.join_info(&room, &self.args.user)).await {
-                        Ok(info) if !info.allowed => {
-                            return self.error(r, ErrorCode::Forbidden, "this room is private");
-                        }
-                        Ok(info) => info.read,
-                        Err(e) => {
-                            tracing::warn!(room = %room, error = %e, "join: store unavailable");
-                            return self.error(r, ErrorCode::Unavailable, "try again later");
-                        }
-                    };
+                let admin = self.args.outbox.shared().is_admin();
+                let user = &self.args.identity.user;
+                let info = match crate::ports::timed(ctx.store.join_info(&room, user)).await {
+                    Ok(info) => info,
+                    Err(e) => {
+                        tracing::warn!(room = %room, error = %e, "join: store unavailable");
+                        return self.error(r, ErrorCode::Unavailable, "try again later");
+                    }
+                };
+                if let Err(why) = access::may_join(admin, &info) {
+                    return self.error(r, ErrorCode::Forbidden, why);
+                }
                 let Some(h) = ctx.rooms.get_or_spawn(&room).await else {
                     return self.error(r, ErrorCode::Unavailable, "try again later");
                 };
+                // A second join of a room already joined keeps the membership it has.
+                let membership = self
+                    .rooms
+                    .get(&room)
+                    .map(|j| j.membership.clone())
+                    .unwrap_or_default();
                 let member = Box::new(Member {
                     outbox: self.args.outbox.clone(),
-                    user: self.args.user.clone(),
-                    name: self.args.name.clone(),
+                    user: self.args.identity.user.clone(),
+                    name: self.args.identity.name.clone(),
                     encoding: self.args.encoding,
+                    membership: membership.clone(),
                 });
                 if h.cast(RoomMsg::Join {
                     member,
                     r#ref: r#ref.clone(),
                     since,
-                    read,
+                    read: info.read,
+                    role: info.role,
                 }) {
-                    self.rooms.insert(room, h);
+                    self.rooms.insert(
+                        room,
+                        Joined {
+                            handle: h,
+                            membership,
+                        },
+                    );
                 } else {
                     h.join_abandoned();
                     self.error(r, ErrorCode::Unavailable, "try again later");
                 }
             }
-            Command::Leave { r#ref, room } => match self.rooms.remove(&room) {
-                Some(h) => {
-                    h.cast(RoomMsg::Leave {
+            Command::Leave { r#ref, room } => match self
+                .rooms
+                .remove(&room)
+                .filter(|j| !j.membership.is_revoked())
+            {
+                Some(j) => {
+                    j.handle.cast(RoomMsg::Leave {
                         conn: self.args.outbox.conn(),
                         r#ref,
                     });
@@ -260,8 +329,8 @@ impl ConnState {
                 let metrics = ctx.metrics.clone();
                 let msg = NewMessage {
                     room,
-                    from: self.args.user.clone(),
-                    name: self.args.name.clone(),
+                    from: self.args.identity.user.clone(),
+                    name: self.args.identity.name.clone(),
                     cid,
                     body,
                 };
@@ -300,12 +369,16 @@ impl ConnState {
                 limit,
             } => {
                 let r = r#ref.as_deref();
+                self.forget_if_revoked(&room);
                 if !self.rooms.contains_key(&room) {
-                    match crate::ports::timed(ctx.store.join_info(&room, &self.args.user)).await {
-                        Ok(info) if !info.allowed => {
-                            return self.error(r, ErrorCode::Forbidden, "this room is private")
+                    let admin = self.args.outbox.shared().is_admin();
+                    let user = &self.args.identity.user;
+                    match crate::ports::timed(ctx.store.join_info(&room, user)).await {
+                        Ok(info) => {
+                            if let Err(why) = access::may_join(admin, &info) {
+                                return self.error(r, ErrorCode::Forbidden, why);
+                            }
                         }
-                        Ok(_) => {}
                         Err(_) => return self.error(r, ErrorCode::Unavailable, "try again later"),
                     }
                 }
@@ -322,10 +395,11 @@ impl ConnState {
             }
             Command::Read { r#ref, room, seq } => {
                 let r = r#ref.as_deref();
-                let Some(h) = self.joined(r, &room).cloned() else {
+                let Some(h) = self.joined(r, &room) else {
                     return;
                 };
-                match crate::ports::timed(ctx.store.set_read(&room, &self.args.user, seq)).await {
+                let user = self.args.identity.user.clone();
+                match crate::ports::timed(ctx.store.set_read(&room, &user, seq)).await {
                     Ok(seq) => {
                         self.push(ServerFrame::Read {
                             r#ref: r,
@@ -333,10 +407,12 @@ impl ConnState {
                             seq,
                         });
                         h.cast(RoomMsg::ReadSync {
-                            user: self.args.user.clone(),
+                            user: user.clone(),
                             seq,
-                            except: self.args.outbox.conn(),
+                            except: Some(self.args.outbox.conn()),
                         });
+                        // The user's sockets on other nodes, through the room's channel.
+                        ctx.bus.publish(BusEvent::Read { room, user, seq });
                     }
                     Err(_) => self.error(r, ErrorCode::Unavailable, "try again later"),
                 }
@@ -347,9 +423,84 @@ impl ConnState {
                 };
                 // Typing is ephemeral: past the room's queue bound it is dropped.
                 h.try_cast_bounded(RoomMsg::Typing {
-                    user: self.args.user.clone(),
+                    user: self.args.identity.user.clone(),
                     local: true,
                 });
+            }
+            Command::Kick {
+                r#ref,
+                room,
+                user,
+                ban,
+            } => {
+                let r = r#ref.as_deref();
+                if self.joined(r, &room).is_none() {
+                    return;
+                }
+                match ctx.moderation.kick(&self.by(), &room, &user, ban).await {
+                    Ok(()) => self.push(ServerFrame::Kicked {
+                        r#ref: r,
+                        room: &room,
+                        user: &user,
+                    }),
+                    Err(e) => self.moderation_error(r, e),
+                }
+            }
+            Command::Unban { r#ref, room, user } => {
+                let r = r#ref.as_deref();
+                if self.joined(r, &room).is_none() {
+                    return;
+                }
+                match ctx.moderation.unban(&self.by(), &room, &user).await {
+                    Ok(()) => self.push(ServerFrame::Unbanned {
+                        r#ref: r,
+                        room: &room,
+                        user: &user,
+                    }),
+                    Err(e) => self.moderation_error(r, e),
+                }
+            }
+            Command::SetRole {
+                r#ref,
+                room,
+                user,
+                role,
+            } => {
+                let r = r#ref.as_deref();
+                if self.joined(r, &room).is_none() {
+                    return;
+                }
+                match ctx
+                    .moderation
+                    .set_role(&self.by(), &room, &user, Some(role))
+                    .await
+                {
+                    Ok(()) => self.push(ServerFrame::RoleSet {
+                        r#ref: r,
+                        room: &room,
+                        user: &user,
+                        role,
+                    }),
+                    Err(e) => self.moderation_error(r, e),
+                }
+            }
+            Command::Refresh { r#ref, grant } => {
+                let r = r#ref.as_deref();
+                let Some(id) = grant.filter(|g| g.user == self.args.identity.user) else {
+                    return self.error(
+                        r,
+                        ErrorCode::Forbidden,
+                        "not a valid token for this connection's user",
+                    );
+                };
+                // From now on: the new name on what this socket sends and joins, the new
+                // roles on what it may do, and the later of the two expiries.
+                let shared = self.args.outbox.shared();
+                shared.set_admin(id.admin);
+                ctx.expiry.watch(shared, id.expires);
+                let exp = shared.expires();
+                self.args.identity = id;
+                self.push(ServerFrame::Refreshed { r#ref: r, exp });
             }
         }
     }

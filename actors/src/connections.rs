@@ -8,6 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use crate::ids::UserId;
 use crate::metrics::Metrics;
 use crate::outbox::{close, ConnShared};
 
@@ -36,6 +37,26 @@ impl ConnRegistry {
 
     pub fn all(&self) -> Vec<Arc<ConnShared>> {
         self.conns.lock().values().cloned().collect()
+    }
+
+    /// The user's connections on this node. A scan: it serves the rare moderation calls,
+    /// and an index by user would cost every connect and disconnect instead.
+    pub fn of_user(&self, user: &UserId) -> Vec<Arc<ConnShared>> {
+        self.conns
+            .lock()
+            .values()
+            .filter(|c| c.user == *user)
+            .cloned()
+            .collect()
+    }
+
+    /// Close every connection of the user with `code`; how many there were.
+    pub fn close_user(&self, user: &UserId, code: u16) -> usize {
+        let conns = self.of_user(user);
+        for c in &conns {
+            c.request_close(code);
+        }
+        conns.len()
     }
 }
 

@@ -3,12 +3,15 @@
 //! This crate knows only its ports (`MessageStore`, `ClusterBus`) and nothing of axum, sqlx or
 //! redis: the `chatty` crate plugs the real adapters in, tests plug in fakes.
 
+mod access;
 mod bus;
 mod config;
 mod connection;
 mod connections;
+mod expiry;
 mod ids;
 mod metrics;
+mod moderation;
 mod node;
 mod outbox;
 mod ports;
@@ -18,18 +21,20 @@ mod room;
 mod rooms;
 mod writer;
 
+pub use access::{Identity, RoomRole};
 pub use bus::LocalBus;
 pub use config::NodeConfig;
 pub use connection::ConnMsg;
 pub use ids::{Body, BodyError, Cid, ConnId, DisplayName, InvalidId, RoomId, Seq, UserId};
 pub use metrics::{Metrics, LATENCY_BUCKETS};
+pub use moderation::ModError;
 pub use node::{Connection, Node, NodeArgs, NodeError};
 pub use outbox::{close, ConnShared, Out, Outbox, STOP_READING};
 pub use ports::{
     Appended, BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceStore, StoreError,
 };
 pub use protocol::{
-    Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, Ref, ServerFrame,
-    StoredMessage,
+    Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, Ref, RemoveReason,
+    ServerFrame, StoredMessage,
 };
 pub use writer::{writer_lane, WriteError};

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub slow_consumer_closes: IntCounter,
     pub rate_limited: IntCounter,
     pub errors_sent: IntCounterVec,
+    pub moderation: IntCounterVec,
+    pub removals: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -218,6 +220,15 @@ impl Metrics {
                 "`error` frames sent to clients, by code.",
                 &["code"],
             ),
+            moderation: counter_vec(
+                "chatty_moderation_total",
+                "Moderation actions taken, by action (kick, ban, unban, set_role, remove_member, disconnect) and by whom (socket, backend).",
+                &["action", "by"],
+            ),
+            removals: counter(
+                "chatty_room_removals_total",
+                "Sockets taken out of a room on this node (removed, kicked or banned).",
+            ),
         };
         // Touch every labelled series once so dashboards and scrapes see them from the start.
         for kind in ACTOR_KINDS {
@@ -233,13 +244,14 @@ impl Metrics {
         for enc in ["json", "msgpack"] {
             m.frames_out.with_label_values(&[enc]);
             for ty in [
-                "join", "leave", "send", "history", "read", "typing", "ping", "invalid",
+                "join", "leave", "send", "history", "read", "typing", "ping", "kick", "unban",
+                "set_role", "refresh", "invalid",
             ] {
                 m.frames_in.with_label_values(&[ty, enc]);
             }
         }
         for code in [
-            "1000", "1001", "1002", "1007", "1008", "1009", "1011", "1013", "4000", "4001",
+            "1000", "1001", "1002", "1007", "1008", "1009", "1011", "1013", "4000", "4001", "4003",
         ] {
             m.connections_closed.with_label_values(&[code]);
         }
@@ -255,6 +267,18 @@ impl Metrics {
             "internal",
         ] {
             m.errors_sent.with_label_values(&[code]);
+        }
+        for action in [
+            "kick",
+            "ban",
+            "unban",
+            "set_role",
+            "remove_member",
+            "disconnect",
+        ] {
+            for by in ["socket", "backend"] {
+                m.moderation.with_label_values(&[action, by]);
+            }
         }
         m
     }

@@ -8,9 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::access::{Identity, RoomRole};
 
 use crate::bus::{BusListener, BusListenerArgs};
 use crate::config::NodeConfig;
@@ -18,8 +21,10 @@ use crate::connection::{ConnArgs, ConnContext, ConnMsg, ConnectionActor};
 use crate::connections::{
     ConnRegistry, ConnSupArgs, ConnectionSupervisor, ConnectionSupervisorMsg,
 };
+use crate::expiry::Expiry;
 use crate::ids::{Body, Cid, ConnId, DisplayName, RoomId, Seq, UserId};
 use crate::metrics::Metrics;
+use crate::moderation::{By, ModError, Moderation};
 use crate::outbox::{ConnShared, Out, Outbox};
 use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage, PresenceStore, StoreError};
 use crate::presence::{PresenceArgs, PresenceKeeper, PresenceKeeperMsg};
@@ -50,6 +55,10 @@ pub struct Node {
     conn_sup: Arc<RwLock<Option<ActorRef<ConnectionSupervisorMsg>>>>,
     root: ActorRef<NodeMsg>,
     next_conn: AtomicU64,
+    bus: Arc<dyn ClusterBus>,
+    moderation: Arc<Moderation>,
+    expiry: Arc<Expiry>,
+    sweeper: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What the edge gets for a new socket.
@@ -78,9 +87,17 @@ impl Node {
         let presence = Arc::new(RwLock::new(None));
         let conns = Arc::new(ConnRegistry::default());
         let conn_sup = Arc::new(RwLock::new(None));
+        let moderation = Arc::new(Moderation {
+            store: args.store.clone(),
+            rooms: rooms.clone(),
+            bus: args.bus.clone(),
+            conns: conns.clone(),
+            metrics: args.metrics.clone(),
+        });
+        let expiry = Arc::new(Expiry::default());
         let root_args = RootArgs {
             store: args.store.clone(),
-            bus: args.bus,
+            bus: args.bus.clone(),
             presence_store: args.presence_store,
             config: args.config.clone(),
             metrics: args.metrics.clone(),
@@ -104,19 +121,25 @@ impl Node {
             conn_sup,
             root,
             next_conn: AtomicU64::new(1),
+            bus: args.bus,
+            moderation,
+            sweeper: Mutex::new(Some(expiry.spawn_sweeper())),
+            expiry,
         }))
     }
 
-    /// Start a ConnectionActor for an authenticated socket.
+    /// Start a ConnectionActor for an authenticated socket. It is closed with 1008 when the
+    /// token expires, unless a `refresh` comes first.
     pub async fn open_connection(
         &self,
-        user: UserId,
-        name: DisplayName,
+        identity: Identity,
         encoding: Encoding,
     ) -> Result<Connection, NodeError> {
         let sup = self.conn_sup.read().clone().ok_or(NodeError::Unavailable)?;
         let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let shared = ConnShared::new(id, self.config.inbound_queue);
+        let shared = ConnShared::new(id, self.config.inbound_queue, identity.user.clone());
+        shared.set_admin(identity.admin);
+        self.expiry.watch(&shared, identity.expires);
         let (outbox, outbound) = Outbox::new(
             self.config.outbound_queue,
             shared.clone(),
@@ -125,8 +148,7 @@ impl Node {
         let args = ConnArgs {
             ctx: self.conn_context(),
             outbox: outbox.clone(),
-            user,
-            name,
+            identity,
             encoding,
         };
         let (actor, _) = Actor::spawn_linked(None, ConnectionActor, args, sup.get_cell())
@@ -146,9 +168,45 @@ impl Node {
             store: self.store.clone(),
             rooms: self.rooms.clone(),
             writer: self.writer.clone(),
+            bus: self.bus.clone(),
+            moderation: self.moderation.clone(),
+            expiry: self.expiry.clone(),
             config: self.config.clone(),
             metrics: self.metrics.clone(),
         }
+    }
+
+    /// The backend kicks (and with `ban`, bans) a user from a room, on every node.
+    pub async fn kick(&self, room: &RoomId, user: &UserId, ban: bool) -> Result<(), ModError> {
+        self.moderation.kick(&By::Backend, room, user, ban).await
+    }
+
+    /// The backend lifts a ban.
+    pub async fn unban(&self, room: &RoomId, user: &UserId) -> Result<(), ModError> {
+        self.moderation.unban(&By::Backend, room, user).await
+    }
+
+    /// The backend makes a user a member of a room, with a role or keeping theirs.
+    pub async fn set_member(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        role: Option<RoomRole>,
+    ) -> Result<(), ModError> {
+        self.moderation
+            .set_role(&By::Backend, room, user, role)
+            .await
+    }
+
+    /// The backend deletes a member row; in a private room the user is taken out live.
+    pub async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), ModError> {
+        self.moderation.remove_member(room, user).await
+    }
+
+    /// The backend closes every socket of a user in the cluster with 4003; how many were
+    /// open on this node.
+    pub fn disconnect_user(&self, user: &UserId) -> usize {
+        self.moderation.disconnect(user)
     }
 
     /// Persist a message from the HTTP API; resolves after commit.
@@ -284,6 +342,9 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if let Some(s) = self.sweeper.lock().take() {
+            s.abort();
+        }
         self.root.stop(Some("shutdown".into()));
         clean
     }
@@ -373,6 +434,7 @@ impl NodeState {
                 let args = BusListenerArgs {
                     bus: a.bus.clone(),
                     rooms: a.rooms.clone(),
+                    conns: a.conns.clone(),
                     metrics: a.metrics.clone(),
                 };
                 let (b, _) = Actor::spawn_linked(None, BusListener, args, cell).await?;

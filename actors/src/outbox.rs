@@ -1,14 +1,14 @@
 //! The bounded outbound queue of one connection, shared by everything that writes to it
 //! (its rooms, the Writer's acks, its own actor), and the close signal of that connection.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::ids::ConnId;
+use crate::ids::{ConnId, UserId};
 use crate::metrics::Metrics;
 
 /// The close codes of the protocol.
@@ -23,6 +23,8 @@ pub mod close {
     pub const OVERLOADED: u16 = 1013;
     pub const SLOW_CONSUMER: u16 = 4000;
     pub const IDLE: u16 = 4001;
+    /// The backend disconnected the user (`POST /api/v1/users/{user}/disconnect`).
+    pub const DISCONNECTED: u16 = 4003;
 
     /// The short reason sent in the close frame.
     pub fn reason(code: u16) -> &'static str {
@@ -31,12 +33,14 @@ pub mod close {
             GOING_AWAY => "going away",
             PROTOCOL => "protocol error",
             INVALID_PAYLOAD => "invalid payload",
-            POLICY => "policy",
+            // The server sends 1008 for one reason today: the token's `exp` passed.
+            POLICY => "token expired",
             TOO_BIG => "message too big",
             INTERNAL => "internal error",
             OVERLOADED => "overloaded",
             SLOW_CONSUMER => "slow consumer",
             IDLE => "idle",
+            DISCONNECTED => "disconnected",
             _ => "",
         }
     }
@@ -57,6 +61,12 @@ pub enum Out {
 /// State shared by a connection's actor, its socket tasks and every queue holder.
 pub struct ConnShared {
     pub id: ConnId,
+    /// Whose socket this is (a refresh may change the token, never the user).
+    pub user: UserId,
+    /// The user's token holds the `admin` role (updated by `refresh`).
+    admin: AtomicBool,
+    /// The token's `exp`, seconds since the Unix epoch (updated by `refresh`); 0 for none.
+    expires: AtomicU64,
     /// Permits for client commands decoded and not yet handled: the reader waits for one
     /// before handing a command to the actor, so a fast client meets TCP backpressure instead
     /// of growing the actor's unbounded mailbox.
@@ -70,10 +80,13 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    pub fn new(id: ConnId, inbound_cap: usize) -> Arc<Self> {
+    pub fn new(id: ConnId, inbound_cap: usize, user: UserId) -> Arc<Self> {
         let (close, _) = watch::channel(0);
         Arc::new(Self {
             id,
+            user,
+            admin: AtomicBool::new(false),
+            expires: AtomicU64::new(0),
             inbound: Arc::new(tokio::sync::Semaphore::new(inbound_cap)),
             inbound_cap,
             close,
@@ -81,6 +94,23 @@ impl ConnShared {
             epoch: Instant::now(),
             outbound_len: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.admin.load(Ordering::Acquire)
+    }
+
+    pub fn set_admin(&self, admin: bool) {
+        self.admin.store(admin, Ordering::Release);
+    }
+
+    /// The token's `exp` (seconds since the Unix epoch), 0 for none.
+    pub fn expires(&self) -> u64 {
+        self.expires.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_expires(&self, exp: u64) {
+        self.expires.store(exp, Ordering::Release);
     }
 
     /// Ask the socket tasks to close with `code`. The first request wins (a request to stop
@@ -221,7 +251,7 @@ mod tests {
 
     #[test]
     fn overflow_closes_with_slow_consumer() {
-        let shared = ConnShared::new(ConnId(1), 4);
+        let shared = ConnShared::new(ConnId(1), 4, UserId::parse("u").unwrap());
         let (ob, _rx) = Outbox::new(2, shared.clone(), Metrics::unregistered());
         assert!(ob.push(Bytes::from_static(b"a")));
         assert!(ob.push(Bytes::from_static(b"b")));
@@ -231,7 +261,7 @@ mod tests {
 
     #[test]
     fn first_close_request_wins() {
-        let shared = ConnShared::new(ConnId(1), 4);
+        let shared = ConnShared::new(ConnId(1), 4, UserId::parse("u").unwrap());
         shared.request_close(close::GOING_AWAY);
         shared.request_close(close::SLOW_CONSUMER);
         assert_eq!(shared.close_code(), close::GOING_AWAY);

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::access::RoomRole;
 use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
-use crate::protocol::{PresenceEntry, StoredMessage};
+use crate::protocol::{PresenceEntry, RemoveReason, StoredMessage};
 
 /// A message to persist. Within one `append` call, (room, from, cid) keys are unique: the
 /// Writer collapses duplicates of one batch before it reaches the store.
@@ -28,11 +29,16 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
-/// What a connection needs to know before joining.
+/// What the store knows of one user in one room: enough to decide a join (with
+/// `access::may_join`) or a moderation action (with `access::decide`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JoinInfo {
     /// False for a private room the user is not a member of.
     pub allowed: bool,
+    /// The user is banned from the room.
+    pub banned: bool,
+    /// The user's room role (`Member` when they have no row).
+    pub role: RoomRole,
     /// The user's read marker in that room (0 if none).
     pub read: Seq,
 }
@@ -77,8 +83,20 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Move the user's read marker forward (never back, never past the head); returns it.
     async fn set_read(&self, room: &RoomId, user: &UserId, seq: Seq) -> Result<Seq, StoreError>;
     async fn set_private(&self, room: &RoomId, private: bool) -> Result<(), StoreError>;
-    async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
+    /// Make the user a member of the room with `role`; with `None`, a member unless they
+    /// already have a role (which is kept).
+    async fn set_member(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        role: Option<RoomRole>,
+    ) -> Result<(), StoreError>;
+    /// Delete the user's member row (and with it any role).
     async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
+    /// Ban the user from the room (idempotent).
+    async fn ban(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
+    /// Lift a ban; false if there was none.
+    async fn unban(&self, room: &RoomId, user: &UserId) -> Result<bool, StoreError>;
 }
 
 /// An event that crosses nodes.
@@ -99,15 +117,37 @@ pub enum BusEvent {
     Resync {
         room: RoomId,
     },
+    /// Take the user's sockets out of the room (member removed, kicked or banned). `force`
+    /// (the backend asked) takes admins out too.
+    Remove {
+        room: RoomId,
+        user: UserId,
+        reason: RemoveReason,
+        force: bool,
+    },
+    /// The user moved their read marker in the room: their connections in it hear of it.
+    Read {
+        room: RoomId,
+        user: UserId,
+        seq: Seq,
+    },
+    /// Close every socket of the user with 4003. Not a room's event: every node hears it.
+    Disconnect {
+        user: UserId,
+    },
 }
 
 impl BusEvent {
+    /// The room whose channel carries the event; `None` for node-wide events.
     pub fn room(&self) -> Option<&RoomId> {
         match self {
             BusEvent::Messages(m) => m.first().map(|m| &m.room),
             BusEvent::PresenceChanged { room }
             | BusEvent::Typing { room, .. }
-            | BusEvent::Resync { room } => Some(room),
+            | BusEvent::Resync { room }
+            | BusEvent::Remove { room, .. }
+            | BusEvent::Read { room, .. } => Some(room),
+            BusEvent::Disconnect { .. } => None,
         }
     }
 }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::access::{Identity, RoomRole};
 use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
 
 /// The encoding a socket negotiated; every frame it gets is encoded this way.
@@ -63,6 +64,31 @@ pub enum Command {
     Ping {
         r#ref: Ref,
     },
+    /// Take `user` out of the room on every node; with `ban`, keep them out.
+    Kick {
+        r#ref: Ref,
+        room: RoomId,
+        user: UserId,
+        ban: bool,
+    },
+    Unban {
+        r#ref: Ref,
+        room: RoomId,
+        user: UserId,
+    },
+    /// Give `user` the room role `role` (an extension of v1.1 for owners and admins).
+    SetRole {
+        r#ref: Ref,
+        room: RoomId,
+        user: UserId,
+        role: RoomRole,
+    },
+    /// A newer token. The edge verified it: `None` if it was invalid (its bytes never reach
+    /// an actor, so they can never reach a log).
+    Refresh {
+        r#ref: Ref,
+        grant: Option<Identity>,
+    },
 }
 
 impl Command {
@@ -76,6 +102,10 @@ impl Command {
             Command::Read { .. } => "read",
             Command::Typing { .. } => "typing",
             Command::Ping { .. } => "ping",
+            Command::Kick { .. } => "kick",
+            Command::Unban { .. } => "unban",
+            Command::SetRole { .. } => "set_role",
+            Command::Refresh { .. } => "refresh",
         }
     }
 }
@@ -103,6 +133,35 @@ pub struct PresenceEntry {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PresenceLeave {
     pub user: UserId,
+}
+
+/// Why a socket was taken out of a room (`removed.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoveReason {
+    /// No longer a member of the private room.
+    Removed,
+    Kicked,
+    Banned,
+}
+
+impl RemoveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoveReason::Removed => "removed",
+            RemoveReason::Kicked => "kicked",
+            RemoveReason::Banned => "banned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "removed" => Some(RemoveReason::Removed),
+            "kicked" => Some(RemoveReason::Kicked),
+            "banned" => Some(RemoveReason::Banned),
+            _ => None,
+        }
+    }
 }
 
 /// The error codes of the protocol.
@@ -175,6 +234,8 @@ pub enum ServerFrame<'a> {
         presence: &'a [PresenceEntry],
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         replay_truncated: bool,
+        /// v1.1: the joiner's room role, so a client knows whether to offer moderation.
+        role: RoomRole,
     },
     Left {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -229,6 +290,36 @@ pub enum ServerFrame<'a> {
         r#ref: Option<&'a str>,
         code: ErrorCode,
         message: &'a str,
+    },
+    /// This socket was taken out of the room; it is no longer joined.
+    Removed {
+        room: &'a RoomId,
+        reason: RemoveReason,
+    },
+    Kicked {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        room: &'a RoomId,
+        user: &'a UserId,
+    },
+    Unbanned {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        room: &'a RoomId,
+        user: &'a UserId,
+    },
+    RoleSet {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        room: &'a RoomId,
+        user: &'a UserId,
+        role: RoomRole,
+    },
+    Refreshed {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The new token's `exp` (seconds since the Unix epoch).
+        exp: u64,
     },
 }
 

@@ -8,7 +8,7 @@
 //! intact and resumes from the last seq it delivered.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::Instrument;
 
+use crate::access::RoomRole;
 use crate::config::NodeConfig;
 use crate::ids::{ConnId, DisplayName, RoomId, Seq, UserId};
 use crate::metrics::Metrics;
@@ -24,7 +25,8 @@ use crate::outbox::{close, Outbox};
 use crate::ports::{BusEvent, ClusterBus, MessageStore, PresenceStore};
 use crate::presence::{PresenceKeeperMsg, PresenceRef};
 use crate::protocol::{
-    EncodeOnce, Encoding, PresenceEntry, PresenceLeave, Ref, ServerFrame, StoredMessage,
+    EncodeOnce, Encoding, PresenceEntry, PresenceLeave, Ref, RemoveReason, ServerFrame,
+    StoredMessage,
 };
 use crate::rooms::RoomSupervisorMsg;
 
@@ -35,6 +37,26 @@ pub struct Member {
     pub user: UserId,
     pub name: DisplayName,
     pub encoding: Encoding,
+    /// Shared with the connection: the room marks it when it takes the socket out.
+    pub membership: Arc<Membership>,
+}
+
+/// One socket's membership of one room, shared by the room and the connection. The room
+/// revokes it before it queues `removed`, so by the time a client can react to that frame its
+/// connection already answers `not_joined` (one atomic load per command, no message).
+#[derive(Default)]
+pub struct Membership {
+    revoked: AtomicBool,
+}
+
+impl Membership {
+    pub fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
 }
 
 struct MemberState {
@@ -96,6 +118,7 @@ pub enum RoomMsg {
         r#ref: Ref,
         since: Option<Seq>,
         read: Seq,
+        role: RoomRole,
     },
     Leave {
         conn: ConnId,
@@ -114,11 +137,18 @@ pub enum RoomMsg {
         /// other nodes), or from the bus.
         local: bool,
     },
-    /// Push a read marker to the user's other connections in this room.
+    /// Push a read marker to the user's (other) connections in this room.
     ReadSync {
         user: UserId,
         seq: Seq,
-        except: ConnId,
+        except: Option<ConnId>,
+    },
+    /// Take the user's sockets out of the room, each with a `removed` frame; admins' only
+    /// when `force`d (the backend asked).
+    RemoveUser {
+        user: UserId,
+        reason: RemoveReason,
+        force: bool,
     },
     /// Re-read the cluster-wide presence (cluster mode).
     PresenceResync,
@@ -236,6 +266,7 @@ async fn handle_room(
             r#ref,
             since,
             read,
+            role,
         } => {
             state
                 .args
@@ -254,7 +285,17 @@ async fn handle_room(
                 }
                 _ => None,
             };
-            state.join(&myself, *member, r#ref, since, read, store_head);
+            state.join(
+                &myself,
+                *member,
+                JoinAsk {
+                    r#ref,
+                    since,
+                    read,
+                    role,
+                    store_head,
+                },
+            );
         }
         RoomMsg::Leave { conn, r#ref } => {
             if let Some(m) = state.remove_member(&myself, conn) {
@@ -295,10 +336,18 @@ async fn handle_room(
             };
             let mut enc = EncodeOnce::new(frame);
             for (id, m) in &core.members {
-                if *id != except && m.member.user == user {
+                if Some(*id) != except && m.member.user == user {
                     m.member.outbox.push(enc.get(m.member.encoding));
                 }
             }
+        }
+        RoomMsg::RemoveUser {
+            user,
+            reason,
+            force,
+        } => {
+            state.remove_user(&myself, &user, reason, force);
+            state.maybe_idle(&myself);
         }
         RoomMsg::PresenceResync => state.presence_resync(&myself),
         RoomMsg::PresenceSnapshot(list) => {
@@ -374,16 +423,25 @@ fn broadcast(core: &mut RoomCore, frame: ServerFrame<'_>, except_user: Option<&U
     }
 }
 
+/// What a joiner asked for, and what the connection and the store said about it.
+struct JoinAsk {
+    r#ref: Ref,
+    since: Option<Seq>,
+    read: Seq,
+    role: RoomRole,
+    /// The store's head, read just before the join when `since` was ahead of this room.
+    store_head: Option<Seq>,
+}
+
 impl RoomState {
-    fn join(
-        &mut self,
-        myself: &ActorRef<RoomMsg>,
-        member: Member,
-        r#ref: Ref,
-        since: Option<Seq>,
-        read: Seq,
-        store_head: Option<Seq>,
-    ) {
+    fn join(&mut self, myself: &ActorRef<RoomMsg>, member: Member, ask: JoinAsk) {
+        let JoinAsk {
+            r#ref,
+            since,
+            read,
+            role,
+            store_head,
+        } = ask;
         let room = self.args.room.clone();
         let conn = member.outbox.conn();
         let mut core = self.args.shared.core.lock();
@@ -431,6 +489,7 @@ impl RoomState {
             read,
             presence: &presence,
             replay_truncated: truncated,
+            role,
         }
         .encode(member.encoding);
         member.outbox.push(joined);
@@ -490,6 +549,40 @@ impl RoomState {
             }
         }
         Some(m)
+    }
+
+    /// Take every socket of `user` out of the room: revoke, then say `removed` (the last
+    /// frame of this room the socket gets). An admin's sockets stay unless `force`d.
+    fn remove_user(
+        &mut self,
+        myself: &ActorRef<RoomMsg>,
+        user: &UserId,
+        reason: RemoveReason,
+        force: bool,
+    ) {
+        let conns: Vec<ConnId> = {
+            let core = self.args.shared.core.lock();
+            core.members
+                .iter()
+                .filter(|(_, m)| {
+                    m.member.user == *user && (force || !m.member.outbox.shared().is_admin())
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for conn in conns {
+            if let Some(m) = self.remove_member(myself, conn) {
+                m.member.membership.revoke();
+                m.member.outbox.push(
+                    ServerFrame::Removed {
+                        room: &self.args.room,
+                        reason,
+                    }
+                    .encode(m.member.encoding),
+                );
+                self.args.metrics.removals.inc();
+            }
+        }
     }
 
     fn grace_expired(&mut self, myself: &ActorRef<RoomMsg>, user: UserId, epoch: u64) {
@@ -802,11 +895,14 @@ fn spawn_replay(
         let started = Instant::now();
         let mut cursor = from;
         let mut ok = true;
-        while cursor < upto {
+        while cursor < upto && !member.membership.is_revoked() {
             let n = (upto - cursor).min(200) as u32;
             match crate::ports::timed(store.after(&room, cursor, n)).await {
                 Ok(page) if !page.is_empty() => {
                     for m in page.iter().take_while(|m| m.seq <= upto) {
+                        if member.membership.is_revoked() {
+                            break; // taken out of the room: nothing after `removed`
+                        }
                         if !member
                             .outbox
                             .push(ServerFrame::message(m).encode(member.encoding))

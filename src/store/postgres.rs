@@ -8,13 +8,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use chatty_actors::{
-    Appended, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError, StoredMessage, UserId,
+    Appended, JoinInfo, MessageStore, NewMessage, RoomId, RoomRole, Seq, StoreError, StoredMessage,
+    UserId,
 };
 use sqlx::postgres::PgPool;
 use sqlx::Row;
 
 use super::conns::Conns;
-use super::{page, row_to_message, store_err};
+use super::{join_info, page, row_to_message, store_err};
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -218,11 +219,11 @@ impl MessageStore for PgStore {
 
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {
         let mut lease = self.reads.lease().await?;
+        // One round trip, four primary-key probes: this runs on every join.
         let row = sqlx::query(
-            "select coalesce((select not r.private
-                                 or exists (select 1 from room_members m
-                                             where m.room_id = $1 and m.user_id = $2)
-                                from rooms r where r.id = $1), true) as allowed,
+            "select coalesce((select not private from rooms where id = $1), true) as public,
+                    (select role from room_members where room_id = $1 and user_id = $2) as role,
+                    exists (select 1 from room_bans where room_id = $1 and user_id = $2) as banned,
                     coalesce((select seq from read_markers
                                where room_id = $1 and user_id = $2), 0) as read",
         )
@@ -232,10 +233,12 @@ impl MessageStore for PgStore {
         .await
         .map_err(store_err)?;
         lease.done();
-        Ok(JoinInfo {
-            allowed: row.get::<bool, _>(0),
-            read: row.get::<i64, _>(1) as Seq,
-        })
+        join_info(
+            row.get::<bool, _>(0),
+            row.get::<Option<String>, _>(1).as_deref(),
+            row.get::<bool, _>(2),
+            row.get::<i64, _>(3),
+        )
     }
 
     async fn set_read(&self, room: &RoomId, user: &UserId, seq: Seq) -> Result<Seq, StoreError> {
@@ -271,15 +274,30 @@ impl MessageStore for PgStore {
         Ok(())
     }
 
-    async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
-        sqlx::query(
-            "insert into room_members (room_id, user_id) values ($1, $2) on conflict do nothing",
-        )
-        .bind(room.as_str())
-        .bind(user.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(store_err)?;
+    async fn set_member(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        role: Option<RoomRole>,
+    ) -> Result<(), StoreError> {
+        // Without a role, an existing row (and its role) is kept.
+        let sql = match role {
+            Some(_) => {
+                "insert into room_members (room_id, user_id, role) values ($1, $2, $3)
+                 on conflict (room_id, user_id) do update set role = excluded.role"
+            }
+            None => {
+                "insert into room_members (room_id, user_id, role) values ($1, $2, $3)
+                 on conflict do nothing"
+            }
+        };
+        sqlx::query(sql)
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .bind(role.unwrap_or_default().as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(store_err)?;
         Ok(())
     }
 
@@ -291,5 +309,27 @@ impl MessageStore for PgStore {
             .await
             .map_err(store_err)?;
         Ok(())
+    }
+
+    async fn ban(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into room_bans (room_id, user_id) values ($1, $2) on conflict do nothing",
+        )
+        .bind(room.as_str())
+        .bind(user.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn unban(&self, room: &RoomId, user: &UserId) -> Result<bool, StoreError> {
+        let r = sqlx::query("delete from room_bans where room_id = $1 and user_id = $2")
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(store_err)?;
+        Ok(r.rows_affected() > 0)
     }
 }

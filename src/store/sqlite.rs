@@ -7,12 +7,13 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chatty_actors::{
-    Appended, JoinInfo, MessageStore, NewMessage, RoomId, Seq, StoreError, StoredMessage, UserId,
+    Appended, JoinInfo, MessageStore, NewMessage, RoomId, RoomRole, Seq, StoreError, StoredMessage,
+    UserId,
 };
 use sqlx::sqlite::SqlitePool;
 
 use super::postgres::now_ms;
-use super::{page, row_to_message, store_err};
+use super::{join_info, page, row_to_message, store_err};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -165,11 +166,10 @@ impl MessageStore for SqliteStore {
     }
 
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {
-        let (allowed, read): (bool, i64) = sqlx::query_as(
-            "select coalesce((select not r.private
-                                 or exists (select 1 from room_members m
-                                             where m.room_id = ?1 and m.user_id = ?2)
-                                from rooms r where r.id = ?1), 1),
+        let (public, role, banned, read): (bool, Option<String>, bool, i64) = sqlx::query_as(
+            "select coalesce((select not private from rooms where id = ?1), 1),
+                    (select role from room_members where room_id = ?1 and user_id = ?2),
+                    exists (select 1 from room_bans where room_id = ?1 and user_id = ?2),
                     coalesce((select seq from read_markers
                                where room_id = ?1 and user_id = ?2), 0)",
         )
@@ -178,10 +178,7 @@ impl MessageStore for SqliteStore {
         .fetch_one(&self.pool)
         .await
         .map_err(store_err)?;
-        Ok(JoinInfo {
-            allowed,
-            read: read as Seq,
-        })
+        join_info(public, role.as_deref(), banned, read)
     }
 
     async fn set_read(&self, room: &RoomId, user: &UserId, seq: Seq) -> Result<Seq, StoreError> {
@@ -214,10 +211,25 @@ impl MessageStore for SqliteStore {
         Ok(())
     }
 
-    async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
-        sqlx::query("insert or ignore into room_members (room_id, user_id) values (?1, ?2)")
+    async fn set_member(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        role: Option<RoomRole>,
+    ) -> Result<(), StoreError> {
+        let sql = match role {
+            Some(_) => {
+                "insert into room_members (room_id, user_id, role) values (?1, ?2, ?3)
+                 on conflict (room_id, user_id) do update set role = excluded.role"
+            }
+            None => {
+                "insert or ignore into room_members (room_id, user_id, role) values (?1, ?2, ?3)"
+            }
+        };
+        sqlx::query(sql)
             .bind(room.as_str())
             .bind(user.as_str())
+            .bind(role.unwrap_or_default().as_str())
             .execute(&self.pool)
             .await
             .map_err(store_err)?;
@@ -232,5 +244,25 @@ impl MessageStore for SqliteStore {
             .await
             .map_err(store_err)?;
         Ok(())
+    }
+
+    async fn ban(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
+        sqlx::query("insert or ignore into room_bans (room_id, user_id) values (?1, ?2)")
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    async fn unban(&self, room: &RoomId, user: &UserId) -> Result<bool, StoreError> {
+        let r = sqlx::query("delete from room_bans where room_id = ?1 and user_id = ?2")
+            .bind(room.as_str())
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(store_err)?;
+        Ok(r.rows_affected() > 0)
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chatty::store::Database;
 use chatty::Settings;
-use chatty_actors::{Body, Cid, DisplayName, MessageStore, NewMessage, RoomId, UserId};
+use chatty_actors::{Body, Cid, DisplayName, MessageStore, NewMessage, RoomId, RoomRole, UserId};
 
 fn msg(room: &str, user: &str, cid: &str, body: &str) -> NewMessage {
     NewMessage {
@@ -64,6 +64,8 @@ contract!(
     read_markers_never_move_back_or_past_the_head,
     private_rooms_admit_members_only,
     an_empty_batch_is_a_no_op,
+    roles_are_set_kept_and_removed_with_the_member_row,
+    bans_keep_a_user_out_until_lifted_and_outlive_membership,
 );
 
 async fn seqs_start_at_one_and_stay_gap_free_across_batches_and_rooms(s: Arc<dyn MessageStore>) {
@@ -169,8 +171,8 @@ async fn private_rooms_admit_members_only(s: Arc<dyn MessageStore>) {
         "rooms are public by default"
     );
     s.set_private(&r, true).await.unwrap();
-    s.add_member(&r, &a).await.unwrap();
-    s.add_member(&r, &a).await.unwrap();
+    s.set_member(&r, &a, None).await.unwrap();
+    s.set_member(&r, &a, None).await.unwrap();
     assert!(s.join_info(&r, &a).await.unwrap().allowed);
     assert!(!s.join_info(&r, &b).await.unwrap().allowed);
     s.remove_member(&r, &a).await.unwrap();
@@ -185,4 +187,58 @@ async fn private_rooms_admit_members_only(s: Arc<dyn MessageStore>) {
 
 async fn an_empty_batch_is_a_no_op(s: Arc<dyn MessageStore>) {
     assert!(s.append(&[]).await.unwrap().is_empty());
+}
+
+async fn roles_are_set_kept_and_removed_with_the_member_row(s: Arc<dyn MessageStore>) {
+    let (r, a) = (room("lobby"), user("a"));
+    let role = |i: chatty_actors::JoinInfo| i.role;
+    assert_eq!(role(s.join_info(&r, &a).await.unwrap()), RoomRole::Member);
+    // A role row in a public room: the room stays public, the role counts.
+    s.set_member(&r, &a, Some(RoomRole::Moderator))
+        .await
+        .unwrap();
+    let info = s.join_info(&r, &a).await.unwrap();
+    assert_eq!(info.role, RoomRole::Moderator);
+    assert!(s.join_info(&r, &user("b")).await.unwrap().allowed);
+    // Without a role, an existing one is kept; with one, it is replaced.
+    s.set_member(&r, &a, None).await.unwrap();
+    assert_eq!(
+        role(s.join_info(&r, &a).await.unwrap()),
+        RoomRole::Moderator
+    );
+    s.set_member(&r, &a, Some(RoomRole::Owner)).await.unwrap();
+    assert_eq!(role(s.join_info(&r, &a).await.unwrap()), RoomRole::Owner);
+    s.set_member(&r, &a, Some(RoomRole::Member)).await.unwrap();
+    assert_eq!(role(s.join_info(&r, &a).await.unwrap()), RoomRole::Member);
+    s.set_member(&r, &a, Some(RoomRole::Owner)).await.unwrap();
+    s.remove_member(&r, &a).await.unwrap();
+    assert_eq!(role(s.join_info(&r, &a).await.unwrap()), RoomRole::Member);
+    // Roles are per room.
+    assert_eq!(
+        role(s.join_info(&room("other"), &a).await.unwrap()),
+        RoomRole::Member
+    );
+}
+
+async fn bans_keep_a_user_out_until_lifted_and_outlive_membership(s: Arc<dyn MessageStore>) {
+    let (r, a, b) = (room("club"), user("a"), user("b"));
+    assert!(!s.join_info(&r, &a).await.unwrap().banned);
+    s.ban(&r, &a).await.unwrap();
+    s.ban(&r, &a).await.unwrap();
+    assert!(s.join_info(&r, &a).await.unwrap().banned);
+    assert!(!s.join_info(&r, &b).await.unwrap().banned);
+    assert!(!s.join_info(&room("elsewhere"), &a).await.unwrap().banned);
+    // A member of a private room who is banned stays a member (an unban restores them).
+    s.set_private(&r, true).await.unwrap();
+    s.set_member(&r, &a, Some(RoomRole::Moderator))
+        .await
+        .unwrap();
+    let info = s.join_info(&r, &a).await.unwrap();
+    assert!(info.banned && info.allowed && info.role == RoomRole::Moderator);
+    assert!(s.unban(&r, &a).await.unwrap());
+    assert!(
+        !s.unban(&r, &a).await.unwrap(),
+        "a second unban finds nothing"
+    );
+    assert!(!s.join_info(&r, &a).await.unwrap().banned);
 }

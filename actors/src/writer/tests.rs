@@ -114,6 +114,8 @@ impl MessageStore for FakeStore {
     async fn join_info(&self, _: &RoomId, _: &UserId) -> Result<JoinInfo, StoreError> {
         Ok(JoinInfo {
             allowed: true,
+            banned: false,
+            role: crate::access::RoomRole::Member,
             read: 0,
         })
     }
@@ -123,11 +125,22 @@ impl MessageStore for FakeStore {
     async fn set_private(&self, _: &RoomId, _: bool) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn add_member(&self, _: &RoomId, _: &UserId) -> Result<(), StoreError> {
+    async fn set_member(
+        &self,
+        _: &RoomId,
+        _: &UserId,
+        _: Option<crate::access::RoomRole>,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
     async fn remove_member(&self, _: &RoomId, _: &UserId) -> Result<(), StoreError> {
         Ok(())
+    }
+    async fn ban(&self, _: &RoomId, _: &UserId) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn unban(&self, _: &RoomId, _: &UserId) -> Result<bool, StoreError> {
+        Ok(false)
     }
 }
 
