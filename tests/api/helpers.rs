@@ -108,6 +108,22 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A token with global `roles`, expiring in `ttl`.
+    pub fn token_with(&self, user: &str, name: &str, roles: &[&str], ttl: Duration) -> String {
+        self.auth
+            .mint_with_roles(user, Some(name), roles, ttl)
+            .unwrap()
+    }
+
+    pub async fn connect_token(&self, token: &str, protocol: &str) -> Client {
+        Client::connect(&self.ws_url(), token, Some(protocol)).await
+    }
+
+    /// An API call with the key; the status and the JSON body (Null when empty).
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        api_call(self.port, &self.api_key(), method, path, body).await
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://127.0.0.1:{}/ws", self.port)
     }
@@ -306,6 +322,13 @@ impl Client {
         }
     }
 
+    /// Send a request and wait for the reply carrying its `ref`, keeping other frames.
+    pub async fn call(&mut self, v: Value) -> Value {
+        let r = v["ref"].as_str().expect("a call needs a ref").to_string();
+        self.send(v).await;
+        self.skip_to_ref(&r).await
+    }
+
     /// Wait for the ack (or error) carrying ref `r`, keeping other frames.
     pub async fn send_msg_wait_ack(&mut self, r: &str) -> Value {
         loop {
@@ -398,6 +421,32 @@ impl Client {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// An HTTP API call on `port` with the API `key`; the status and the JSON body (Null if none).
+pub async fn api_call(
+    port: u16,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let c = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut req = match method {
+        "PUT" => c.put(url),
+        "POST" => c.post(url),
+        "DELETE" => c.delete(url),
+        _ => c.get(url),
+    }
+    .bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("api call");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// Poll `f` until it returns true or `WAIT` passes.

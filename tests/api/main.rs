@@ -10,6 +10,7 @@ mod hostile;
 mod http_api;
 mod lanes;
 mod messaging;
+mod moderation;
 mod observability;
 mod presence;
 mod resilience;
