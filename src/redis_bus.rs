@@ -609,8 +609,11 @@ async fn subscriber(
                     }
                 }
                 _ = ping.tick() => {
-                    // A paused Redis answers nothing and reports no error: notice it.
-                    if !matches!(tokio::time::timeout(OP_TIMEOUT, sink.ping::<String>()).await, Ok(Ok(_))) {
+                    // A paused Redis answers nothing and reports no error: notice it. While
+                    // subscribed, Redis answers a PING with `["pong", ""]`, not `+PONG`: read
+                    // the reply as any value (read as a string it failed every time, and the
+                    // subscriber reconnected in a loop, losing what was published meanwhile).
+                    if !matches!(tokio::time::timeout(OP_TIMEOUT, sink.ping::<redis::Value>()).await, Ok(Ok(_))) {
                         break;
                     }
                 }

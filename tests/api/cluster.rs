@@ -21,6 +21,10 @@ fn unique_room(prefix: &str) -> String {
 
 struct Cluster {
     nodes: Vec<(tokio::process::Child, u16)>,
+    /// Each node's environment, to start it again.
+    envs: Vec<Vec<(String, String)>>,
+    /// Each node's metrics port.
+    metrics: Vec<u16>,
     auth: chatty::auth::Authenticator,
     pool: sqlx::PgPool,
 }
@@ -31,6 +35,8 @@ impl Cluster {
         // Create and migrate the database once, before the nodes race to do it.
         chatty::startup::migrate_only(&settings).await.unwrap();
         let mut nodes = Vec::new();
+        let mut envs = Vec::new();
+        let mut metrics = Vec::new();
         for i in 0..n {
             let id = format!(
                 "node{i}-{}",
@@ -46,10 +52,19 @@ impl Cluster {
                 ("CHATTY__PRESENCE__HEARTBEAT_MS", "300"),
             ];
             env.extend_from_slice(extra);
-            nodes.push(start_binary(&env).await);
+            let (child, port, metrics_port) = start_binary_with_metrics(&env).await;
+            nodes.push((child, port));
+            metrics.push(metrics_port);
+            envs.push(
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
         }
         Cluster {
             nodes,
+            envs,
+            metrics,
             auth: chatty::auth::Authenticator::new(&settings.auth),
             pool: sqlx::PgPool::connect(&db_url).await.unwrap(),
         }
@@ -62,6 +77,41 @@ impl Cluster {
             .unwrap();
         let url = format!("ws://127.0.0.1:{}/ws", self.nodes[node].1);
         Client::connect(&url, &token, Some("chatty.v1.json")).await
+    }
+
+    async fn api(
+        &self,
+        node: usize,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        api_call(self.nodes[node].1, "local-api-key", method, path, body).await
+    }
+
+    /// Stop every node (SIGTERM), then start each again with the same settings.
+    async fn restart_all(&mut self) {
+        for (child, _) in &mut self.nodes {
+            let _ = terminate(child).await;
+        }
+        for (i, env) in self.envs.iter().enumerate() {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let (child, port, metrics_port) = start_binary_with_metrics(&env).await;
+            self.nodes[i] = (child, port);
+            self.metrics[i] = metrics_port;
+        }
+    }
+
+    /// One sample of a node's metrics (0 if absent).
+    async fn metric(&self, node: usize, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics[node]))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, series)
     }
 
     async fn presence(&self, node: usize, room: &str) -> Vec<String> {
@@ -433,4 +483,136 @@ async fn redis_restarted_empty_under_traffic_loses_and_misorders_nothing() {
 #[tokio::test]
 async fn redis_paused_under_traffic_loses_and_misorders_nothing() {
     traffic_through_a_redis_fault(|r| r.signal("-STOP"), |r| r.signal("-CONT")).await;
+}
+
+/// The frame of type `ty` must arrive; how long it took.
+async fn timed_next_of(c: &mut Client, ty: &str) -> (Value, Duration) {
+    let t = std::time::Instant::now();
+    let v = c.next_of(ty).await;
+    (v, t.elapsed())
+}
+
+#[tokio::test]
+async fn removal_kick_ban_disconnect_and_read_markers_reach_every_node() {
+    let mut cluster = Cluster::start(3, &redis_url(), &[]).await;
+    let room = unique_room("mod");
+    // A private room: ann (owner), ben and cat are members.
+    let (st, _) = cluster
+        .api(
+            2,
+            "PUT",
+            &format!("/api/v1/rooms/{room}"),
+            Some(json!({"private": true})),
+        )
+        .await;
+    assert_eq!(st, 204);
+    for (u, role) in [("ann", Some("owner")), ("ben", None), ("cat", None)] {
+        let body = role.map(|r| json!({"role": r}));
+        let (st, _) = cluster
+            .api(1, "PUT", &format!("/api/v1/rooms/{room}/members/{u}"), body)
+            .await;
+        assert_eq!(st, 204);
+    }
+    let mut ann = cluster.connect(0, "ann").await;
+    let mut ben = cluster.connect(1, "ben").await;
+    let mut cat1 = cluster.connect(1, "cat").await;
+    let mut cat2 = cluster.connect(2, "cat").await;
+    for c in [&mut ann, &mut ben, &mut cat1, &mut cat2] {
+        assert_eq!(c.join(&room).await["type"], "joined");
+    }
+    assert_eq!(ann.send_msg(&room, "a1", "hello").await["type"], "ack");
+    for c in [&mut ben, &mut cat1, &mut cat2] {
+        c.messages(&room, 1).await;
+    }
+
+    // A read marker set by cat on node 1 reaches cat's socket on node 2, nobody else's.
+    let v = cat1
+        .call(json!({"type":"read","ref":"r","room":room,"seq":1}))
+        .await;
+    assert_eq!(v["type"], "read");
+    let (v, took) = timed_next_of(&mut cat2, "read").await;
+    assert_eq!(
+        (v["room"].as_str(), v["seq"].as_u64()),
+        (Some(room.as_str()), Some(1))
+    );
+    println!("read marker node 1 -> node 2: {took:?}");
+
+    // The backend, on node 2, removes ben (connected to node 1) from the private room.
+    let (st, _) = cluster
+        .api(
+            2,
+            "DELETE",
+            &format!("/api/v1/rooms/{room}/members/ben"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let (v, took) = timed_next_of(&mut ben, "removed").await;
+    assert_eq!(v["reason"], "removed");
+    println!("member removal node 2 -> node 1: {took:?}");
+    let v = ben.send_msg(&room, "b1", "am I still here?").await;
+    assert_eq!(v["code"], "not_joined", "{v}");
+    let v = ben.call(json!({"type":"join","ref":"j","room":room})).await;
+    assert_eq!(v["code"], "forbidden", "{v}");
+
+    // The owner, on node 0, bans cat, connected to nodes 1 and 2.
+    let v = ann
+        .call(json!({"type":"kick","ref":"k","room":room,"user":"cat","ban":true}))
+        .await;
+    assert_eq!(v["type"], "kicked", "{v}");
+    for c in [&mut cat1, &mut cat2] {
+        let (v, took) = timed_next_of(c, "removed").await;
+        assert_eq!(v["reason"], "banned");
+        println!("ban node 0 -> another node: {took:?}");
+        assert_eq!(c.send_msg(&room, "c1", "x").await["code"], "not_joined");
+    }
+    // Nothing ben or cat sent after their removal reached the room.
+    ann.assert_quiet(Duration::from_millis(300), &["presence", "read"])
+        .await;
+    let cids: Vec<String> = cluster.rows(&room).await.into_iter().map(|r| r.2).collect();
+    assert_eq!(cids, vec!["a1".to_string()]);
+
+    // The bus stayed connected throughout: no node lost its subscription (each loss drops
+    // what is published meanwhile, repaired only by reading the store).
+    for n in 0..3 {
+        assert_eq!(
+            cluster.metric(n, "chatty_redis_errors_total").await,
+            0.0,
+            "node {n}"
+        );
+    }
+
+    // A ban survives a restart of every node.
+    drop((ben, cat1, cat2));
+    cluster.restart_all().await;
+    for n in 0..3 {
+        let mut cat = cluster.connect(n, "cat").await;
+        let v = cat.call(json!({"type":"join","ref":"j","room":room})).await;
+        assert_eq!(v["code"], "forbidden", "node {n}: {v}");
+    }
+
+    // Disconnect dan everywhere: all three sockets close with 4003, eve's stay open.
+    let mut dans = Vec::new();
+    let mut eves = Vec::new();
+    for n in 0..3 {
+        dans.push(cluster.connect(n, "dan").await);
+        eves.push(cluster.connect(n, "eve").await);
+    }
+    let (st, _) = cluster
+        .api(
+            0,
+            "POST",
+            "/api/v1/users/dan/disconnect",
+            Some(json!({"reason":"test"})),
+        )
+        .await;
+    assert_eq!(st, 204);
+    for (n, d) in dans.iter_mut().enumerate() {
+        assert_eq!(d.next_of_close().await, Some(4003), "dan on node {n}");
+    }
+    for (n, e) in eves.iter_mut().enumerate() {
+        let v = e.call(json!({"type":"ping","ref":format!("p{n}")})).await;
+        assert_eq!(v["type"], "pong", "eve on node {n}");
+    }
+    cluster.stop().await;
 }

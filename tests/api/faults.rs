@@ -184,11 +184,12 @@ async fn traffic_through_a_database_fault(
     let mut acked: Vec<(String, i64)> = Vec::new();
     let mut unavailable = 0;
     let mut fault = Some(fault);
+    let mut faulting = None;
     for i in 0..40 {
         if i == 15 {
             let pg = pg.clone();
             let f = fault.take().unwrap();
-            tokio::task::spawn_blocking(move || f(&pg));
+            faulting = Some(tokio::task::spawn_blocking(move || f(&pg)));
         }
         let cid = format!("m{i}");
         let r: Value = sender.send_msg(room, &cid, "x").await;
@@ -200,6 +201,9 @@ async fn traffic_through_a_database_fault(
             }
         }
     }
+    // The fault is over (the database thawed or restarted) before the table is read: the
+    // sends can all be answered while it still lasts.
+    faulting.expect("the fault started").await.unwrap();
     let rows: Vec<(i64, String)> = {
         let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
         sqlx::query_as("select seq, cid from messages where room_id = $1 order by seq")

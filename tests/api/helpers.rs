@@ -483,6 +483,12 @@ pub async fn handshake_status(url: &str, headers: &[(&str, &str)]) -> u16 {
 
 /// Start the real binary on port 0 with extra environment and read its port from its JSON log.
 pub async fn start_binary(env: &[(&str, &str)]) -> (tokio::process::Child, u16) {
+    let (child, port, _) = start_binary_with_metrics(env).await;
+    (child, port)
+}
+
+/// `start_binary`, also returning the metrics port.
+pub async fn start_binary_with_metrics(env: &[(&str, &str)]) -> (tokio::process::Child, u16, u16) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatty"));
     cmd.arg("serve")
@@ -499,13 +505,16 @@ pub async fn start_binary(env: &[(&str, &str)]) -> (tokio::process::Child, u16) 
     }
     let mut child = cmd.spawn().expect("spawn chatty");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = tokio::time::timeout(WAIT, async {
+    let (port, metrics_port) = tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
             if v["message"] == "listening" {
-                return v["port"].as_u64().unwrap() as u16;
+                return (
+                    v["port"].as_u64().unwrap() as u16,
+                    v["metrics_port"].as_u64().unwrap() as u16,
+                );
             }
         }
         panic!("chatty exited before listening");
@@ -514,7 +523,7 @@ pub async fn start_binary(env: &[(&str, &str)]) -> (tokio::process::Child, u16) 
     .expect("chatty did not start listening");
     // Keep draining its log so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, port)
+    (child, port, metrics_port)
 }
 
 /// Send SIGTERM and wait for a clean exit.
