@@ -4,7 +4,9 @@
 //    once, in seq order;
 // 2. a late joiner pages back through history, and unread counts follow read markers;
 // 3. a page cut off (4000) while more than the replay cap happens recovers it all, the
-//    truncated replay completed with history.
+//    truncated replay completed with history;
+// 4. an admin whose tokens live 6 s stays connected by refreshing them, and bans a user from
+//    the presence list: that page is told and loses the room, and cannot join it again.
 // Run with e2e/run.sh; screenshots and logs land in test-output/e2e/.
 
 import assert from 'node:assert/strict';
@@ -29,7 +31,7 @@ const pageErrors = [];
 
 const links = {}; // name -> { ws, blocked }: the routed socket of a page opened with `routed`
 
-async function openPage(name, { routed = false } = {}) {
+async function openPage(name, { routed = false, admin = false, ttl = null } = {}) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 760 } });
   if (routed) {
     // The page's sockets go through Playwright, so the test can cut them (as a server or a
@@ -59,8 +61,10 @@ async function openPage(name, { routed = false } = {}) {
     log.write(`[pageerror] ${e.stack ?? e}\n`);
     pageErrors.push(`${name}: ${e.message}`);
   });
-  await page.goto(server.origin);
+  // `?ttl=` makes the page ask for short-lived tokens (it refreshes them on the socket).
+  await page.goto(ttl ? `${server.origin}/?ttl=${ttl}` : server.origin);
   await page.getByTestId('signin-name').fill(name);
+  if (admin) await page.getByTestId('signin-admin').check();
   if (name === 'alice') await shot(page, 'signin');
   await page.getByTestId('signin-submit').click();
   await page.getByTestId('chat-screen').waitFor();
@@ -349,5 +353,43 @@ describe('chat page', () => {
     assert.deepEqual(c.map((m) => [m.seq, m.body]), a.map((m) => [m.seq, m.body]), 'carol and alice show the same conversation');
     assert.deepEqual(pageErrors, [], 'no script errors on the pages');
     t.diagnostic(`truncated replay recovered: ${Date.now() - t0} ms`);
+  });
+
+  test('an admin refreshes short tokens and bans from the presence list; the banned page loses the room', { timeout: 120000 }, async (t) => {
+    const t0 = Date.now();
+    const room = 'moderated';
+    const mona = await openPage('mona', { admin: true, ttl: 6 });
+    const vic = await openPage('vic');
+    await join(mona, room);
+    await join(vic, room);
+    await waitPresence(mona, ['mona', 'vic']);
+    await waitPresence(vic, ['mona', 'vic']);
+    // Only the admin is offered the controls.
+    const ban = mona.locator('[data-testid=presence-user][data-user="vic"] [data-testid=presence-ban]');
+    await ban.waitFor();
+    assert.equal(await vic.locator('[data-testid=presence-ban]').count(), 0);
+
+    // Past the first token's expiry the socket is still the same, open one: it was refreshed.
+    await mona.waitForFunction(() => document.querySelector('[data-testid=connection-status]').dataset.exp, null, {
+      timeout: WAIT,
+      polling: 100,
+    });
+    await mona.waitForTimeout(7000);
+    const status = await mona.getByTestId('connection-status').evaluate((e) => ({ ...e.dataset }));
+    assert.equal(status.state, 'open');
+    assert.equal(status.closeCode, undefined, `the admin's socket closed (${status.closeCode})`);
+    t.diagnostic(`token refreshed and socket kept: ${Date.now() - t0} ms`);
+
+    await ban.click();
+    await vic.locator(`[data-testid=room-item][data-room="${room}"]`).waitFor({ state: 'detached' });
+    await vic.getByTestId('toast').filter({ hasText: `banned from #${room}` }).waitFor();
+    await waitPresence(mona, ['mona']);
+    // Joining again is refused, and says why.
+    await vic.getByTestId('join-room').fill(room);
+    await vic.getByTestId('join-submit').click();
+    await vic.getByTestId('toast').filter({ hasText: 'banned' }).nth(1).waitFor();
+    await shot(vic, 'vic-banned');
+    assert.deepEqual(pageErrors, [], 'no script errors on the pages');
+    t.diagnostic(`ban: ${Date.now() - t0} ms`);
   });
 });

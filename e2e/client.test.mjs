@@ -173,3 +173,83 @@ test('presence diffs are set operations; errors fail or retry sends; fatal close
   await new Promise((r) => setTimeout(r, 20));
   assert.equal(FakeSocket.all.length, 1, 'no reconnect after 1008 with a fixed token');
 });
+
+test('removed forgets the room and fails its sends; moderation requests carry the reply; 4003 stops', async () => {
+  const { c, seen } = client();
+  const removed = [];
+  c.on('removed', (r) => removed.push(r));
+  c.connect();
+  await tick();
+  let ws = await nextSocket(1);
+  ws.accept();
+  c.join('r');
+  let [j] = ws.take('join');
+  ws.push({ type: 'joined', ref: j.ref, room: 'r', seq: 0, read: 0, presence: [], role: 'moderator' });
+  await tick();
+  assert.equal(c.canModerate('r'), true, 'a moderator may moderate');
+  assert.equal(c.canModerate('other'), false);
+
+  // Kick: the request, then the reply resolves it; a forbidden one rejects with its code.
+  const kicked = c.kick('r', 'bob', { ban: true });
+  const [k] = ws.take('kick');
+  assert.deepEqual([k.room, k.user, k.ban], ['r', 'bob', true]);
+  ws.push({ type: 'kicked', ref: k.ref, room: 'r', user: 'bob' });
+  await kicked;
+  const refused = c.unban('r', 'owner');
+  const [u] = ws.take('unban');
+  ws.push({ type: 'error', ref: u.ref, code: 'forbidden', message: 'no' });
+  await assert.rejects(refused, { code: 'forbidden' });
+
+  // Removed: the unacked send fails, the room is gone, a reconnect does not rejoin it.
+  const s = c.send('r', 'too late');
+  ws.take('send');
+  ws.push({ type: 'removed', room: 'r', reason: 'kicked' });
+  await assert.rejects(s.acked, { code: 'removed' });
+  assert.deepEqual(removed, [{ room: 'r', reason: 'kicked' }]);
+  assert.deepEqual(c.joinedRooms, []);
+  assert.equal(seen.failed.at(-1).code, 'removed');
+  ws.hangUp(1001);
+  ws = await nextSocket(2);
+  ws.accept();
+  assert.equal(ws.take('join').length, 0, 'no rejoin of a room the client was removed from');
+
+  // Disconnected by the backend: closed, no reconnect.
+  ws.hangUp(4003);
+  assert.equal(c.state, 'closed');
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(FakeSocket.all.length, 2, 'no reconnect after 4003');
+});
+
+test('a token function is refreshed on the open socket before it expires', async () => {
+  FakeSocket.all = [];
+  const now = () => Math.floor(Date.now() / 1000);
+  let issued = 0;
+  // Tokens that expire 2 s after issue; with a 1.5 s lead the refresh comes halfway (~1 s).
+  const token = async () => {
+    issued += 1;
+    return `${b64({ alg: 'HS256' })}.${b64({ sub: 'alice', exp: now() + 2, roles: issued > 1 ? ['admin'] : [] })}.sig`;
+  };
+  const c = new ChattyClient({ url: 'ws://chat.test/ws', token, WebSocket: FakeSocket, refreshLeadMs: 1500 });
+  const refreshed = [];
+  c.on('refreshed', (r) => refreshed.push(r));
+  c.connect();
+  const ws = await nextSocket(1);
+  ws.accept();
+  assert.deepEqual(c.roles, []);
+  let f;
+  for (let i = 0; i < 300 && !f; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    [f] = ws.take('refresh');
+  }
+  assert.ok(f, 'a refresh was sent before the token expired');
+  assert.equal(issued, 2, 'with a newly issued token');
+  ws.push({ type: 'refreshed', ref: f.ref, exp: now() + 2 });
+  await tick();
+  assert.equal(refreshed.length, 1);
+  // The new token is refreshed in its turn, halfway through its life: not at once, in a loop.
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(ws.take('refresh').length, 0, 'no refresh storm');
+  assert.equal(issued, 2);
+  assert.deepEqual(c.roles, ['admin'], 'the new token\'s roles apply');
+  c.close();
+});

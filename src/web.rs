@@ -62,18 +62,25 @@ pub async fn static_file(Path(file): Path<String>) -> Response {
 #[derive(Deserialize)]
 pub struct DevTokenRequest {
     name: String,
+    /// The global `admin` role, to try moderation on the page.
+    #[serde(default)]
+    admin: bool,
+    /// Lifetime in seconds (5 s to 24 h; default 24 h), to watch the page refresh its token.
+    ttl_s: Option<u64>,
 }
 
-/// `POST /dev/token {name}` → `{token, user}`: the user id is the name as given. Only routed
-/// when `auth.dev_tokens` is on (refused at startup in production).
+/// `POST /dev/token {name, admin?, ttl_s?}` → `{token, user}`: the user id is the name as
+/// given. Only routed when `auth.dev_tokens` is on (refused at startup in production).
 pub async fn dev_token(
     State(state): State<AppState>,
     Json(req): Json<DevTokenRequest>,
 ) -> Result<Response, ApiError> {
     let name = req.name.trim();
+    let ttl = req.ttl_s.unwrap_or(24 * 3600).clamp(5, 24 * 3600);
+    let roles: &[&str] = if req.admin { &["admin"] } else { &[] };
     let token = state
         .auth
-        .mint(name, Some(name), Duration::from_secs(24 * 3600))
+        .mint_with_roles(name, Some(name), roles, Duration::from_secs(ttl))
         .map_err(ApiError::BadRequest)?;
     Ok(Json(json!({ "token": token, "user": name })).into_response())
 }

@@ -18,21 +18,31 @@ let active = null; // the room on screen
 
 $('signin-name').value = localStorage.getItem('chatty.name') ?? '';
 
+// A token from the development endpoint. `?ttl=SECONDS` in the page's address asks for short
+// tokens, to watch the client refresh them before they expire.
+async function devToken(name, admin) {
+  const ttl = Number(new URLSearchParams(location.search).get('ttl')) || undefined;
+  const res = await fetch('/dev/token', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name, admin, ttl_s: ttl }),
+  });
+  if (!res.ok) throw new Error((await res.text()) || `HTTP ${res.status}`);
+  return res.json();
+}
+
 $('signin-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const name = $('signin-name').value.trim();
+  const admin = $('signin-admin').checked;
   $('signin-error').textContent = '';
   if (!name) return;
   try {
-    const res = await fetch('/dev/token', {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ name }),
-    });
-    if (!res.ok) throw new Error((await res.text()) || `HTTP ${res.status}`);
-    const { token, user } = await res.json();
+    const { user } = await devToken(name, admin);
     localStorage.setItem('chatty.name', name);
-    start(token, user);
+    // A token function: the client asks for a fresh token before each connection and before
+    // the current one expires (it then sends `refresh` on the open socket).
+    start(async () => (await devToken(name, admin)).token, user);
   } catch (err) {
     $('signin-error').textContent = `Could not sign in: ${err.message}`;
   }
@@ -46,6 +56,12 @@ function start(token, user) {
   $('app').hidden = false;
   const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
   client = new ChattyClient({ url, token });
+  client.on('refreshed', ({ exp }) => ($('status').dataset.exp = exp));
+  client.on('removed', ({ room, reason }) => {
+    const why = { kicked: 'kicked from', banned: 'banned from', removed: 'removed from' }[reason] ?? 'removed from';
+    toast(`You were ${why} #${room}.`);
+    dropView(room);
+  });
   client.on('state', onState);
   // The last close code, for the curious (and the browser test).
   client.on('disconnect', ({ code, opened }) => opened && ($('status').dataset.closeCode = code));
@@ -87,11 +103,12 @@ $('signout').addEventListener('click', () => {
 
 // ---- connection status ----------------------------------------------------------------------
 
-function onState({ state, delay }) {
+function onState({ state, delay, reason }) {
   const s = $('status');
   s.dataset.state = state;
   $('app').dataset.conn = state;
   s.textContent = { connecting: 'Connecting…', open: 'Connected', reconnecting: 'Reconnecting…', closed: 'Offline' }[state] ?? state;
+  if (state === 'closed' && reason === 'disconnected') s.textContent = 'Disconnected by the server';
   s.title = state === 'reconnecting' && delay ? `Next attempt in ${(delay / 1000).toFixed(1)} s` : '';
 }
 
@@ -200,10 +217,11 @@ function showRoom(room) {
   }
 }
 
-async function onJoined({ room, seq, read, presence, rejoin, reset }) {
+async function onJoined({ room, seq, read, presence, rejoin, reset, role }) {
   const v = views.get(room);
   if (!v) return;
   v.joined = true;
+  v.role = role;
   v.read = Math.max(v.read, read);
   v.presence = presence;
   if (reset) {
@@ -441,10 +459,29 @@ function renderPresence() {
       const name = document.createElement('span');
       name.textContent = p.user === me ? `${p.name} (you)` : p.name;
       li.append(av, name);
+      // Moderators, owners and admins get kick and ban; the server decides whether each
+      // request is allowed (a moderator cannot kick an owner) and says so if not.
+      if (p.user !== me && client?.canModerate(active)) li.append(modButton(p, false), modButton(p, true));
       return li;
     }),
   );
   $('presence-count').textContent = users.length ? String(users.length) : '';
+}
+
+function modButton(p, ban) {
+  const b = document.createElement('button');
+  b.className = 'mod';
+  b.dataset.testid = ban ? 'presence-ban' : 'presence-kick';
+  b.textContent = ban ? 'Ban' : 'Kick';
+  b.title = `${ban ? 'Ban' : 'Kick'} ${p.name} from #${active}`;
+  const room = active;
+  b.addEventListener('click', () =>
+    client
+      .kick(room, p.user, { ban })
+      .then(() => toast(`${p.name} was ${ban ? 'banned from' : 'kicked from'} #${room}.`))
+      .catch((err) => toast(`Could not ${ban ? 'ban' : 'kick'} ${p.name}: ${err.message}`)),
+  );
+  return b;
 }
 
 function renderRoomMeta() {

@@ -1,4 +1,5 @@
-// chatty.js: the reference browser client for the Chatty wire protocol v1 (chatty.v1.json).
+// chatty.js: the reference browser client for the Chatty wire protocol v1 (chatty.v1.json),
+// with the v1.1 roles and revocation: token refresh, `removed`, kick/ban/unban, room roles.
 // Dependency-free ES module. docs/client.md describes the API and the recovery model.
 //
 // The model in one paragraph: the client remembers, per joined room, the last seq it
@@ -12,6 +13,8 @@ const PROTOCOL = 'chatty.v1.json';
 // Close codes after which reconnecting cannot help (see docs/protocol.md).
 const FATAL_CLOSE = new Set([1000, 1002, 1007, 1009]);
 const POLICY_CLOSE = 1008;
+// The backend disconnected this user: reconnecting is the application's decision.
+const DISCONNECTED_CLOSE = 4003;
 // Send errors worth retrying with the same cid; any other code fails the send for good.
 const RETRY_SEND = new Set(['unavailable', 'rate_limited', 'not_joined']);
 
@@ -20,7 +23,8 @@ export class ChattyClient {
    * @param {object} opts
    * @param {string} opts.url  ws(s):// URL of /ws, or a path such as '/ws' (resolved against the page)
    * @param {string | (() => string | Promise<string>)} opts.token  a JWT, or a function that
-   *   returns a fresh one (called before every connection attempt and after a 1008 close)
+   *   returns a fresh one (called before every connection attempt, after a 1008 close, and
+   *   `refreshLeadMs` before the current token's `exp` to `refresh` the open socket)
    */
   constructor({
     url,
@@ -29,15 +33,19 @@ export class ChattyClient {
     maxBackoffMs = 10000,
     heartbeatMs = 20000,
     typingIntervalMs = 2000,
+    refreshLeadMs = 30000,
     WebSocket: WS = globalThis.WebSocket,
   }) {
     this.url = url;
     this.token = token;
-    this.opts = { minBackoffMs, maxBackoffMs, heartbeatMs, typingIntervalMs };
+    this.opts = { minBackoffMs, maxBackoffMs, heartbeatMs, typingIntervalMs, refreshLeadMs };
     this.WS = WS;
     /** 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed' */
     this.state = 'idle';
     this.user = typeof token === 'string' ? tokenClaims(token).sub ?? null : null;
+    /** The global roles of the current token (`admin` may moderate every room). */
+    this.roles = typeof token === 'string' ? claimRoles(tokenClaims(token)) : [];
+    this.refreshTimer = null;
     // room -> { since, joined, joinRef, presence: Map<user, name>, gap, typingAt, waiters }
     this.rooms = new Map();
     // `${room}\n${cid}` -> { room, cid, body, ref, inflight, resolve, reject }: sends not yet acked.
@@ -89,6 +97,7 @@ export class ChattyClient {
   /** Close for good: no reconnect. Joined rooms and pending sends are kept for connect(). */
   close() {
     clearTimeout(this.timer);
+    clearTimeout(this.refreshTimer);
     this.timer = null;
     this.setState('closed', { reason: 'client' });
     this.drop(1000);
@@ -108,7 +117,7 @@ export class ChattyClient {
       return this.retry({ reason: 'token', error: e });
     }
     if (this.state === 'closed') return;
-    this.user = tokenClaims(token).sub ?? this.user;
+    this.useToken(token);
     const u = new URL(this.url, globalThis.location?.href);
     if (u.protocol === 'http:') u.protocol = 'ws:';
     if (u.protocol === 'https:') u.protocol = 'wss:';
@@ -124,6 +133,47 @@ export class ChattyClient {
     ws.onmessage = (e) => this.onFrame(ws, e.data);
     // 'error' is always followed by 'close', which does the work.
     ws.onclose = (e) => this.onClose(ws, e.code, e.reason);
+  }
+
+  /** Take a token's user and roles, and plan its refresh (only a token function can give a newer one). */
+  useToken(token) {
+    const claims = tokenClaims(token);
+    this.user = claims.sub ?? this.user;
+    this.roles = claimRoles(claims);
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = null;
+    if (typeof this.token !== 'function' || typeof claims.exp !== 'number') return;
+    // Refresh `refreshLeadMs` before expiry, or halfway through a lifetime shorter than twice
+    // that (never at once: a new token would be refreshed again at once, in a loop).
+    const left = claims.exp * 1000 - Date.now();
+    const delay = Math.max(left - this.opts.refreshLeadMs, left / 2, 0);
+    const attempt = () =>
+      this.refresh().catch(() => {
+        // Refused or lost (a busy server, a closed socket): try once more while it is worth
+        // it; after that the 1008 close brings a reconnect with a fresh token anyway.
+        if (claims.exp * 1000 - Date.now() > 2000 && this.refreshTimer === null) {
+          this.refreshTimer = setTimeout(() => this.refresh().catch(() => {}), 1000);
+        }
+      });
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = null;
+      attempt();
+    }, delay);
+  }
+
+  /**
+   * Send a newer token on the open socket (from the token function) so it is not closed when
+   * the current one expires. Resolves with the new `exp`. Called by itself before expiry.
+   */
+  async refresh() {
+    if (typeof this.token !== 'function') throw new ChattyError('bad_request', 'refresh needs a token function');
+    const token = await this.token();
+    // Not resent after a reconnect: the new socket is opened with a fresh token anyway.
+    const r = await this.request({ type: 'refresh', token }, false);
+    if (!r) return null; // the socket closed meanwhile
+    this.useToken(token);
+    this.emit('refreshed', { exp: r.exp });
+    return r.exp;
   }
 
   onOpen(ws) {
@@ -175,6 +225,7 @@ export class ChattyClient {
     this.emit('disconnect', { code, reason, opened: !!ws.opened });
     if (this.state === 'closed') return;
     if (FATAL_CLOSE.has(code)) return this.setState('closed', { reason: 'server', code });
+    if (code === DISCONNECTED_CLOSE) return this.setState('closed', { reason: 'disconnected', code });
     if (code === POLICY_CLOSE && typeof this.token !== 'function') {
       // A fixed token that the server refused will be refused again.
       return this.setState('closed', { reason: 'policy', code });
@@ -296,6 +347,29 @@ export class ChattyClient {
     return r?.seq;
   }
 
+  // ---- moderation (v1.1) ------------------------------------------------------------------
+
+  /** Take `user` out of `room` on every node; `{ban: true}` keeps them out. Needs the role. */
+  async kick(room, user, { ban = false } = {}) {
+    await this.request({ type: 'kick', room, user, ban }, false);
+  }
+
+  /** Lift a ban. Needs the role. */
+  async unban(room, user) {
+    await this.request({ type: 'unban', room, user }, false);
+  }
+
+  /** Give `user` the room role 'member', 'moderator' or 'owner' (owners and admins). */
+  async setRole(room, user, role) {
+    await this.request({ type: 'set_role', room, user, role }, false);
+  }
+
+  /** May this user kick and ban in `room`: an admin token, or a moderator or owner role there. */
+  canModerate(room) {
+    const role = this.rooms.get(room)?.info?.role;
+    return this.roles.includes('admin') || role === 'moderator' || role === 'owner';
+  }
+
   /** Tell the room this user is typing; throttled, so call it on every keystroke. */
   typing(room) {
     const r = this.rooms.get(room);
@@ -379,6 +453,8 @@ export class ChattyClient {
         return this.reply(f.ref, f);
       case 'error':
         return this.onError(f);
+      case 'removed':
+        return this.onRemoved(f);
       default: // history, left, and frames of future extensions
         return this.reply(f.ref, f);
     }
@@ -413,6 +489,7 @@ export class ChattyClient {
       rejoin,
       reset,
       replayTruncated: !!f.replay_truncated,
+      role: f.role ?? 'member',
     };
     r.info = info;
     for (const w of r.waiters.splice(0)) w.resolve(info);
@@ -466,6 +543,19 @@ export class ChattyClient {
     this.pending.delete(pendingKey(f.room, f.cid));
     p.resolve({ seq: f.seq, ts: f.ts });
     this.emit('ack', { room: f.room, cid: f.cid, seq: f.seq, ts: f.ts });
+  }
+
+  /** This socket was taken out of the room (kicked, banned, or no longer a member): the room
+   * is forgotten (no rejoin after a reconnect) and its unacked sends fail. */
+  onRemoved(f) {
+    const r = this.rooms.get(f.room);
+    if (!r) return;
+    this.rooms.delete(f.room);
+    for (const w of r.waiters.splice(0)) w.reject(new ChattyError('removed', f.reason));
+    for (const p of [...this.pending.values()]) {
+      if (p.room === f.room) this.failSend(p, 'removed', `removed from the room (${f.reason})`);
+    }
+    this.emit('removed', { room: f.room, reason: f.reason });
   }
 
   onPresence(f) {
@@ -541,7 +631,11 @@ function newCid() {
   return `c${Date.now().toString(36)}-${[...b].map((x) => x.toString(16).padStart(2, '0')).join('')}`;
 }
 
-/** The claims of a JWT, unverified (only to know our own user id). */
+function claimRoles(claims) {
+  return Array.isArray(claims.roles) ? claims.roles.filter((r) => typeof r === 'string') : [];
+}
+
+/** The claims of a JWT, unverified (only to know our own user id, roles and expiry). */
 export function tokenClaims(token) {
   try {
     const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
