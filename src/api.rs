@@ -109,6 +109,16 @@ fn user_id(user: &str) -> Result<UserId, ApiError> {
     UserId::parse(user).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+/// The start of every call about one user in one room: the key checked, both ids parsed.
+fn room_user(
+    state: &AppState,
+    headers: &HeaderMap,
+    (room, user): &(String, String),
+) -> Result<(RoomId, UserId), ApiError> {
+    check_key(state, headers)?;
+    Ok((room_id(room)?, user_id(user)?))
+}
+
 /// An optional JSON body: none (or only whitespace) is `None`; anything else must parse.
 fn optional_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<Option<T>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -231,12 +241,10 @@ pub struct MemberBody {
 pub async fn put_member(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((room, user)): Path<(String, String)>,
+    Path(ids): Path<(String, String)>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    check_key(&state, &headers)?;
-    let room = room_id(&room)?;
-    let user = user_id(&user)?;
+    let (room, user) = room_user(&state, &headers, &ids)?;
     let role = match optional_json::<MemberBody>(&body)? {
         None => None,
         Some(b) => Some(RoomRole::parse(&b.role).ok_or_else(|| {
@@ -252,11 +260,9 @@ pub async fn put_member(
 pub async fn delete_member(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((room, user)): Path<(String, String)>,
+    Path(ids): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    check_key(&state, &headers)?;
-    let room = room_id(&room)?;
-    let user = user_id(&user)?;
+    let (room, user) = room_user(&state, &headers, &ids)?;
     state.node.remove_member(&room, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -287,11 +293,9 @@ pub async fn kick(
 pub async fn unban(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path((room, user)): Path<(String, String)>,
+    Path(ids): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    check_key(&state, &headers)?;
-    let room = room_id(&room)?;
-    let user = user_id(&user)?;
+    let (room, user) = room_user(&state, &headers, &ids)?;
     state.node.unban(&room, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

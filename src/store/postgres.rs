@@ -302,34 +302,36 @@ impl MessageStore for PgStore {
     }
 
     async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
-        sqlx::query("delete from room_members where room_id = $1 and user_id = $2")
-            .bind(room.as_str())
-            .bind(user.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(store_err)?;
-        Ok(())
+        let sql = "delete from room_members where room_id = $1 and user_id = $2";
+        self.exec_room_user(sql, room, user).await.map(drop)
     }
 
     async fn ban(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
-        sqlx::query(
-            "insert into room_bans (room_id, user_id) values ($1, $2) on conflict do nothing",
-        )
-        .bind(room.as_str())
-        .bind(user.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(store_err)?;
-        Ok(())
+        let sql = "insert into room_bans (room_id, user_id) values ($1, $2) on conflict do nothing";
+        self.exec_room_user(sql, room, user).await.map(drop)
     }
 
     async fn unban(&self, room: &RoomId, user: &UserId) -> Result<bool, StoreError> {
-        let r = sqlx::query("delete from room_bans where room_id = $1 and user_id = $2")
+        let sql = "delete from room_bans where room_id = $1 and user_id = $2";
+        Ok(self.exec_room_user(sql, room, user).await? > 0)
+    }
+}
+
+impl PgStore {
+    /// Run one of the rare statements about a user in a room ($1, $2) on sqlx's pool; the
+    /// rows it touched.
+    async fn exec_room_user(
+        &self,
+        sql: &'static str,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<u64, StoreError> {
+        let r = sqlx::query(sql)
             .bind(room.as_str())
             .bind(user.as_str())
             .execute(&self.pool)
             .await
             .map_err(store_err)?;
-        Ok(r.rows_affected() > 0)
+        Ok(r.rows_affected())
     }
 }

@@ -237,32 +237,35 @@ impl MessageStore for SqliteStore {
     }
 
     async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
-        sqlx::query("delete from room_members where room_id = ?1 and user_id = ?2")
-            .bind(room.as_str())
-            .bind(user.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(store_err)?;
-        Ok(())
+        let sql = "delete from room_members where room_id = ?1 and user_id = ?2";
+        self.exec_room_user(sql, room, user).await.map(drop)
     }
 
     async fn ban(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
-        sqlx::query("insert or ignore into room_bans (room_id, user_id) values (?1, ?2)")
-            .bind(room.as_str())
-            .bind(user.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(store_err)?;
-        Ok(())
+        let sql = "insert or ignore into room_bans (room_id, user_id) values (?1, ?2)";
+        self.exec_room_user(sql, room, user).await.map(drop)
     }
 
     async fn unban(&self, room: &RoomId, user: &UserId) -> Result<bool, StoreError> {
-        let r = sqlx::query("delete from room_bans where room_id = ?1 and user_id = ?2")
+        let sql = "delete from room_bans where room_id = ?1 and user_id = ?2";
+        Ok(self.exec_room_user(sql, room, user).await? > 0)
+    }
+}
+
+impl SqliteStore {
+    /// Run one of the rare statements about a user in a room (?1, ?2); the rows it touched.
+    async fn exec_room_user(
+        &self,
+        sql: &'static str,
+        room: &RoomId,
+        user: &UserId,
+    ) -> Result<u64, StoreError> {
+        let r = sqlx::query(sql)
             .bind(room.as_str())
             .bind(user.as_str())
             .execute(&self.pool)
             .await
             .map_err(store_err)?;
-        Ok(r.rows_affected() > 0)
+        Ok(r.rows_affected())
     }
 }
