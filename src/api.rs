@@ -341,6 +341,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `GET /health`: each configured dependency's answer (see `health.rs`); 200 when all pass,
+/// 503 when one does not. Unauthenticated like `/readyz`: it shows no data, only whether
+/// PostgreSQL and Redis answer, and runs at most one check per second however it is called.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let report = state.health.report().await;
+    let status = if report.healthy() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
 /// Fault injection (`debug.fault_injection` only): `POST /debug/rooms/{room}/panic`.
 pub async fn inject_room_panic(
     State(state): State<AppState>,

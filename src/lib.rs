@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod echo;
 pub mod frames;
+pub mod health;
 pub mod redis_bus;
 pub mod redis_presence;
 pub mod settings;

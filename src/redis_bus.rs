@@ -328,8 +328,9 @@ impl RedisBus {
         url: &str,
         node: Arc<str>,
         metrics: Metrics,
-        redis_errors: IntCounter,
+        counters: BusCounters,
     ) -> anyhow::Result<Arc<Self>> {
+        let redis_errors = counters.redis_errors.clone();
         let client = redis::Client::open(url)?;
         let (publish_tx, publish_rx) = mpsc::channel(QUEUE);
         let (sub_tx, sub_rx) = mpsc::channel(QUEUE);
@@ -353,12 +354,7 @@ impl RedisBus {
             redis_errors.clone(),
         ));
         tokio::spawn(subscriber(
-            client,
-            node,
-            sub_rx,
-            events_tx,
-            metrics,
-            redis_errors,
+            client, node, sub_rx, events_tx, metrics, counters,
         ));
         Ok(bus)
     }
@@ -506,41 +502,76 @@ async fn publisher(
     }
 }
 
-/// Keep a subscription for every wanted room; on any trouble reconnect, resubscribe, and ask
-/// every local room to check its head against the store.
+/// Reconnect delays of the subscriber: doubling from the first to the second, each with
+/// jitter, so that the nodes of a cluster do not all hit a Redis that comes back at once.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A connection that stayed up this long starts the backoff over.
+const HEALTHY_SPELL: Duration = Duration::from_secs(10);
+
+/// "Equal jitter": half of `d` fixed, half random.
+fn jittered(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let half = d / 2;
+    half + half.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
+/// Sleep `d` while still taking subscription changes, so the wanted set stays right. False
+/// when the bus is gone.
+async fn pause(
+    d: Duration,
+    cmds: &mut mpsc::Receiver<SubCmd>,
+    wanted: &mut HashSet<RoomId>,
+) -> bool {
+    let sleep = tokio::time::sleep(d);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            c = cmds.recv() => match c {
+                Some(SubCmd::Subscribe(r)) => { wanted.insert(r); }
+                Some(SubCmd::Unsubscribe(r)) => { wanted.remove(&r); }
+                None => return false,
+            },
+        }
+    }
+}
+
+/// Keep a subscription for every wanted room; on any trouble reconnect (with backoff),
+/// resubscribe, and ask every local room to check its head against the store.
 async fn subscriber(
     client: redis::Client,
     node: Arc<str>,
     mut cmds: mpsc::Receiver<SubCmd>,
     events: mpsc::Sender<BusEvent>,
     metrics: Metrics,
-    redis_errors: IntCounter,
+    counters: BusCounters,
 ) {
+    let BusCounters {
+        redis_errors,
+        reconnects,
+    } = counters;
     let mut wanted: HashSet<RoomId> = HashSet::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = BACKOFF_MIN;
+    let mut attempt_now = true;
+    let mut ever_connected = false;
     loop {
+        if !std::mem::take(&mut attempt_now) {
+            if !pause(jittered(backoff), &mut cmds, &mut wanted).await {
+                return;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
         let pubsub = match tokio::time::timeout(OP_TIMEOUT, client.get_async_pubsub()).await {
             Ok(Ok(p)) => p,
             _ => {
                 redis_errors.inc();
-                // Take subscription changes meanwhile so the wanted set stays right.
-                let sleep = tokio::time::sleep(backoff);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        _ = &mut sleep => break,
-                        c = cmds.recv() => match c {
-                            Some(SubCmd::Subscribe(r)) => { wanted.insert(r); }
-                            Some(SubCmd::Unsubscribe(r)) => { wanted.remove(&r); }
-                            None => return,
-                        },
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
         let (mut sink, mut stream) = pubsub.split();
         // The control channel first: every node hears every disconnect.
         let mut healthy = matches!(
@@ -563,6 +594,10 @@ async fn subscriber(
             redis_errors.inc();
             continue;
         }
+        if std::mem::replace(&mut ever_connected, true) {
+            reconnects.inc();
+        }
+        let connected_at = std::time::Instant::now();
         // Whatever was published while we were not listening is in the store.
         for room in &wanted {
             let _ = events.try_send(BusEvent::Resync { room: room.clone() });
@@ -621,5 +656,17 @@ async fn subscriber(
         }
         redis_errors.inc();
         tracing::warn!("redis subscription lost; reconnecting");
+        if connected_at.elapsed() >= HEALTHY_SPELL {
+            backoff = BACKOFF_MIN;
+        }
     }
+}
+
+/// The edge's counters the bus moves.
+#[derive(Clone)]
+pub struct BusCounters {
+    /// Errors talking to Redis (shared with presence).
+    pub redis_errors: IntCounter,
+    /// Times the subscriber connected again after losing its connection.
+    pub reconnects: IntCounter,
 }

@@ -40,6 +40,7 @@ pub struct EdgeMetrics {
     pub build_info: IntGaugeVec,
     pub draining: IntGauge,
     pub redis_errors: prometheus::IntCounter,
+    pub bus_reconnects: prometheus::IntCounter,
 }
 
 impl EdgeMetrics {
@@ -83,6 +84,10 @@ impl EdgeMetrics {
                 "chatty_redis_errors_total",
                 "Errors talking to Redis (bus and presence).",
             )?,
+            bus_reconnects: prometheus::IntCounter::new(
+                "chatty_bus_reconnects_total",
+                "Times the Redis subscriber connected again after losing its connection.",
+            )?,
         };
         r.register(Box::new(m.handshake_rejections.clone()))?;
         r.register(Box::new(m.http_requests.clone()))?;
@@ -91,6 +96,7 @@ impl EdgeMetrics {
         r.register(Box::new(m.build_info.clone()))?;
         r.register(Box::new(m.draining.clone()))?;
         r.register(Box::new(m.redis_errors.clone()))?;
+        r.register(Box::new(m.bus_reconnects.clone()))?;
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -121,6 +127,7 @@ pub struct AppStateInner {
     pub auth: Authenticator,
     pub node: Arc<Node>,
     pub edge_metrics: EdgeMetrics,
+    pub health: Arc<crate::health::Health>,
     draining: AtomicBool,
     registry: Registry,
     db: Database,
@@ -168,7 +175,10 @@ impl Application {
                     redis_url,
                     node_id.clone(),
                     metrics.clone(),
-                    edge_metrics.redis_errors.clone(),
+                    crate::redis_bus::BusCounters {
+                        redis_errors: edge_metrics.redis_errors.clone(),
+                        reconnects: edge_metrics.bus_reconnects.clone(),
+                    },
                 )
                 .context("redis.url")?;
                 let presence = RedisPresence::connect(
@@ -219,9 +229,12 @@ impl Application {
             .iter()
             .filter_map(|p| Cidr::parse(p))
             .collect();
+        let health = crate::health::Health::new(db.clone(), redis_url, &registry)
+            .context("health checks")?;
         let state = AppState(Arc::new(AppStateInner {
             admission,
             trusted_proxies,
+            health,
             settings,
             auth,
             node,
@@ -279,7 +292,9 @@ impl Application {
                 .await;
         });
 
+        let health_refresher = state.health.spawn_refresher();
         shutdown.await;
+        health_refresher.abort();
         let started = Instant::now();
         tracing::info!("shutdown: draining");
         state.draining.store(true, Ordering::Release);
@@ -338,6 +353,7 @@ fn public_router(state: AppState) -> Router {
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/health", get(api::health))
         .route(
             "/api/v1/rooms/{room}/messages",
             post(api::publish).get(api::history),
@@ -377,6 +393,7 @@ fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(api::healthz))
+        .route("/health", get(api::health))
         .with_state(state)
 }
 

@@ -162,6 +162,17 @@ impl Database {
         }
     }
 
+    /// One cheap round trip to the database (the health check), on sqlx's pool.
+    pub async fn ping(&self) -> Result<(), String> {
+        match self {
+            Database::Postgres { pool, .. } => {
+                sqlx::query("select 1").execute(pool).await.map(drop)
+            }
+            Database::Sqlite(p) => sqlx::query("select 1").execute(p).await.map(drop),
+        }
+        .map_err(|e| e.to_string())
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Database::Postgres { .. } => "postgres",

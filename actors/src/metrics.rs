@@ -59,6 +59,7 @@ pub struct Metrics {
     pub errors_sent: IntCounterVec,
     pub moderation: IntCounterVec,
     pub removals: IntCounter,
+    pub head_checks: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -228,6 +229,10 @@ impl Metrics {
             removals: counter(
                 "chatty_room_removals_total",
                 "Sockets taken out of a room on this node (removed, kicked or banned).",
+            ),
+            head_checks: counter(
+                "chatty_room_head_checks_total",
+                "Times a room read its head from the store to find what it missed (after a bus reconnect, a restart or a batch in doubt).",
             ),
         };
         // Touch every labelled series once so dashboards and scrapes see them from the start.

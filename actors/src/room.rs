@@ -795,6 +795,7 @@ impl RoomState {
     }
 
     async fn check_head(&mut self, myself: &ActorRef<RoomMsg>) {
+        self.args.metrics.head_checks.inc();
         let room = self.args.room.clone();
         let head = match crate::ports::timed(self.args.store.head(&room)).await {
             Ok(h) => h,

@@ -350,14 +350,14 @@ async fn a_node_killed_under_traffic_leaves_presence_and_its_clients_recover_els
 }
 
 /// A throwaway Redis the test can restart and pause.
-struct OwnRedis {
+pub(crate) struct OwnRedis {
     port: u16,
     dir: std::path::PathBuf,
     child: Option<std::process::Child>,
 }
 
 impl OwnRedis {
-    fn start() -> OwnRedis {
+    pub(crate) fn start() -> OwnRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -401,7 +401,7 @@ impl OwnRedis {
         panic!("redis-server did not start");
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -413,7 +413,7 @@ impl OwnRedis {
         self.spawn();
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
         std::process::Command::new("kill")
             .args([sig, &pid])
@@ -613,6 +613,67 @@ async fn removal_kick_ban_disconnect_and_read_markers_reach_every_node() {
     for (n, e) in eves.iter_mut().enumerate() {
         let v = e.call(json!({"type":"ping","ref":format!("p{n}")})).await;
         assert_eq!(v["type"], "pong", "eve on node {n}");
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_cluster_keeps_its_redis_subscriptions_and_reloads_nothing_for_a_minute() {
+    let cluster = Cluster::start(3, &redis_url(), &[]).await;
+    let rooms: Vec<String> = (0..4).map(|i| unique_room(&format!("idle{i}"))).collect();
+    let mut clients = Vec::new();
+    for n in 0..3 {
+        let mut c = cluster.connect(n, &format!("sitter{n}")).await;
+        for room in &rooms {
+            c.join(room).await;
+        }
+        clients.push(c);
+    }
+    // One message per room, so every node has delivered something through the bus.
+    for (i, room) in rooms.iter().enumerate() {
+        let ack = clients[i % 3]
+            .send_msg(room, &format!("hello{i}"), "x")
+            .await;
+        assert_eq!(ack["type"], "ack");
+    }
+    for c in &mut clients {
+        for room in &rooms {
+            c.messages(room, 1).await;
+        }
+    }
+    // Joining made each room check its head once; from here on nothing should.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut before = Vec::new();
+    for n in 0..3 {
+        before.push(cluster.metric(n, "chatty_room_head_checks_total").await);
+    }
+    // A minute with no traffic but the clients' own pings (which keep the sockets, and so the
+    // subscriptions, alive: a silent client is closed after ping_interval + pong_timeout).
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for (n, c) in clients.iter_mut().enumerate() {
+            let v = c
+                .call(json!({"type":"ping","ref":format!("p{round}")}))
+                .await;
+            assert_eq!(v["type"], "pong", "node {n}");
+        }
+    }
+    for (n, before) in before.iter().enumerate() {
+        assert_eq!(
+            cluster.metric(n, "chatty_bus_reconnects_total").await,
+            0.0,
+            "node {n} reconnected"
+        );
+        assert_eq!(
+            cluster.metric(n, "chatty_redis_errors_total").await,
+            0.0,
+            "node {n}"
+        );
+        assert_eq!(
+            cluster.metric(n, "chatty_room_head_checks_total").await,
+            *before,
+            "node {n}: rooms reloaded their head while idle"
+        );
     }
     cluster.stop().await;
 }

@@ -274,3 +274,62 @@ async fn postgres_frozen_for_30_seconds_under_traffic_loses_nothing_acked() {
     })
     .await;
 }
+
+/// `GET /health` on the real binary: JSON status and latency for each dependency.
+async fn health(port: u16) -> (u16, Value) {
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn health_reports_a_stopped_postgres_and_a_frozen_redis_while_readyz_stays_200() {
+    let pg = OwnPostgres::start();
+    let redis = crate::cluster::OwnRedis::start();
+    let (pg_url, redis_url) = (pg.url(), redis.url());
+    let (mut child, port, _) = start_binary_with_metrics(&[
+        ("CHATTY__DATABASE__URL", pg_url.as_str()),
+        ("CHATTY__REDIS__URL", redis_url.as_str()),
+        ("CHATTY__NODE__ID", "health-node"),
+    ])
+    .await;
+    let readyz = || async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let (st, v) = health(port).await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("ok")), "{v}");
+    assert_eq!(v["checks"]["postgres"]["ok"], true, "{v}");
+    assert_eq!(v["checks"]["redis"]["ok"], true, "{v}");
+    assert!(v["checks"]["postgres"]["latency_ms"].as_f64().is_some());
+
+    // PostgreSQL stopped, Redis frozen: each reported, the node still takes sockets.
+    pg.stop_hard();
+    redis.signal("-STOP");
+    eventually("both dependencies reported down", || async move {
+        let (st, v) = health(port).await;
+        st == 503
+            && v["status"] == "degraded"
+            && v["checks"]["postgres"]["ok"] == false
+            && v["checks"]["redis"]["ok"] == false
+            && v["checks"]["postgres"]["error"].is_string()
+            && v["checks"]["redis"]["error"].is_string()
+    })
+    .await;
+    assert_eq!(readyz().await, 200, "readiness ignores the dependencies");
+
+    // Both come back, and so does the report.
+    pg.pg_ctl_start();
+    redis.signal("-CONT");
+    eventually("both dependencies reported up again", || async move {
+        let (st, v) = health(port).await;
+        st == 200 && v["status"] == "ok"
+    })
+    .await;
+    assert_eq!(readyz().await, 200);
+    let _ = terminate(&mut child).await;
+}
