@@ -416,6 +416,28 @@ else
 fi
 
 # ----------------------------------------------------------------------------------------------
+# 4b. Alerting rules (promtool, from Debian's prometheus package)
+# ----------------------------------------------------------------------------------------------
+
+section "promtool grafana/alerts.yml"
+if ! command -v promtool >/dev/null 2>&1 && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  note "installing Debian's prometheus package (for promtool)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1 ||
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1; } || true
+fi
+if command -v promtool >/dev/null 2>&1; then
+  promtool_version=$(promtool --version 2>&1 | head -n1)
+  run_check "promtool check rules" "$promtool_version" promtool check rules grafana/alerts.yml
+  run_check "promtool check config" "grafana/prometheus.yml (loads alerts.yml)" \
+    promtool check config --syntax-only grafana/prometheus.yml
+  # Every alert fires on its condition and stays quiet without it (grafana/alerts.test.yml).
+  run_check "promtool test rules" "grafana/alerts.test.yml" promtool test rules grafana/alerts.test.yml
+else
+  skip "promtool" "not installed (Debian package prometheus) and cannot be installed here"
+fi
+
+# ----------------------------------------------------------------------------------------------
 # 5. Shell scripts of the deployment tooling
 # ----------------------------------------------------------------------------------------------
 

@@ -513,6 +513,49 @@ def check_compose_load_balancer(root: Path) -> None:
     assert m and int(m.group(1)) > ping_interval_s(root), "/ws proxy_read_timeout must exceed the ping interval"
 
 
+def check_alert_rules(root: Path) -> None:
+    """grafana/alerts.yml is loaded by the compose Prometheus; every alert has a severity, a
+    summary and a runbook section in docs/operations.md, and grafana/alerts.test.yml proves it
+    both fires and stays quiet."""
+    rules_path = root / "grafana" / "alerts.yml"
+    assert rules_path.exists(), "grafana/alerts.yml (the alerting rules) is missing"
+    rules = yaml.safe_load(rules_path.read_text(encoding="utf-8"))
+    alerts = [r for g in rules.get("groups", []) for r in g.get("rules", []) if "alert" in r]
+    assert alerts, "grafana/alerts.yml defines no alert"
+    ops = (root / "docs" / "operations.md").read_text(encoding="utf-8")
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", ops, re.M)
+    }
+    for a in alerts:
+        name = a["alert"]
+        assert a.get("labels", {}).get("severity") in ("critical", "warning"), f"{name}: severity must be critical or warning"
+        ann = a.get("annotations", {})
+        assert ann.get("summary"), f"{name}: summary annotation missing"
+        runbook = ann.get("runbook", "")
+        m = re.fullmatch(r"docs/operations\.md#(.+)", runbook)
+        assert m, f"{name}: runbook must point into docs/operations.md, got {runbook!r}"
+        assert m.group(1) in anchors, f"{name}: docs/operations.md has no section #{m.group(1)}"
+
+    tests = yaml.safe_load((root / "grafana" / "alerts.test.yml").read_text(encoding="utf-8"))
+    assert "alerts.yml" in tests.get("rule_files", []), "alerts.test.yml must test alerts.yml"
+    fires, quiet = set(), set()
+    for t in tests.get("tests", []):
+        for case in t.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
+    for a in alerts:
+        assert a["alert"] in fires, f"{a['alert']}: no promtool test in which it fires"
+        assert a["alert"] in quiet, f"{a['alert']}: no promtool test in which it stays quiet"
+
+    prom_cfg = yaml.safe_load((root / "grafana" / "prometheus.yml").read_text(encoding="utf-8"))
+    assert "alerts.yml" in prom_cfg.get("rule_files", []), "grafana/prometheus.yml must load alerts.yml"
+    compose = _compose(root)
+    prom = [s for s in compose["services"].values() if "prometheus" in str(s.get("image", ""))]
+    mounts = {src: dst for src, dst, _ in _volumes(prom[0])}
+    assert mounts.get("./grafana/alerts.yml") == "/etc/prometheus/alerts.yml", \
+        "prometheus must mount ./grafana/alerts.yml beside its configuration"
+
+
 # ----------------------------------------------------------------------------------------------
 # The tests
 # ----------------------------------------------------------------------------------------------
@@ -534,6 +577,7 @@ CHECKS = [
     check_compose_start_order,
     check_compose_grafana_mounts,
     check_compose_load_balancer,
+    check_alert_rules,
 ]
 
 
@@ -645,6 +689,22 @@ MUTATIONS = {
         check_compose_grafana_mounts,
         [("docker-compose.yml", r"\./grafana/dashboards:", "./dashboards:")],
     ),
+    "alert_rules_not_loaded": (
+        check_alert_rules,
+        [("grafana/prometheus.yml", r"^rule_files:\n  - alerts\.yml\n", "")],
+    ),
+    "alert_rules_not_mounted": (
+        check_alert_rules,
+        [("docker-compose.yml", r"^\s*- \./grafana/alerts\.yml:/etc/prometheus/alerts\.yml:ro\n", "")],
+    ),
+    "alert_without_a_quiet_test": (
+        check_alert_rules,
+        [("grafana/alerts.test.yml", r"(- eval_time: 2m\n\s*alertname: )ChattyNodeDown", r"\g<1>ChattyElse")],
+    ),
+    "alert_without_a_runbook_section": (
+        check_alert_rules,
+        [("docs/operations.md", r"^### Alert: ChattyBusReconnecting$", "### Bus reconnects")],
+    ),
     "nginx_no_upgrade_header": (
         check_compose_load_balancer,
         [("deploy/nginx.conf", r"proxy_set_header Upgrade \$http_upgrade;", "")],
@@ -655,7 +715,7 @@ MUTATIONS = {
 @pytest.fixture
 def repo_copy(root, tmp_path):
     dst = tmp_path / "repo"
-    for rel in ("infra", "deploy", "grafana", "config"):
+    for rel in ("infra", "deploy", "grafana", "config", "docs"):
         if (root / rel).exists():
             shutil.copytree(root / rel, dst / rel, ignore=shutil.ignore_patterns(".terraform", "__pycache__"))
     shutil.copy2(root / "docker-compose.yml", dst / "docker-compose.yml")
