@@ -513,6 +513,35 @@ def check_compose_load_balancer(root: Path) -> None:
     assert m and int(m.group(1)) > ping_interval_s(root), "/ws proxy_read_timeout must exceed the ping interval"
 
 
+def check_trusted_proxies(root: Path) -> None:
+    """Per-IP caps must count clients, not the load balancer: every node trusts exactly the
+    proxy in front of it (compose: nginx at a fixed address; ECS: the ALB's public subnets)."""
+    import ipaddress
+
+    compose = _compose(root)
+    services = compose["services"]
+    lbs = [s for s in services.values() if re.search(r"nginx|haproxy", str(s.get("image", "")))]
+    assert len(lbs) == 1, "compose needs exactly one load balancer"
+    addr = (lbs[0].get("networks") or {}).get("default", {}).get("ipv4_address")
+    assert addr, "the load balancer needs a fixed address (networks.default.ipv4_address)"
+    subnets = [c["subnet"] for c in compose.get("networks", {}).get("default", {}).get("ipam", {}).get("config", [])]
+    assert any(ipaddress.ip_address(addr) in ipaddress.ip_network(n) for n in subnets), \
+        f"the load balancer's address {addr} must lie in the default network's fixed subnet {subnets}"
+    for name, svc in _chatty_services(compose).items():
+        value = _env_map(svc).get("CHATTY__SERVER__TRUSTED_PROXIES") or ""
+        nets = [ipaddress.ip_network(x.strip(), strict=False) for x in value.split(",") if x.strip()]
+        assert nets, f"{name}: CHATTY__SERVER__TRUSTED_PROXIES must be set (else every client shares nginx's cap)"
+        assert any(ipaddress.ip_address(addr) in n for n in nets), f"{name}: must trust the load balancer {addr}"
+        assert all(n.prefixlen >= 16 for n in nets), f"{name}: trusting {value} trusts far more than the proxy"
+
+    env = _env(root)
+    ecs_env = env.env.modules["ecs"].get("environment") or {}
+    value = next((v for k, v in ecs_env.items() if label(k) == "CHATTY__SERVER__TRUSTED_PROXIES"), "")
+    assert "module.network.public_subnet_cidrs" in str(value), \
+        "ECS: CHATTY__SERVER__TRUSTED_PROXIES must be the public subnets' CIDRs (where the ALB lives)"
+    assert "public_subnet_cidrs" in env.module_dir("network").outputs, "the network module must export public_subnet_cidrs"
+
+
 def check_alert_rules(root: Path) -> None:
     """grafana/alerts.yml is loaded by the compose Prometheus; every alert has a severity, a
     summary and a runbook section in docs/operations.md, and grafana/alerts.test.yml proves it
@@ -578,6 +607,7 @@ CHECKS = [
     check_compose_grafana_mounts,
     check_compose_load_balancer,
     check_alert_rules,
+    check_trusted_proxies,
 ]
 
 
@@ -704,6 +734,18 @@ MUTATIONS = {
     "alert_without_a_runbook_section": (
         check_alert_rules,
         [("docs/operations.md", r"^### Alert: ChattyBusReconnecting$", "### Bus reconnects")],
+    ),
+    "compose_trusts_no_proxy": (
+        check_trusted_proxies,
+        [("docker-compose.yml", r"^\s*CHATTY__SERVER__TRUSTED_PROXIES:.*\n", "")],
+    ),
+    "compose_trusts_everyone": (
+        check_trusted_proxies,
+        [("docker-compose.yml", r"CHATTY__SERVER__TRUSTED_PROXIES: .*$", "CHATTY__SERVER__TRUSTED_PROXIES: 0.0.0.0/0")],
+    ),
+    "ecs_trusts_no_proxy": (
+        check_trusted_proxies,
+        [(ENV_DIR / "main.tf", r"^\s*CHATTY__SERVER__TRUSTED_PROXIES\s*=.*\n", "")],
     ),
     "nginx_no_upgrade_header": (
         check_compose_load_balancer,

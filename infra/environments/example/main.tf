@@ -120,7 +120,10 @@ module "ecs" {
 
   environment = {
     CHATTY__AUTH__ALLOWED_ORIGINS = join(",", concat(["https://${var.public_hostname}"], var.extra_allowed_origins))
-    RUST_LOG                      = "info"
+    # The ALB's nodes live in the public subnets: trust their X-Forwarded-For (the last entry,
+    # which the ALB appends), so per-IP caps count clients, not the load balancer.
+    CHATTY__SERVER__TRUSTED_PROXIES = join(",", module.network.public_subnet_cidrs)
+    RUST_LOG                        = "info"
   }
 
   tags = local.tags

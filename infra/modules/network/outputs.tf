@@ -13,6 +13,11 @@ output "public_subnet_ids" {
   value       = aws_subnet.public[*].id
 }
 
+output "public_subnet_cidrs" {
+  description = "IPv4 CIDR blocks of the public subnets: where the ALB's nodes take their addresses (the proxies the app trusts for X-Forwarded-For)."
+  value       = aws_subnet.public[*].cidr_block
+}
+
 output "private_subnet_ids" {
   description = "IDs of the private subnets (ECS tasks, RDS, ElastiCache), one per AZ."
   value       = aws_subnet.private[*].id
