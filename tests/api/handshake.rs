@@ -203,3 +203,39 @@ async fn connect_with(
         .expect("connect")
         .0
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_default_per_ip_cap_counts_clients_not_the_proxy() {
+    // The defaults of config/ (2,000 sockets per address), with the test as the trusted proxy.
+    let (mut s, _) = test_settings().await;
+    let cap = s.limits.max_connections_per_ip as usize;
+    assert_eq!(cap, 2000, "the default this test is about");
+    s.server.trusted_proxies = vec!["127.0.0.1".into()];
+    let app = spawn_with(s).await;
+    let url = app.ws_url();
+    let hdr = |user: &str, ip: &str| {
+        vec![
+            (
+                "authorization".to_string(),
+                format!("Bearer {}", app.token(user)),
+            ),
+            ("x-forwarded-for".to_string(), ip.to_string()),
+        ]
+    };
+    // cap + 1 sockets through the one proxy address, each from its own client address: all in.
+    let mut open = Vec::new();
+    for i in 0..=cap {
+        let ip = format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256);
+        open.push(connect_with(&url, &hdr(&format!("u{i}"), &ip)).await);
+    }
+    assert_eq!(open.len(), cap + 1);
+    drop(open);
+    // From one client address the cap holds: cap sockets, then 429.
+    let mut open = Vec::new();
+    for i in 0..cap {
+        open.push(connect_with(&url, &hdr(&format!("v{i}"), "192.0.2.7")).await);
+    }
+    let h = hdr("one-more", "192.0.2.7");
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(handshake_status(&url, &h).await, 429);
+}
