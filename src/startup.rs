@@ -97,6 +97,12 @@ impl EdgeMetrics {
         r.register(Box::new(m.draining.clone()))?;
         r.register(Box::new(m.redis_errors.clone()))?;
         r.register(Box::new(m.bus_reconnects.clone()))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …: what
+        // an operator checks first, and what the memory and fd alerts are written against.
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
