@@ -249,6 +249,12 @@ impl ConnState {
                 if !self.rooms.contains_key(&room)
                     && self.rooms.len() >= ctx.config.rooms_per_connection
                 {
+                    // Rooms this socket was taken out of do not count against its limit.
+                    self.rooms.retain(|_, j| !j.membership.is_revoked());
+                }
+                if !self.rooms.contains_key(&room)
+                    && self.rooms.len() >= ctx.config.rooms_per_connection
+                {
                     return self.error(
                         r,
                         ErrorCode::RoomLimit,

@@ -570,3 +570,27 @@ async fn a_token_with_malformed_roles_is_refused_at_the_handshake() {
         "forbidden"
     );
 }
+
+#[tokio::test]
+async fn rooms_a_socket_was_removed_from_do_not_count_against_its_room_limit() {
+    let (mut s, _) = test_settings().await;
+    s.limits.rooms_per_connection = 2;
+    let app = spawn_with(s).await;
+    let mut c = app.connect("lim").await;
+    c.join("lim-a").await;
+    c.join("lim-b").await;
+    let v = c
+        .call(json!({"type":"join","ref":"j3","room":"lim-c"}))
+        .await;
+    assert_eq!(error_code(&v), "room_limit");
+    let (st, _) = app
+        .api(
+            "POST",
+            "/api/v1/rooms/lim-a/kick",
+            Some(json!({"user":"lim"})),
+        )
+        .await;
+    assert_eq!(st, 204);
+    assert_eq!(c.next_of("removed").await["room"], "lim-a");
+    assert_eq!(c.join("lim-c").await["type"], "joined");
+}
