@@ -542,6 +542,47 @@ def check_trusted_proxies(root: Path) -> None:
     assert "public_subnet_cidrs" in env.module_dir("network").outputs, "the network module must export public_subnet_cidrs"
 
 
+ALARMED_METRICS = {
+    ("AWS/ApplicationELB", "HTTPCode_ELB_5XX_Count"),
+    ("AWS/ApplicationELB", "HTTPCode_Target_5XX_Count"),
+    ("AWS/ApplicationELB", "UnHealthyHostCount"),
+    ("AWS/ApplicationELB", "HealthyHostCount"),
+    ("AWS/ECS", "CPUUtilization"),
+    ("AWS/ECS", "MemoryUtilization"),
+    ("AWS/RDS", "CPUUtilization"),
+    ("AWS/RDS", "FreeStorageSpace"),
+    ("AWS/ElastiCache", "EngineCPUUtilization"),
+}
+
+
+def check_alarms(root: Path) -> None:
+    """The AWS side pages someone: CloudWatch alarms on the load balancer, the service, RDS and
+    ElastiCache, every one notifying (and clearing through) an encrypted SNS topic."""
+    env = _env(root)
+    assert "alarms" in env.env.modules, "the environment must call the alarms module"
+    mod = env.module_dir("alarms")
+    topics = mod.resources_of("aws_sns_topic")
+    assert topics, "alarms need an SNS topic"
+    for name, t in topics.items():
+        assert t.get("kms_master_key_id"), f"aws_sns_topic.{name} must be encrypted"
+    alarms = mod.resources_of("aws_cloudwatch_metric_alarm")
+    assert alarms, "no CloudWatch alarm"
+    for name, a in alarms.items():
+        for key in ("alarm_actions", "ok_actions"):
+            assert "aws_sns_topic." in str(a.get(key, "")), f"aws_cloudwatch_metric_alarm.{name}: {key} must notify the topic"
+    # The metrics watched: from the resources and the table they are built from.
+    text = mod.text
+    found = set()
+    for ns, metric in ALARMED_METRICS:
+        if re.search(rf'namespace\s*=\s*"{re.escape(ns)}"[^}}]*?metric(_name)?\s*=\s*"{metric}"', text, re.S):
+            found.add((ns, metric))
+    missing = sorted(ALARMED_METRICS - found)
+    assert not missing, f"no alarm on {missing}"
+    inputs = env.env.modules["alarms"]
+    for arg in ("alb_arn_suffix", "target_group_arn_suffix", "ecs_service_name", "rds_instance_id", "redis_replication_group_id"):
+        assert str(inputs.get(arg, "")).startswith("${module."), f"alarms.{arg} must come from the module that owns it"
+
+
 def check_alert_rules(root: Path) -> None:
     """grafana/alerts.yml is loaded by the compose Prometheus; every alert has a severity, a
     summary and a runbook section in docs/operations.md, and grafana/alerts.test.yml proves it
@@ -608,6 +649,7 @@ CHECKS = [
     check_compose_load_balancer,
     check_alert_rules,
     check_trusted_proxies,
+    check_alarms,
 ]
 
 
@@ -746,6 +788,18 @@ MUTATIONS = {
     "ecs_trusts_no_proxy": (
         check_trusted_proxies,
         [(ENV_DIR / "main.tf", r"^\s*CHATTY__SERVER__TRUSTED_PROXIES\s*=.*\n", "")],
+    ),
+    "no_rds_storage_alarm": (
+        check_alarms,
+        [(MODULES_DIR / "alarms/main.tf", r'metric = "FreeStorageSpace"', 'metric = "ReadIOPS"')],
+    ),
+    "alarm_without_action": (
+        check_alarms,
+        [(MODULES_DIR / "alarms/main.tf", r"^\s*ok_actions\s*=.*\n", "")],
+    ),
+    "alarms_module_not_called": (
+        check_alarms,
+        [(ENV_DIR / "main.tf", r'^module "alarms" \{', 'module "alarms_disabled" {')],
     ),
     "nginx_no_upgrade_header": (
         check_compose_load_balancer,

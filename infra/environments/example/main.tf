@@ -145,3 +145,18 @@ module "github_oidc" {
   passable_role_arns   = [module.ecs.execution_role_arn, module.ecs.task_role_arn]
   tags                 = local.tags
 }
+
+module "alarms" {
+  source = "../../modules/alarms"
+
+  name                       = local.name
+  alarm_email                = var.alarm_email
+  alb_arn_suffix             = module.alb.alb_arn_suffix
+  target_group_arn_suffix    = module.alb.target_group_arn_suffix
+  ecs_cluster_name           = module.ecs.cluster_name
+  ecs_service_name           = module.ecs.service_name
+  rds_instance_id            = module.rds.instance_id
+  redis_replication_group_id = module.redis.replication_group_id
+  redis_node_count           = var.redis_num_cache_clusters
+  tags                       = local.tags
+}

@@ -72,3 +72,8 @@ output "api_key_secret_arn" {
   description = "Secrets Manager ARN of the HTTP API key."
   value       = module.secrets.api_key_arn
 }
+
+output "alarm_topic_arn" {
+  description = "SNS topic of the CloudWatch alarms: subscribe the on-call pager or chat integration to it."
+  value       = module.alarms.topic_arn
+}

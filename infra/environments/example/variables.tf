@@ -194,3 +194,9 @@ variable "github_oidc_provider_arn" {
   type        = string
   default     = null
 }
+
+variable "alarm_email" {
+  description = "Address that receives the CloudWatch alarms (through the SNS topic); empty for none."
+  type        = string
+  default     = ""
+}

@@ -30,3 +30,8 @@ output "database_url" {
     aws_db_instance.this.db_name,
   )
 }
+
+output "instance_id" {
+  description = "RDS instance identifier (the DBInstanceIdentifier of its CloudWatch metrics)."
+  value       = aws_db_instance.this.identifier
+}

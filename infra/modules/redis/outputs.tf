@@ -23,3 +23,8 @@ output "redis_url" {
     aws_elasticache_replication_group.this.port,
   )
 }
+
+output "replication_group_id" {
+  description = "ElastiCache replication group id (its nodes are <id>-001, <id>-002, ...)."
+  value       = aws_elasticache_replication_group.this.id
+}
