@@ -223,6 +223,29 @@ def check_deploy(root: Path) -> None:
     smoke_idx = next(i for i, u in enumerate(order) if "chatty-loadtest" in u)
     assert smoke_idx > deploy_idx
 
+    # The migrations run as a one-off task before the service rolls, and their failure stops it.
+    migrate_idx = next((i for i, u in enumerate(order) if "aws ecs run-task" in u and '["migrate"]' in u), None)
+    assert migrate_idx is not None, "deploy must run `chatty migrate` as a one-off ECS task"
+    assert migrate_idx < deploy_idx, "the migrations must run before the service rolls"
+    assert "aws ecs wait tasks-stopped" in order[migrate_idx] and "exitCode" in order[migrate_idx], \
+        "the deploy must wait for the migration task and check its exit code"
+
+    # Only a push to this repository's main deploys (a fork's PR from a branch named main also
+    # completes a CI run "on main").
+    trigger = wf["on"].get("workflow_run")
+    if trigger is not None:
+        cond = re.sub(r"\s+", " ", str(wf["jobs"]["deploy"].get("if", "")))
+        for needed in (
+            "github.event.workflow_run.conclusion == 'success'",
+            "github.event.workflow_run.event == 'push'",
+            "github.event.workflow_run.head_branch == 'main'",
+            "github.event.workflow_run.head_repository.full_name == github.repository",
+        ):
+            assert needed in cond, f"deploy job must require {needed}"
+    if "workflow_dispatch" in wf["on"]:
+        cond = str(wf["jobs"]["deploy"].get("if", ""))
+        assert "github.ref == 'refs/heads/main'" in cond, "a manual deploy must be of main only"
+
 
 CHECKS = [check_dockerfile, check_dockerignore, check_workflows_pinned_and_scoped, check_ci, check_deploy]
 
@@ -242,6 +265,11 @@ MUTATIONS = {
     "unpinned_action": (check_workflows_pinned_and_scoped, ".github/workflows/ci.yml", r"actions/checkout@v5", "actions/checkout@main"),
     "no_stability_wait": (check_deploy, ".github/workflows/deploy.yml", r"wait-for-service-stability: true", "wait-for-service-stability: false"),
     "redis_6": (check_ci, ".github/workflows/ci.yml", r"image: redis:7", "image: redis:6"),
+    "deploy_from_forks": (check_deploy, ".github/workflows/deploy.yml", r"^\s*&& github\.event\.workflow_run\.head_repository\.full_name == github\.repository\)", "          )"),
+    "deploy_any_event": (check_deploy, ".github/workflows/deploy.yml", r"^\s*&& github\.event\.workflow_run\.event == 'push'\n", ""),
+    "dispatch_any_ref": (check_deploy, ".github/workflows/deploy.yml", r" && github\.ref == 'refs/heads/main'", ""),
+    "no_migration_task": (check_deploy, ".github/workflows/deploy.yml", r'command: \["migrate"\]', 'command: ["serve"]'),
+    "migration_exit_ignored": (check_deploy, ".github/workflows/deploy.yml", r"exitCode", "stopCode"),
 }
 
 

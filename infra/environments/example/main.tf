@@ -135,15 +135,17 @@ module "ecs" {
 module "github_oidc" {
   source = "../../modules/github_oidc"
 
-  name                 = local.name
-  github_repository    = var.github_repository
-  github_environment   = var.github_environment
-  create_oidc_provider = var.create_github_oidc_provider
-  oidc_provider_arn    = var.github_oidc_provider_arn
-  ecr_repository_arn   = module.ecr.repository_arn
-  ecs_service_arn      = module.ecs.service_arn
-  passable_role_arns   = [module.ecs.execution_role_arn, module.ecs.task_role_arn]
-  tags                 = local.tags
+  name                       = local.name
+  github_repository          = var.github_repository
+  github_environment         = var.github_environment
+  create_oidc_provider       = var.create_github_oidc_provider
+  oidc_provider_arn          = var.github_oidc_provider_arn
+  ecr_repository_arn         = module.ecr.repository_arn
+  ecs_service_arn            = module.ecs.service_arn
+  ecs_cluster_arn            = module.ecs.cluster_arn
+  ecs_task_definition_family = module.ecs.task_definition_family
+  passable_role_arns         = [module.ecs.execution_role_arn, module.ecs.task_role_arn]
+  tags                       = local.tags
 }
 
 module "alarms" {

@@ -77,3 +77,13 @@ output "alarm_topic_arn" {
   description = "SNS topic of the CloudWatch alarms: subscribe the on-call pager or chat integration to it."
   value       = module.alarms.topic_arn
 }
+
+output "ecs_task_subnet_ids" {
+  description = "Subnets of the tasks, comma-separated: the deploy workflow's ECS_SUBNETS, for the migration task."
+  value       = join(",", module.network.private_subnet_ids)
+}
+
+output "ecs_task_security_group_id" {
+  description = "Security group of the tasks: the deploy workflow's ECS_SECURITY_GROUP, for the migration task."
+  value       = module.security.tasks_security_group_id
+}

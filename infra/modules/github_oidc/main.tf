@@ -92,6 +92,32 @@ data "aws_iam_policy_document" "deploy" {
     resources = [var.ecs_service_arn]
   }
 
+  # The one-off `chatty migrate` task the workflow runs before it rolls the service: only
+  # revisions of chatty's family, only in chatty's cluster.
+  statement {
+    sid       = "MigrationTask"
+    actions   = ["ecs:RunTask"]
+    resources = ["arn:aws:ecs:*:*:task-definition/${var.ecs_task_definition_family}:*"]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [var.ecs_cluster_arn]
+    }
+  }
+
+  statement {
+    sid       = "MigrationTaskStatus"
+    actions   = ["ecs:DescribeTasks"]
+    resources = ["*"]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [var.ecs_cluster_arn]
+    }
+  }
+
   statement {
     sid       = "PassTaskRoles"
     actions   = ["iam:PassRole"]

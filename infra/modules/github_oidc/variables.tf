@@ -41,6 +41,16 @@ variable "ecs_service_arn" {
   type        = string
 }
 
+variable "ecs_cluster_arn" {
+  description = "ECS cluster where the workflow runs the one-off migration task."
+  type        = string
+}
+
+variable "ecs_task_definition_family" {
+  description = "Task definition family whose revisions the workflow may run as the migration task."
+  type        = string
+}
+
 variable "passable_role_arns" {
   description = "Task execution and task role ARNs the workflow may pass to ECS when it registers a task definition."
   type        = list(string)
