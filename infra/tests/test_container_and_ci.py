@@ -154,7 +154,9 @@ PINNED = re.compile(r"^[\w.-]+/[\w./-]+@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
 
 
 def check_workflows_pinned_and_scoped(root: Path) -> None:
-    for name in ("ci.yml", "deploy.yml"):
+    names = sorted(p.name for p in (root / ".github/workflows").glob("*.yml"))
+    assert {"ci.yml", "deploy.yml"} <= set(names)
+    for name in names:
         wf = _workflow(root, name)
         assert "permissions" in wf, f"{name}: set top-level permissions"
         top = wf["permissions"]
@@ -178,6 +180,16 @@ def check_ci(root: Path) -> None:
     assert re.search(r"cargo clippy .*-- -D warnings", runs), "clippy with -D warnings"
     assert "./scripts/test.sh" in runs, "the test job runs ./scripts/test.sh"
     assert any("cargo-deny" in u for u in uses) or "cargo audit" in runs or "cargo deny" in runs
+    # cargo-deny reads deny.toml, for both lockfiles, in CI and on a daily schedule.
+    assert (root / "deny.toml").exists(), "deny.toml (cargo-deny's policy) is missing"
+    for wf_name in ("ci.yml", "dependencies.yml"):
+        deny_wf = _workflow(root, wf_name)
+        deny_jobs = [j for j in deny_wf["jobs"].values() if "cargo-deny" in str(j.get("steps"))]
+        assert deny_jobs, f"{wf_name}: no cargo-deny job"
+        text = str(deny_jobs[0])
+        assert "deny.toml" in text, f"{wf_name}: cargo-deny must use deny.toml"
+        assert "loadtests/Cargo.toml" in text, f"{wf_name}: cargo-deny must check loadtests/Cargo.lock too"
+    assert "schedule" in _workflow(root, "dependencies.yml")["on"], "dependencies.yml must run on a schedule"
     assert "scripts/lint-deploy.sh" in runs, "CI runs the deployment lint"
     assert any(u.startswith("hashicorp/setup-terraform") for u in uses)
     assert any(u.startswith("docker/build-push-action") for u in uses), "CI builds the image"
@@ -265,6 +277,8 @@ MUTATIONS = {
     "unpinned_action": (check_workflows_pinned_and_scoped, ".github/workflows/ci.yml", r"actions/checkout@v5", "actions/checkout@main"),
     "no_stability_wait": (check_deploy, ".github/workflows/deploy.yml", r"wait-for-service-stability: true", "wait-for-service-stability: false"),
     "redis_6": (check_ci, ".github/workflows/ci.yml", r"image: redis:7", "image: redis:6"),
+    "deny_one_lockfile": (check_ci, ".github/workflows/dependencies.yml", r", loadtests/Cargo\.toml\]", "]"),
+    "deny_unscheduled": (check_ci, ".github/workflows/dependencies.yml", r"^  schedule:\n    - cron: .*\n", ""),
     "deploy_from_forks": (check_deploy, ".github/workflows/deploy.yml", r"^\s*&& github\.event\.workflow_run\.head_repository\.full_name == github\.repository\)", "          )"),
     "deploy_any_event": (check_deploy, ".github/workflows/deploy.yml", r"^\s*&& github\.event\.workflow_run\.event == 'push'\n", ""),
     "dispatch_any_ref": (check_deploy, ".github/workflows/deploy.yml", r" && github\.ref == 'refs/heads/main'", ""),
@@ -278,7 +292,7 @@ def repo_copy(root, tmp_path):
     dst = tmp_path / "repo"
     (dst / ".github").mkdir(parents=True)
     shutil.copytree(root / ".github/workflows", dst / ".github/workflows")
-    for f in ("Dockerfile", ".dockerignore"):
+    for f in ("Dockerfile", ".dockerignore", "deny.toml"):
         shutil.copy2(root / f, dst / f)
     return dst
 
