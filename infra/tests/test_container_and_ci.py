@@ -259,7 +259,34 @@ def check_deploy(root: Path) -> None:
         assert "github.ref == 'refs/heads/main'" in cond, "a manual deploy must be of main only"
 
 
-CHECKS = [check_dockerfile, check_dockerignore, check_workflows_pinned_and_scoped, check_ci, check_deploy]
+def check_supply_chain(root: Path) -> None:
+    """Dependencies are watched (Dependabot for every ecosystem here), the code is scanned
+    (CodeQL), and the image is scanned (failing on fixable criticals) with an SBOM kept."""
+    dep = yaml.safe_load((root / ".github/dependabot.yml").read_text(encoding="utf-8"))
+    ecosystems = {u["package-ecosystem"] for u in dep.get("updates", [])}
+    missing = {"cargo", "npm", "github-actions", "docker", "terraform"} - ecosystems
+    assert not missing, f"dependabot.yml lacks {sorted(missing)}"
+    cargo_dirs = {d for u in dep["updates"] if u["package-ecosystem"] == "cargo" for d in u.get("directories", [u.get("directory")])}
+    assert {"/", "/loadtests"} <= cargo_dirs, "dependabot must watch both Cargo lockfiles"
+
+    codeql = _workflow(root, "codeql.yml")
+    uses = [s.get("uses", "") for _, _, s in _steps(codeql)]
+    assert any(u.startswith("github/codeql-action/analyze@") for u in uses), "codeql.yml must analyze"
+    jobs = list(codeql["jobs"].values())
+    assert all(j.get("permissions", {}).get("security-events") == "write" for j in jobs)
+
+    ci = _workflow(root, "ci.yml")
+    steps = [s for _, _, s in _steps(ci)]
+    scans = [s for s in steps if s.get("uses", "").startswith(("anchore/scan-action@", "aquasecurity/trivy-action@"))]
+    assert scans, "CI must scan the image"
+    w = scans[0].get("with", {})
+    fails = w.get("fail-build") is True or str(w.get("exit-code")) == "1"
+    assert fails, "the image scan must fail the build"
+    assert str(w.get("severity-cutoff", w.get("severity", ""))).lower().startswith("critical"), "fail on criticals"
+    assert any(s.get("uses", "").startswith("anchore/sbom-action@") for s in steps), "CI must produce an SBOM of the image"
+
+
+CHECKS = [check_dockerfile, check_dockerignore, check_workflows_pinned_and_scoped, check_ci, check_deploy, check_supply_chain]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
@@ -277,6 +304,9 @@ MUTATIONS = {
     "unpinned_action": (check_workflows_pinned_and_scoped, ".github/workflows/ci.yml", r"actions/checkout@v5", "actions/checkout@main"),
     "no_stability_wait": (check_deploy, ".github/workflows/deploy.yml", r"wait-for-service-stability: true", "wait-for-service-stability: false"),
     "redis_6": (check_ci, ".github/workflows/ci.yml", r"image: redis:7", "image: redis:6"),
+    "dependabot_no_docker": (check_supply_chain, ".github/dependabot.yml", r"^  - package-ecosystem: docker\n    directory: /\n    schedule:\n      interval: weekly\n", ""),
+    "image_scan_never_fails": (check_supply_chain, ".github/workflows/ci.yml", r"fail-build: true", "fail-build: false"),
+    "no_sbom": (check_supply_chain, ".github/workflows/ci.yml", r"anchore/sbom-action@v0", "actions/upload-artifact@v4"),
     "deny_one_lockfile": (check_ci, ".github/workflows/dependencies.yml", r", loadtests/Cargo\.toml\]", "]"),
     "deny_unscheduled": (check_ci, ".github/workflows/dependencies.yml", r"^  schedule:\n    - cron: .*\n", ""),
     "deploy_from_forks": (check_deploy, ".github/workflows/deploy.yml", r"^\s*&& github\.event\.workflow_run\.head_repository\.full_name == github\.repository\)", "          )"),
@@ -292,6 +322,7 @@ def repo_copy(root, tmp_path):
     dst = tmp_path / "repo"
     (dst / ".github").mkdir(parents=True)
     shutil.copytree(root / ".github/workflows", dst / ".github/workflows")
+    shutil.copy2(root / ".github/dependabot.yml", dst / ".github/dependabot.yml")
     for f in ("Dockerfile", ".dockerignore", "deny.toml"):
         shutil.copy2(root / f, dst / f)
     return dst
