@@ -19,7 +19,7 @@ use crate::ids::RoomId;
 use crate::metrics::Metrics;
 use crate::moderation::{By, ModError, Moderation};
 use crate::outbox::Outbox;
-use crate::ports::{BusEvent, ClusterBus, MessageStore, NewMessage};
+use crate::ports::{BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage};
 use crate::protocol::{Command, Encoding, ErrorCode, HistoryItem, ServerFrame};
 use crate::room::{Member, Membership, RoomMsg};
 use crate::rooms::{RoomHandle, RoomRegistry};
@@ -200,12 +200,37 @@ impl ConnState {
     /// The room's handle if this socket is (still) joined to it; else `not_joined`. A room
     /// the socket was taken out of is forgotten here, on first use.
     fn joined(&mut self, r#ref: Option<&str>, room: &RoomId) -> Option<Arc<RoomHandle>> {
-        self.forget_if_revoked(room);
-        let h = self.rooms.get(room).map(|j| j.handle.clone());
-        if h.is_none() {
-            self.error(r#ref, ErrorCode::NotJoined, "join the room first");
+        // One lookup on the hot path (every send, typing and read).
+        match self.rooms.get(room) {
+            Some(j) if !j.membership.is_revoked() => return Some(j.handle.clone()),
+            Some(_) => {
+                self.rooms.remove(room);
+            }
+            None => {}
         }
-        h
+        self.error(r#ref, ErrorCode::NotJoined, "join the room first");
+        None
+    }
+
+    /// May this socket see `room` (join it, or read its history unjoined)? The store's facts,
+    /// judged by `access::may_join`; on a refusal or store trouble the error goes out here.
+    async fn admitted(&self, r#ref: Option<&str>, room: &RoomId) -> Option<JoinInfo> {
+        let ctx = &self.args.ctx;
+        let user = &self.args.identity.user;
+        match crate::ports::timed(ctx.store.join_info(room, user)).await {
+            Ok(info) => match access::may_join(self.args.outbox.shared().is_admin(), &info) {
+                Ok(()) => Some(info),
+                Err(why) => {
+                    self.error(r#ref, ErrorCode::Forbidden, why);
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "join check: store unavailable");
+                self.error(r#ref, ErrorCode::Unavailable, "try again later");
+                None
+            }
+        }
     }
 
     fn forget_if_revoked(&mut self, room: &RoomId) {
@@ -246,33 +271,24 @@ impl ConnState {
             Command::Join { r#ref, room, since } => {
                 let r = r#ref.as_deref();
                 self.forget_if_revoked(&room);
-                if !self.rooms.contains_key(&room)
-                    && self.rooms.len() >= ctx.config.rooms_per_connection
-                {
+                let limit = ctx.config.rooms_per_connection;
+                let full = |rooms: &HashMap<RoomId, Joined>| {
+                    !rooms.contains_key(&room) && rooms.len() >= limit
+                };
+                if full(&self.rooms) {
                     // Rooms this socket was taken out of do not count against its limit.
                     self.rooms.retain(|_, j| !j.membership.is_revoked());
-                }
-                if !self.rooms.contains_key(&room)
-                    && self.rooms.len() >= ctx.config.rooms_per_connection
-                {
-                    return self.error(
-                        r,
-                        ErrorCode::RoomLimit,
-                        "too many rooms on this connection",
-                    );
-                }
-                let admin = self.args.outbox.shared().is_admin();
-                let user = &self.args.identity.user;
-                let info = match crate::ports::timed(ctx.store.join_info(&room, user)).await {
-                    Ok(info) => info,
-                    Err(e) => {
-                        tracing::warn!(room = %room, error = %e, "join: store unavailable");
-                        return self.error(r, ErrorCode::Unavailable, "try again later");
+                    if full(&self.rooms) {
+                        return self.error(
+                            r,
+                            ErrorCode::RoomLimit,
+                            "too many rooms on this connection",
+                        );
                     }
-                };
-                if let Err(why) = access::may_join(admin, &info) {
-                    return self.error(r, ErrorCode::Forbidden, why);
                 }
+                let Some(info) = self.admitted(r, &room).await else {
+                    return;
+                };
                 let Some(h) = ctx.rooms.get_or_spawn(&room).await else {
                     return self.error(r, ErrorCode::Unavailable, "try again later");
                 };
@@ -376,17 +392,8 @@ impl ConnState {
             } => {
                 let r = r#ref.as_deref();
                 self.forget_if_revoked(&room);
-                if !self.rooms.contains_key(&room) {
-                    let admin = self.args.outbox.shared().is_admin();
-                    let user = &self.args.identity.user;
-                    match crate::ports::timed(ctx.store.join_info(&room, user)).await {
-                        Ok(info) => {
-                            if let Err(why) = access::may_join(admin, &info) {
-                                return self.error(r, ErrorCode::Forbidden, why);
-                            }
-                        }
-                        Err(_) => return self.error(r, ErrorCode::Unavailable, "try again later"),
-                    }
+                if !self.rooms.contains_key(&room) && self.admitted(r, &room).await.is_none() {
+                    return;
                 }
                 let limit = limit.min(ctx.config.history_max);
                 match crate::ports::timed(ctx.store.before(&room, before, limit)).await {
