@@ -56,6 +56,12 @@ RUN apt-get update \
 # weeks. The pinned base image tag (and its digest, once Renovate/Dependabot adds it) is what
 # fixes the package set; rebuilding picks up security fixes.
 
+# The RDS CA bundle: TLS to RDS is verify-full (infra/modules/rds builds the URL with
+# sslrootcert= this path), and the RDS CAs are in no public trust store. Fetched at build time
+# from AWS's trust store; world-readable because ADD from a URL defaults to 0600.
+ADD --chmod=0644 https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem \
+    /usr/local/share/chatty/rds-global-bundle.pem
+
 # The server keeps no local state (Postgres is the store, logs go to stdout), so nothing in
 # the image is writable by the service user and the root filesystem can be read-only.
 RUN groupadd --system --gid 10001 chatty \

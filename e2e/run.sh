@@ -11,7 +11,16 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-chromium="${CHATTY_E2E_CHROMIUM:-/usr/bin/chromium}"
+# Debian's chromium by default; otherwise the Chrome or Chromium already installed (GitHub's
+# Ubuntu runners ship Google Chrome, and Ubuntu's chromium package is only a snap shim).
+chromium="${CHATTY_E2E_CHROMIUM:-}"
+if [ -z "$chromium" ]; then
+  chromium=/usr/bin/chromium
+  for candidate in /usr/bin/chromium /usr/bin/google-chrome /usr/bin/google-chrome-stable; do
+    if [ -x "$candidate" ]; then chromium=$candidate; break; fi
+  done
+fi
+export CHATTY_E2E_CHROMIUM="$chromium"
 
 if [ ! -d "$here/node_modules/playwright-core" ]; then
   echo "e2e: installing npm packages"

@@ -6,11 +6,16 @@
 #   scripts/autobahn.sh            install wstest if needed, build, run, check
 #
 # Steps:
-#   1. wstest (PyPI autobahntestsuite, Python 2.7 only) is installed, pinned by
-#      conformance/autobahn/requirements.txt, into the virtualenv .tools/autobahn/venv; this is
-#      skipped when that venv already matches the requirements (a stamp file holds their hash).
-#      Python 2.7 comes from $AUTOBAHN_PYTHON, else pyenv ($PYENV_ROOT or ~/.pyenv, any
-#      2.7.x), else `python2.7` on PATH; without one the script stops and says how to get it.
+#   1. wstest (PyPI autobahntestsuite, Python 2.7 only) runs one of two ways ($AUTOBAHN_RUNNER:
+#      auto, the default, takes the first that is available):
+#      - venv: installed, pinned by conformance/autobahn/requirements.txt, into the virtualenv
+#        .tools/autobahn/venv; skipped when that venv already matches the requirements (a stamp
+#        file holds their hash). Python 2.7 comes from $AUTOBAHN_PYTHON, else pyenv
+#        ($PYENV_ROOT or ~/.pyenv, any 2.7.x), else `python2.7` on PATH.
+#      - docker: the project's own image (crossbario/autobahn-testsuite, the same suite version
+#        25.10.1 on PyPy 2.7), pinned by digest in $AUTOBAHN_IMAGE, with host networking. This
+#        is how GitHub's runners (no Python 2.7) run it.
+#      With neither, the script stops and says how to get one.
 #   2. cargo build --release -p chatty.
 #   3. The server starts on two free loopback ports with the echo endpoint on and a throwaway
 #      SQLite database, and is stopped on exit whatever happens.
@@ -21,7 +26,7 @@
 #      behaviorClose must be OK, NON-STRICT or INFORMATIONAL, and every selected case must have
 #      run. It prints `autobahn: N passed, M failed`; the script exits non-zero on any failure.
 #
-# Environment: AUTOBAHN_PYTHON (a python2.7), AUTOBAHN_TIMEOUT (seconds for wstest, default 900),
+# Environment: AUTOBAHN_RUNNER (auto|venv|docker), AUTOBAHN_PYTHON (a python2.7), AUTOBAHN_IMAGE, AUTOBAHN_TIMEOUT (seconds for wstest, default 900),
 # CARGO_TARGET_DIR (honoured when locating the binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -101,8 +106,44 @@ install_wstest() {
   log "wstest: installed"
 }
 
-py27=$(find_python27)
-install_wstest "$py27"
+# The suite's own image, pinned by digest: suite 25.10.1, as requirements.txt pins for the venv.
+image="${AUTOBAHN_IMAGE:-crossbario/autobahn-testsuite@sha256:519915fb568b04c9383f70a1c405ae3ff44ab9e35835b085239c258b6fac3074}"
+has_python27() { [ -n "${AUTOBAHN_PYTHON:-}" ] || command -v python2.7 >/dev/null ||
+  compgen -G "${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7*/bin/python2.7" >/dev/null; }
+runner="${AUTOBAHN_RUNNER:-auto}"
+if [ "$runner" = auto ]; then
+  if has_python27; then runner=venv
+  elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then runner=docker
+  else die "neither Python 2.7 nor a working docker: Autobahn|Testsuite runs only on Python 2.7.
+    Install it with pyenv (\`pyenv install 2.7.18\`), point AUTOBAHN_PYTHON at a python2.7, or
+    install docker to run the suite's image ($image)."
+  fi
+fi
+case "$runner" in
+  venv)
+    py27=$(find_python27)
+    install_wstest "$py27"
+    hostpy="$venv/bin/python"
+    ;;
+  docker)
+    log "wstest: from the image $image"
+    docker pull --quiet "$image" >/dev/null || die "could not pull $image"
+    hostpy=$(command -v python3 || true)
+    [ -n "$hostpy" ] || die "the docker runner needs python3 on the host for its helpers"
+    ;;
+  *) die "AUTOBAHN_RUNNER=$runner: expected auto, venv or docker" ;;
+esac
+
+# How to run a command of the suite (wstest, or python with autobahntestsuite importable): a
+# prefix that the command's name and arguments follow.
+if [ "$runner" = venv ]; then
+  suite=(env PATH="$venv/bin:$PATH")
+else
+  # Host networking reaches the server on loopback; the report directory and the checker are
+  # mounted at the same paths, and the container runs as this user so the files stay ours.
+  suite=(docker run --rm --network host --user "$(id -u):$(id -g)" -e HOME=/tmp
+    -v "$out:$out" -v "$root/conformance/autobahn:$root/conformance/autobahn:ro" -w "$out" "$image")
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 2. Build
@@ -143,7 +184,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 free_port() {
-  "$py27" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  "$hostpy" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 port=$(free_port)
 metrics_port=$(free_port)
@@ -166,9 +207,13 @@ server_pid=$!
 ready=""
 for _ in $(seq 300); do
   kill -0 "$server_pid" 2>/dev/null || { tail -n 20 "$out/server.log" >&2; die "the server exited during startup"; }
-  if "$venv/bin/python" -c 'import sys, urllib2
+  if "$hostpy" -c 'import sys
 try:
-    sys.exit(urllib2.urlopen("http://127.0.0.1:%s/readyz" % sys.argv[1], timeout=2).getcode() != 200)
+    from urllib.request import urlopen
+except ImportError:
+    from urllib2 import urlopen
+try:
+    sys.exit(urlopen("http://127.0.0.1:%s/readyz" % sys.argv[1], timeout=2).getcode() != 200)
 except Exception:
     sys.exit(1)' "$port"; then
     ready=1
@@ -183,7 +228,7 @@ log "server ready"
 # 4. wstest
 # ---------------------------------------------------------------------------------------------
 spec="$out/fuzzingclient.json"
-"$venv/bin/python" - "$spec_template" "$spec" "$port" "$out" <<'EOF'
+"$hostpy" - "$spec_template" "$spec" "$port" "$out" <<'EOF'
 import json, sys
 template, target, port, outdir = sys.argv[1:]
 with open(template) as f:
@@ -198,7 +243,7 @@ log "running wstest -m fuzzingclient -s ${spec#"$root"/} (output in ${out#"$root
 wstest_started=$(date +%s)
 wstest_rc=0
 # In the background and waited for, so that a TERM or INT to this script is handled at once.
-(cd "$out" && exec timeout "${AUTOBAHN_TIMEOUT:-900}" "$venv/bin/wstest" -m fuzzingclient -s "$spec") \
+(cd "$out" && exec timeout "${AUTOBAHN_TIMEOUT:-900}" "${suite[@]}" wstest -m fuzzingclient -s "$spec") \
   >"$out/wstest.log" 2>&1 &
 wstest_pid=$!
 wait "$wstest_pid" || wstest_rc=$?
@@ -214,7 +259,7 @@ kill -0 "$server_pid" 2>/dev/null || log "warning: the server is no longer runni
 # 5. Check
 # ---------------------------------------------------------------------------------------------
 check_rc=0
-"$venv/bin/python" "$root/conformance/autobahn/check_report.py" "$out" --spec "$spec" --agent chatty ||
+"${suite[@]}" python "$root/conformance/autobahn/check_report.py" "$out" --spec "$spec" --agent chatty ||
   check_rc=$?
 log "report: ${out#"$root"/}/index.html"
 if [ "$check_rc" != 0 ] || [ "$wstest_rc" != 0 ]; then

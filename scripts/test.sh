@@ -6,7 +6,7 @@
 #   2. the local servers on 127.0.0.1:5432 / 127.0.0.1:6379, when they answer;
 #   3. throwaway instances started here from the installed server binaries, in a temporary
 #      directory, stopped on exit (the Debian packages `postgresql` and `redis-server` are
-#      installed first when missing and this runs as root with apt-get available).
+#      installed first when missing, as root or through passwordless sudo, with apt-get).
 # A suite whose services cannot be had fails loudly; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,13 +31,16 @@ trap cleanup EXIT
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# As root, or through passwordless sudo (as on CI runners).
 apt_install() {
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  local sudo=()
+  [ "$(id -u)" = 0 ] || { sudo -n true 2>/dev/null && sudo=(sudo -n); }
+  if command -v apt-get >/dev/null && { [ "$(id -u)" = 0 ] || [ ${#sudo[@]} -gt 0 ]; }; then
     log "installing $*"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
-    log "missing $* and cannot install it (not root or no apt-get)"
+    log "missing $* and cannot install it (not root, no passwordless sudo, or no apt-get)"
     return 1
   fi
 }
@@ -102,8 +105,24 @@ drop_old_test_databases() {
     while read -r db; do
       psql "$CHATTY_TEST_DATABASE_URL/postgres" -qc "drop database if exists \"$db\"" >/dev/null 2>&1 || true
     done
+  # Application roles a failed run of tests/api/db_roles.rs left (they owned only those databases).
+  psql "$CHATTY_TEST_DATABASE_URL/postgres" -Atqc \
+    "select rolname from pg_roles where rolname like 'chatty\_test\_role\_%'" 2>/dev/null |
+    while read -r role; do
+      psql "$CHATTY_TEST_DATABASE_URL/postgres" -qc "drop role if exists \"$role\"" >/dev/null 2>&1 || true
+    done
 }
 
+# The fault and cluster suites start private servers of their own (to stop, freeze or lose
+# them), so the server binaries must be here even when the services come from elsewhere.
+ensure_server_binaries() {
+  [ -n "$(pg_bin)" ] || apt_install postgresql || true
+  [ -n "$(pg_bin)" ] || { log "no PostgreSQL server binaries under /usr/lib/postgresql"; exit 1; }
+  command -v redis-server >/dev/null || apt_install redis-server || true
+  command -v redis-server >/dev/null || { log "no redis-server on PATH"; exit 1; }
+}
+
+ensure_server_binaries
 ensure_postgres
 ensure_redis
 drop_old_test_databases

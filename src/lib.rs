@@ -6,6 +6,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod echo;
+pub mod ecs;
 pub mod frames;
 pub mod health;
 pub mod redis_bus;

@@ -75,13 +75,30 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let settings_poll_ms = settings.server.ecs_stop_poll_ms;
     let app = Application::build(settings).await?;
     tracing::info!(
         port = app.port(),
         metrics_port = app.metrics_port(),
         "listening"
     );
-    let clean = app.run_until(shutdown_signal()).await?;
+    // On ECS, also drain when the task is being stopped (before SIGTERM: see ecs.rs).
+    let ecs_stop = async {
+        match std::env::var(chatty::ecs::METADATA_ENV) {
+            Ok(uri) if settings_poll_ms > 0 => {
+                chatty::ecs::stop_requested(uri, Duration::from_millis(settings_poll_ms)).await
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    let clean = app
+        .run_until(async {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = ecs_stop => {}
+            }
+        })
+        .await?;
     if !clean {
         tracing::warn!("shutdown did not finish every step in time");
     }

@@ -94,12 +94,19 @@ pub struct ServerSettings {
     pub shutdown_timeout_ms: u64,
     /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed: only the entry they append.
     pub trusted_proxies: Vec<String>,
+    /// On ECS (`ECS_CONTAINER_METADATA_URI_V4` set): how often to ask whether this task is
+    /// being stopped, to drain before the load balancer ends the sockets (see `ecs.rs`).
+    /// 0 turns the watch off.
+    pub ecs_stop_poll_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct DatabaseSettings {
     /// `postgres://…`; empty selects the embedded SQLite store.
     pub url: Secret,
+    /// `chatty migrate` only: the schema owner's URL. When set, migrations run as it and the
+    /// user of `url` becomes a row-access-only application role (see `store/roles.rs`).
+    pub migration_url: Secret,
     /// Where the embedded SQLite store lives when `url` is empty.
     pub sqlite_path: String,
     pub max_connections: u32,
@@ -201,7 +208,9 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("server.ping_interval_ms", "25000"),
     ("server.pong_timeout_ms", "10000"),
     ("server.shutdown_timeout_ms", "25000"),
+    ("server.ecs_stop_poll_ms", "2000"),
     ("database.url", ""),
+    ("database.migration_url", ""),
     ("database.sqlite_path", "data/chatty.db"),
     ("database.max_connections", "10"),
     ("database.migrate_on_start", "true"),
@@ -399,6 +408,15 @@ impl Settings {
             url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://"),
             "database.url",
             "must be a postgres:// URL (or empty for the embedded store)",
+        );
+        let migration_url = self.database.migration_url.expose();
+        need(
+            migration_url.is_empty()
+                || (!url.is_empty()
+                    && (migration_url.starts_with("postgres://")
+                        || migration_url.starts_with("postgresql://"))),
+            "database.migration_url",
+            "must be a postgres:// URL, and database.url must be set too",
         );
         need(
             !url.is_empty() || self.redis.url.expose().is_empty(),

@@ -345,10 +345,23 @@ async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// `chatty migrate`: create the database if needed and apply migrations.
+/// `chatty migrate`: create the database if needed and apply migrations. With
+/// `database.migration_url`, as that (owner) role, and then keep the application role of
+/// `database.url` with row access only.
 pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
-    let db = Database::open(settings, true).await?;
+    if settings.database.migration_url.expose().is_empty() {
+        let db = Database::open(settings, true).await?;
+        db.close().await;
+        return Ok(());
+    }
+    let app = crate::store::AppRole::from_url(settings.database.url.expose())?;
+    let mut owner = settings.clone();
+    owner.database.url = settings.database.migration_url.clone();
+    let db = Database::open(&owner, true).await?;
+    let granted = db.grant_app_role(&app).await;
     db.close().await;
+    granted?;
+    tracing::info!(role = %app.name, "migrations applied; application role granted row access");
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 mod conns;
 mod nodelay;
 mod postgres;
+mod roles;
 mod sqlite;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use chatty_actors::{
     StoredMessage, UserId,
 };
 pub use postgres::PgStore;
+pub use roles::AppRole;
 pub use sqlite::SqliteStore;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -136,6 +138,14 @@ impl Database {
             Database::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await,
         }
         .context("running migrations")
+    }
+
+    /// Keep the application's role (see `roles.rs`); PostgreSQL only.
+    pub async fn grant_app_role(&self, role: &AppRole) -> anyhow::Result<()> {
+        match self {
+            Database::Postgres { pool, .. } => roles::grant_app_role(pool, role).await,
+            Database::Sqlite(_) => anyhow::bail!("database.migration_url needs PostgreSQL"),
+        }
     }
 
     pub fn store(&self) -> Arc<dyn MessageStore> {

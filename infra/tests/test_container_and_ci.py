@@ -238,8 +238,25 @@ def check_deploy(root: Path) -> None:
     assert smoke_idx > deploy_idx
 
     # The migrations run as a one-off task before the service rolls, and their failure stops it.
-    migrate_idx = next((i for i, u in enumerate(order) if "aws ecs run-task" in u and '["migrate"]' in u), None)
+    # It runs a revision of the migration family (command `migrate`, the only task definition
+    # carrying the schema owner's URL), rendered with the new image.
+    migrate_idx = next((i for i, u in enumerate(order) if "aws ecs run-task" in u), None)
     assert migrate_idx is not None, "deploy must run `chatty migrate` as a one-off ECS task"
+    run_step = steps[migrate_idx][2]
+    arn_src = str(run_step.get("env", {}).get("TASK_DEFINITION_ARN", ""))
+    reg = re.search(r"steps\.([\w-]+)\.outputs", arn_src)
+    assert reg, "the migration task must run a revision registered by an earlier step"
+    reg_step = next(s for _, _, s in steps if s.get("id") == reg.group(1))
+    render = re.search(r"steps\.([\w-]+)\.outputs", str(reg_step.get("env", {}).get("TASK_DEFINITION", "")))
+    assert render, "the registered migration revision must come from a rendered task definition"
+    render_step = next(s for _, _, s in steps if s.get("id") == render.group(1))
+    rendered_file = render_step["with"]["task-definition"]
+    download = next((r for r in runs if rendered_file in r), "")
+    fam = re.search(r'--task-definition "\$(\w+)"\s*\\?\s*\n?\s*--query taskDefinition > ' + re.escape(rendered_file), download)
+    assert fam, f"{rendered_file} must be downloaded with describe-task-definition"
+    family_vars = [str(s.get("env", {}).get(fam.group(1), "")) for _, _, s in steps if fam.group(1) in s.get("env", {})]
+    assert any("vars.ECS_MIGRATE_TASK_FAMILY" in v for v in family_vars), \
+        "the migration task must be a revision of the migration family (ECS_MIGRATE_TASK_FAMILY)"
     assert migrate_idx < deploy_idx, "the migrations must run before the service rolls"
     assert "aws ecs wait tasks-stopped" in order[migrate_idx] and "exitCode" in order[migrate_idx], \
         "the deploy must wait for the migration task and check its exit code"
@@ -314,7 +331,7 @@ MUTATIONS = {
     "deploy_from_forks": (check_deploy, ".github/workflows/deploy.yml", r"^\s*&& github\.event\.workflow_run\.head_repository\.full_name == github\.repository\)", "          )"),
     "deploy_any_event": (check_deploy, ".github/workflows/deploy.yml", r"^\s*&& github\.event\.workflow_run\.event == 'push'\n", ""),
     "dispatch_any_ref": (check_deploy, ".github/workflows/deploy.yml", r" && github\.ref == 'refs/heads/main'", ""),
-    "no_migration_task": (check_deploy, ".github/workflows/deploy.yml", r'command: \["migrate"\]', 'command: ["serve"]'),
+    "no_migration_task": (check_deploy, ".github/workflows/deploy.yml", r"MIGRATE_TASK_FAMILY: \$\{\{ vars\.ECS_MIGRATE_TASK_FAMILY \}\}", "MIGRATE_TASK_FAMILY: ${{ vars.ECS_TASK_FAMILY }}"),
     "migration_exit_ignored": (check_deploy, ".github/workflows/deploy.yml", r"exitCode", "stopCode"),
 }
 

@@ -26,6 +26,7 @@ from hclutil import META_KEYS, Dir, Environment, Unresolvable, first_block, labe
 # defaults; config/base.toml and config/production.toml may override them (read below).
 DEFAULT_PING_INTERVAL_MS = 25_000  # server.ping_interval_ms
 DEFAULT_SHUTDOWN_TIMEOUT_MS = 25_000  # server.shutdown_timeout_ms: the drain after SIGTERM
+DEFAULT_ECS_STOP_POLL_MS = 2_000  # server.ecs_stop_poll_ms: how soon a node sees its task stopping
 FARGATE_MAX_STOP_TIMEOUT_S = 120
 APP_PORT = 8080
 METRICS_PORT = 9090
@@ -127,6 +128,13 @@ def check_drain_timing(root: Path) -> None:
     assert stop <= FARGATE_MAX_STOP_TIMEOUT_S, f"stopTimeout {stop}s exceeds Fargate's {FARGATE_MAX_STOP_TIMEOUT_S}s"
     drain = drain_s(root)
     assert stop > drain, f"stopTimeout {stop}s leaves no room for the {drain:g}s drain"
+    # The node starts draining when it sees its task stopping (src/ecs.rs), at the start of the
+    # deregistration delay; the ALB ends what is still open when the delay runs out, so the
+    # delay must cover seeing it plus the whole drain.
+    poll = server_setting_s(root, "ecs_stop_poll_ms", DEFAULT_ECS_STOP_POLL_MS)
+    assert poll > 0, "server.ecs_stop_poll_ms must stay on in production"
+    assert delay > drain + poll, \
+        f"deregistration_delay {delay}s must exceed the {poll:g}s stop poll plus the {drain:g}s drain"
 
 
 def check_target_group(root: Path) -> None:
@@ -178,6 +186,50 @@ def check_rds(root: Path) -> None:
     assert _resolve(scope, db.get("publicly_accessible", False), "publicly_accessible") is False
     # multi_az is a variable (per environment), not hard-wired.
     assert re.fullmatch(r"\$\{var\.[a-z_]+\}", str(db.get("multi_az", ""))), "multi_az must come from a variable"
+
+
+def check_database_roles(root: Path) -> None:
+    """Serving tasks connect as the application role with verify-full TLS; only the one-off
+    migration task gets the schema owner's URL."""
+    outputs = (root / MODULES_DIR / "rds" / "outputs.tf").read_text(encoding="utf-8")
+    for name in ("database_url", "migration_database_url"):
+        m = re.search(r'output "' + name + r'" \{(.*?)\n\}', outputs, flags=re.S)
+        assert m, f"rds module must output {name}"
+        assert "local.tls" in m.group(1), f"{name} must use the verify-full TLS parameters"
+    tls = re.search(r'tls\s*=\s*"([^"]*)"', outputs)
+    assert tls and "sslmode=verify-full" in tls.group(1) and "sslrootcert=" in tls.group(1), \
+        "RDS URLs must use sslmode=verify-full with sslrootcert"
+    app = re.search(r'output "database_url" \{(.*?)\n\}', outputs, flags=re.S).group(1)
+    assert "var.app_username" in app and "var.username" not in app, \
+        "the serving URL must name the application role, not the master user"
+
+    rds_vars = (root / MODULES_DIR / "rds" / "variables.tf").read_text(encoding="utf-8")
+    ca = re.search(r'variable "ca_bundle_path" \{[^}]*default\s*=\s*"([^"]+)"', rds_vars)
+    assert ca, "rds module must declare ca_bundle_path with a default"
+    dockerfile = (root / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^ADD\b.*global-bundle\.pem\s*\\?\s*\n?\s*" + re.escape(ca.group(1)), dockerfile, flags=re.M), \
+        f"the image must carry the RDS CA bundle at {ca.group(1)}"
+
+    scope, cdef = container_definition(root)
+    assert "migration_secrets" not in str(cdef.get("secrets", "")), \
+        "the serving container must not get the migration (owner) secrets"
+    env_vars = scope.module.locals.get("environment", "")
+    assert re.search(r'CHATTY__DATABASE__MIGRATE_ON_START\s*=\s*"false"', str(env_vars)) or \
+        "CHATTY__DATABASE__MIGRATE_ON_START" in str(env_vars), "serving tasks must not migrate on start"
+    mig = scope.module.locals.get("migrate_container_definition")
+    assert isinstance(mig, dict), "ecs module must define the migration task's container"
+    assert _resolve(scope, mig.get("command"), "command") == ["migrate"], "the migration task must run `chatty migrate`"
+    assert "migration_secrets" in str(mig.get("secrets", "")), "the migration task must get the owner's URL"
+
+    env = _env(root)
+    ecs_call = env.env.modules.get("ecs", {})
+    assert "module.secrets.migration_secrets" in str(ecs_call.get("migration_secrets", "")), \
+        "the environment must hand the migration secrets to the ecs module"
+    assert "module.secrets.container_secrets" in str(ecs_call.get("secrets", "")), \
+        "the serving secrets must be the secrets module's container_secrets"
+    secrets_main = (root / MODULES_DIR / "secrets" / "main.tf").read_text(encoding="utf-8")
+    assert re.search(r'migration_only\s*=\s*\["migration-database-url"\]', secrets_main), \
+        "the owner's URL must be marked migration-only in the secrets module"
 
 
 def check_redis(root: Path) -> None:
@@ -636,6 +688,7 @@ CHECKS = [
     check_target_group,
     check_listeners,
     check_rds,
+    check_database_roles,
     check_redis,
     check_ecr,
     check_security_groups,
@@ -693,6 +746,10 @@ MUTATIONS = {
             (ENV_DIR / "terraform.tfvars.example", r"^alb_idle_timeout\s*=.*$", ""),
             (ENV_DIR / "variables.tf", r'(variable "alb_idle_timeout" \{[^}]*default\s*=\s*)\d+', r"\g<1>25"),
         ],
+    ),
+    "deregistration_delay_shorter_than_drain": (
+        check_drain_timing,
+        [(ENV_DIR / "terraform.tfvars.example", r"^deregistration_delay\s*=.*$", "deregistration_delay = 20")],
     ),
     "deregistration_delay_above_stop_timeout": (
         check_drain_timing,
@@ -801,6 +858,23 @@ MUTATIONS = {
         check_alarms,
         [(ENV_DIR / "main.tf", r'^module "alarms" \{', 'module "alarms_disabled" {')],
     ),
+    "rds_tls_not_verified": (
+        check_database_roles,
+        [(MODULES_DIR / "rds/outputs.tf", r"sslmode=verify-full", "sslmode=require")],
+    ),
+    "app_connects_as_master": (
+        check_database_roles,
+        [(MODULES_DIR / "rds/outputs.tf", r"^    var\.app_username,", "    var.username,")],
+    ),
+    "ca_bundle_not_in_image": (
+        check_database_roles,
+        [("Dockerfile", r"/usr/local/share/chatty/rds-global-bundle\.pem", "/tmp/bundle.pem")],
+    ),
+    "service_gets_owner_url": (
+        check_database_roles,
+        [(MODULES_DIR / "ecs/main.tf", r"secrets     = \[for k in sort\(keys\(var\.secrets\)\) : \{ name = k, valueFrom = var\.secrets\[k\] \}\]",
+          "secrets     = [for k in sort(keys(merge(var.secrets, var.migration_secrets))) : { name = k, valueFrom = merge(var.secrets, var.migration_secrets)[k] }]")],
+    ),
     "nginx_no_upgrade_header": (
         check_compose_load_balancer,
         [("deploy/nginx.conf", r"proxy_set_header Upgrade \$http_upgrade;", "")],
@@ -815,6 +889,7 @@ def repo_copy(root, tmp_path):
         if (root / rel).exists():
             shutil.copytree(root / rel, dst / rel, ignore=shutil.ignore_patterns(".terraform", "__pycache__"))
     shutil.copy2(root / "docker-compose.yml", dst / "docker-compose.yml")
+    shutil.copy2(root / "Dockerfile", dst / "Dockerfile")
     return dst
 
 

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod cluster;
+mod db_roles;
 mod embedded;
 mod faults;
 mod handshake;

@@ -129,3 +129,81 @@ async fn stopping_the_application_acks_what_was_sent_then_closes_with_1001() {
         .await
         .is_err());
 }
+
+/// A stand-in for the ECS agent's task metadata endpoint (there is no ECS here): answers
+/// `GET /v4/<id>/task` with the desired status the test sets, and counts the requests.
+async fn metadata_endpoint(
+    desired: std::sync::Arc<parking_lot::Mutex<&'static str>>,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut req = vec![0u8; 1024];
+            let n = s.read(&mut req).await.unwrap_or(0);
+            let path_ok = String::from_utf8_lossy(&req[..n]).starts_with("GET /v4/task-1/task ");
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = format!(
+                r#"{{"Cluster":"c","DesiredStatus":"{}","KnownStatus":"RUNNING"}}"#,
+                desired.lock()
+            );
+            let answer = if path_ok {
+                format!("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{body}")
+            } else {
+                "HTTP/1.0 404 Not Found\r\n\r\n".to_string()
+            };
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn on_ecs_a_task_being_stopped_drains_before_any_signal() {
+    let (settings, db_url) = test_settings().await;
+    let desired = std::sync::Arc::new(parking_lot::Mutex::new("RUNNING"));
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let meta = metadata_endpoint(desired.clone(), asked.clone()).await;
+    let uri = format!("http://127.0.0.1:{meta}/v4/task-1");
+    let (mut child, port) = start_binary(&[
+        ("CHATTY__DATABASE__URL", db_url.as_str()),
+        ("ECS_CONTAINER_METADATA_URI_V4", uri.as_str()),
+        ("CHATTY__SERVER__ECS_STOP_POLL_MS", "50"),
+    ])
+    .await;
+    let auth = chatty::auth::Authenticator::new(&settings.auth);
+    let token = auth.mint("ann", None, Duration::from_secs(600)).unwrap();
+    let mut c = Client::connect(
+        &format!("ws://127.0.0.1:{port}/ws"),
+        &token,
+        Some("chatty.v1.json"),
+    )
+    .await;
+    c.join("ecs").await;
+    let ack = c.send_msg("ecs", "before", "hi").await;
+    assert_eq!(ack["type"], "ack");
+
+    // While the task runs, the node keeps asking and keeps serving.
+    let polls = asked.load(std::sync::atomic::Ordering::SeqCst);
+    eventually("the node polls the metadata endpoint", || {
+        let asked = asked.clone();
+        async move { asked.load(std::sync::atomic::Ordering::SeqCst) > polls + 3 }
+    })
+    .await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // ECS decides to stop the task (deregistration starts): no SIGTERM is sent, yet the node
+    // closes the socket with 1001 and exits 0 on its own.
+    *desired.lock() = "STOPPED";
+    assert_eq!(c.next_of_close().await, Some(1001));
+    let exit = tokio::time::timeout(Duration::from_secs(25), child.wait())
+        .await
+        .expect("exited within the drain budget")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

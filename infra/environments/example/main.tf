@@ -89,8 +89,10 @@ module "secrets" {
 
   name         = local.name
   database_url = module.rds.database_url
-  redis_url    = module.redis.redis_url
-  tags         = local.tags
+  # The serving tasks connect as the application role; only `chatty migrate` as the owner.
+  migration_database_url = module.rds.migration_database_url
+  redis_url              = module.redis.redis_url
+  tags                   = local.tags
 }
 
 module "ecs" {
@@ -117,6 +119,7 @@ module "ecs" {
   log_retention_days      = var.log_retention_days
   enable_execute_command  = var.enable_execute_command
   secrets                 = module.secrets.container_secrets
+  migration_secrets       = module.secrets.migration_secrets
 
   environment = {
     CHATTY__AUTH__ALLOWED_ORIGINS = join(",", concat(["https://${var.public_hostname}"], var.extra_allowed_origins))
@@ -135,17 +138,18 @@ module "ecs" {
 module "github_oidc" {
   source = "../../modules/github_oidc"
 
-  name                       = local.name
-  github_repository          = var.github_repository
-  github_environment         = var.github_environment
-  create_oidc_provider       = var.create_github_oidc_provider
-  oidc_provider_arn          = var.github_oidc_provider_arn
-  ecr_repository_arn         = module.ecr.repository_arn
-  ecs_service_arn            = module.ecs.service_arn
-  ecs_cluster_arn            = module.ecs.cluster_arn
-  ecs_task_definition_family = module.ecs.task_definition_family
-  passable_role_arns         = [module.ecs.execution_role_arn, module.ecs.task_role_arn]
-  tags                       = local.tags
+  name                 = local.name
+  github_repository    = var.github_repository
+  github_environment   = var.github_environment
+  create_oidc_provider = var.create_github_oidc_provider
+  oidc_provider_arn    = var.github_oidc_provider_arn
+  ecr_repository_arn   = module.ecr.repository_arn
+  ecs_service_arn      = module.ecs.service_arn
+  ecs_cluster_arn      = module.ecs.cluster_arn
+  passable_role_arns   = [module.ecs.execution_role_arn, module.ecs.task_role_arn]
+  tags                 = local.tags
+
+  ecs_migrate_task_definition_family = module.ecs.migrate_task_definition_family
 }
 
 module "alarms" {

@@ -38,6 +38,11 @@ output "ecs_task_definition_family" {
   value       = module.ecs.task_definition_family
 }
 
+output "ecs_migrate_task_definition_family" {
+  description = "Task definition family of the one-off migration task (GitHub variable ECS_MIGRATE_TASK_FAMILY)."
+  value       = module.ecs.migrate_task_definition_family
+}
+
 output "ecs_container_name" {
   description = "Container name inside the task definition."
   value       = module.ecs.container_name

@@ -60,9 +60,9 @@ variable "alb_idle_timeout" {
 }
 
 variable "deregistration_delay" {
-  description = "Target group deregistration delay in seconds; at most stop_timeout."
+  description = "Target group deregistration delay in seconds: longer than the node's 25 s drain plus its 2 s stop poll (the node drains as soon as ECS starts stopping the task; the ALB ends what is left when the delay runs out), at most stop_timeout."
   type        = number
-  default     = 30
+  default     = 35
 
   validation {
     condition     = var.deregistration_delay <= var.stop_timeout

@@ -47,9 +47,9 @@ variable "idle_timeout" {
 }
 
 variable "deregistration_delay" {
-  description = "Seconds the ALB keeps a deregistering target's connections before closing them. Keep it at or below the ECS stop timeout."
+  description = "Seconds the ALB keeps a deregistering target's connections before closing them. Longer than the node's drain plus its stop poll (27 s), at or below the ECS stop timeout."
   type        = number
-  default     = 30
+  default     = 35
 
   validation {
     condition     = var.deregistration_delay >= 0 && var.deregistration_delay <= 3600

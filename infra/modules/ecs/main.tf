@@ -1,9 +1,12 @@
 # ECS Fargate: cluster, task definition, service behind the ALB, autoscaling.
 #
 # Stop sequence of a task (deploy or scale-in): ECS deregisters it from the target group and
-# waits for the target group's deregistration delay (the ALB sends no new sockets its way),
-# then sends SIGTERM and waits up to stopTimeout while chatty drains (/readyz 503, sockets
-# closed with 1001, writer flushed, exit 0 within 25 s), then SIGKILL.
+# waits for the target group's deregistration delay (the ALB sends no new sockets its way and
+# ends every socket still open when the delay runs out), then sends SIGTERM and waits up to
+# stopTimeout, then SIGKILL. Chatty does not wait for the signal: it polls the task metadata
+# endpoint (server.ecs_stop_poll_ms, src/ecs.rs) and drains as soon as the task's desired
+# status is STOPPED (/readyz 503, sockets closed with 1001, writer flushed, exit 0 within
+# 25 s), so the deregistration delay must exceed poll + drain (infra/tests checks it).
 
 data "aws_caller_identity" "current" {}
 
@@ -15,6 +18,8 @@ locals {
     {
       CHATTY_ENVIRONMENT   = "production"
       CHATTY__SERVER__HOST = "0.0.0.0"
+      # The serving role cannot change the schema: migrations run before, as their own task.
+      CHATTY__DATABASE__MIGRATE_ON_START = "false"
     },
     var.environment,
   )
@@ -61,6 +66,31 @@ locals {
     ulimits = [
       { name = "nofile", softLimit = var.nofile_limit, hardLimit = var.nofile_limit },
     ]
+  }
+
+  # `chatty migrate` as a one-off task (the deploy workflow runs it before rolling the
+  # service): the same image and settings, plus the schema owner's URL, which the serving
+  # task definition never carries. It applies the migrations as the owner, then grants the
+  # application role of CHATTY__DATABASE__URL row access (see src/store/roles.rs).
+  migrate_container_definition = {
+    name        = local.container_name
+    image       = "${var.image_repository_url}:${var.image_tag}"
+    essential   = true
+    command     = ["migrate"]
+    environment = [for k in sort(keys(local.environment)) : { name = k, value = local.environment[k] }]
+    secrets = [
+      for k in sort(keys(merge(var.secrets, var.migration_secrets))) :
+      { name = k, valueFrom = merge(var.secrets, var.migration_secrets)[k] }
+    ]
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = local.log_group_name
+        awslogs-region        = var.aws_region
+        awslogs-stream-prefix = "migrate"
+      }
+    }
+    readonlyRootFilesystem = var.readonly_root_filesystem
   }
 }
 
@@ -136,7 +166,7 @@ data "aws_iam_policy_document" "execution" {
   statement {
     sid       = "Secrets"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = values(var.secrets)
+    resources = concat(values(var.secrets), values(var.migration_secrets))
   }
 
   dynamic "statement" {
@@ -201,6 +231,25 @@ resource "aws_ecs_task_definition" "this" {
   }
 
   container_definitions = jsonencode([local.container_definition])
+
+  tags = var.tags
+}
+
+resource "aws_ecs_task_definition" "migrate" {
+  family                   = "${var.name}-migrate"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = 256
+  memory                   = 512
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.task.arn
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = var.cpu_architecture
+  }
+
+  container_definitions = jsonencode([local.migrate_container_definition])
 
   tags = var.tags
 }

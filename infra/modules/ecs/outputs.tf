@@ -23,6 +23,11 @@ output "task_definition_family" {
   value       = aws_ecs_task_definition.this.family
 }
 
+output "migrate_task_definition_family" {
+  description = "Family of the one-off `chatty migrate` task definition (the deploy workflow registers and runs new revisions of it)."
+  value       = aws_ecs_task_definition.migrate.family
+}
+
 output "container_name" {
   description = "Name of the chatty container in the task definition."
   value       = local.container_name

@@ -76,6 +76,12 @@ variable "secrets" {
   type        = map(string)
 }
 
+variable "migration_secrets" {
+  description = "Secrets only the one-off migration task definition gets (env name to ARN): the schema owner's database URL."
+  type        = map(string)
+  default     = {}
+}
+
 variable "subnet_ids" {
   description = "Private subnets the tasks run in."
   type        = list(string)

@@ -93,11 +93,11 @@ data "aws_iam_policy_document" "deploy" {
   }
 
   # The one-off `chatty migrate` task the workflow runs before it rolls the service: only
-  # revisions of chatty's family, only in chatty's cluster.
+  # revisions of the migration family, only in chatty's cluster.
   statement {
     sid       = "MigrationTask"
     actions   = ["ecs:RunTask"]
-    resources = ["arn:aws:ecs:*:*:task-definition/${var.ecs_task_definition_family}:*"]
+    resources = ["arn:aws:ecs:*:*:task-definition/${var.ecs_migrate_task_definition_family}:*"]
 
     condition {
       test     = "ArnEquals"

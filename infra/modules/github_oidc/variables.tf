@@ -46,7 +46,7 @@ variable "ecs_cluster_arn" {
   type        = string
 }
 
-variable "ecs_task_definition_family" {
+variable "ecs_migrate_task_definition_family" {
   description = "Task definition family whose revisions the workflow may run as the migration task."
   type        = string
 }

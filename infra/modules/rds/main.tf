@@ -32,6 +32,32 @@ resource "aws_secretsmanager_secret_version" "master_password" {
   }
 }
 
+# The application's role (see "Database roles" in docs/operations.md): the serving tasks
+# connect as it and may only read and write rows. `chatty migrate` (a one-off task connected
+# as the master user) creates it, or resets its password, from this secret after migrating.
+data "aws_secretsmanager_random_password" "app" {
+  password_length     = 40
+  exclude_punctuation = true
+}
+
+resource "aws_secretsmanager_secret" "app_password" {
+  name_prefix             = "${var.name}/db-app-password-"
+  description             = "Password of the application role ${var.app_username} of RDS instance ${var.name}"
+  recovery_window_in_days = var.secret_recovery_window_days
+  kms_key_id              = var.kms_key_arn
+
+  tags = var.tags
+}
+
+resource "aws_secretsmanager_secret_version" "app_password" {
+  secret_id     = aws_secretsmanager_secret.app_password.id
+  secret_string = data.aws_secretsmanager_random_password.app.random_password
+
+  lifecycle {
+    ignore_changes = [secret_string]
+  }
+}
+
 resource "aws_db_subnet_group" "this" {
   name        = var.name
   description = "Private subnets of ${var.name}"

@@ -49,6 +49,23 @@ variable "username" {
   default     = "chatty"
 }
 
+variable "app_username" {
+  description = "The application role the serving tasks connect as (created by `chatty migrate`); must differ from username."
+  type        = string
+  default     = "chatty_app"
+
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.app_username))
+    error_message = "app_username must be a lower-case PostgreSQL identifier."
+  }
+}
+
+variable "ca_bundle_path" {
+  description = "Path of the RDS CA bundle inside the image (the Dockerfile puts it there)."
+  type        = string
+  default     = "/usr/local/share/chatty/rds-global-bundle.pem"
+}
+
 variable "multi_az" {
   description = "Run a synchronous standby in a second AZ with automatic failover."
   type        = bool

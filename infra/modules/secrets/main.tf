@@ -12,13 +12,17 @@ locals {
     "api-key"    = "CHATTY__AUTH__API_KEY"
   }
   derived = {
-    "database-url" = "CHATTY__DATABASE__URL"
-    "redis-url"    = "CHATTY__REDIS__URL"
+    "database-url"           = "CHATTY__DATABASE__URL"
+    "migration-database-url" = "CHATTY__DATABASE__MIGRATION_URL"
+    "redis-url"              = "CHATTY__REDIS__URL"
   }
   derived_values = {
-    "database-url" = var.database_url
-    "redis-url"    = var.redis_url
+    "database-url"           = var.database_url
+    "migration-database-url" = var.migration_database_url
+    "redis-url"              = var.redis_url
   }
+  # Only the one-off migration task gets the schema owner's URL; serving tasks never see it.
+  migration_only = ["migration-database-url"]
 }
 
 data "aws_secretsmanager_random_password" "generated" {

@@ -1,9 +1,14 @@
 output "container_secrets" {
-  description = "Map of container environment variable name to Secrets Manager secret ARN, for the ECS task definition."
+  description = "Map of container environment variable name to Secrets Manager secret ARN, for the serving task definition (no schema owner's URL)."
   value = merge(
     { for k, env in local.generated : env => aws_secretsmanager_secret.generated[k].arn },
-    { for k, env in local.derived : env => aws_secretsmanager_secret.derived[k].arn },
+    { for k, env in local.derived : env => aws_secretsmanager_secret.derived[k].arn if !contains(local.migration_only, k) },
   )
+}
+
+output "migration_secrets" {
+  description = "The secrets only the one-off migration task gets (env name to ARN)."
+  value       = { for k in local.migration_only : local.derived[k] => aws_secretsmanager_secret.derived[k].arn }
 }
 
 output "secret_arns" {

@@ -9,6 +9,12 @@ variable "database_url" {
   sensitive   = true
 }
 
+variable "migration_database_url" {
+  description = "PostgreSQL URL of the schema owner for CHATTY__DATABASE__MIGRATION_URL (from the rds module); the migration task only."
+  type        = string
+  sensitive   = true
+}
+
 variable "redis_url" {
   description = "Redis connection URL for CHATTY__REDIS__URL (from the redis module); non-empty means cluster mode."
   type        = string
