@@ -103,8 +103,8 @@ def container_definition(root: Path):
     _, scope = _module_holding(env, "aws_ecs_task_definition", "this")
     td = scope.module.resource("aws_ecs_task_definition", "this")
     expr = td["container_definitions"]
-    m = re.fullmatch(r"\$\{jsonencode\(\[local\.([A-Za-z0-9_]+)\]\)\}", expr)
-    assert m, f"container_definitions must be jsonencode([local.<name>]) for this test to read it, got {expr}"
+    m = re.fullmatch(r"\$\{jsonencode\((?:concat\()?\[local\.([A-Za-z0-9_]+)\](?:, local\.[A-Za-z0-9_]+\))?\)\}", expr)
+    assert m, f"container_definitions must be jsonencode([local.<name>]) or jsonencode(concat([local.<name>], local.<sidecars>)) for this test to read it, got {expr}"
     raw = scope.module.locals[m.group(1)]
     assert isinstance(raw, dict), "the container definition local must be an object literal"
     return scope, raw
@@ -230,6 +230,30 @@ def check_database_roles(root: Path) -> None:
     secrets_main = (root / MODULES_DIR / "secrets" / "main.tf").read_text(encoding="utf-8")
     assert re.search(r'migration_only\s*=\s*\["migration-database-url"\]', secrets_main), \
         "the owner's URL must be marked migration-only in the secrets module"
+
+
+def check_metrics_on_aws(root: Path) -> None:
+    """On AWS something scrapes every task and evaluates the same alert rules as compose."""
+    env = _env(root)
+    ecs_call = env.env.modules.get("ecs", {})
+    assert "module.prometheus.remote_write_url" in str(ecs_call.get("metrics_remote_write_url", "")), \
+        "the ecs module must get the Prometheus workspace's remote-write URL (ADOT sidecar)"
+    prom_call = env.env.modules.get("prometheus")
+    assert prom_call, "the environment must call the prometheus module"
+    rules = str(prom_call.get("rules_file", "")).strip('"')
+    assert rules.startswith("${path.root}/") and \
+        (root / ENV_DIR / rules.removeprefix("${path.root}/")).resolve() == (root / "grafana" / "alerts.yml").resolve(), \
+        "the workspace must load grafana/alerts.yml, the rules compose's Prometheus loads"
+    assert "module.alarms.topic_arn" in str(prom_call.get("sns_topic_arn", "")), \
+        "Prometheus alerts must notify the alarms SNS topic"
+    ecs_main = (root / MODULES_DIR / "ecs" / "main.tf").read_text(encoding="utf-8")
+    assert re.search(r'targets\s*=\s*\["127\.0\.0\.1:\$\{var\.metrics_port\}"\]', ecs_main), \
+        "the sidecar must scrape chatty's metrics port"
+    assert '"aps:RemoteWrite"' in ecs_main and "resource_to_telemetry_conversion" in ecs_main, \
+        "the task role must be allowed to remote-write, and series must carry the task's labels"
+    alarms_main = (root / MODULES_DIR / "alarms" / "main.tf").read_text(encoding="utf-8")
+    assert "alias/aws/sns" not in alarms_main, \
+        "CloudWatch and AMP cannot publish to a topic under the AWS-managed SNS key"
 
 
 def check_redis(root: Path) -> None:
@@ -689,6 +713,7 @@ CHECKS = [
     check_listeners,
     check_rds,
     check_database_roles,
+    check_metrics_on_aws,
     check_redis,
     check_ecr,
     check_security_groups,
@@ -874,6 +899,18 @@ MUTATIONS = {
         check_database_roles,
         [(MODULES_DIR / "ecs/main.tf", r"secrets     = \[for k in sort\(keys\(var\.secrets\)\) : \{ name = k, valueFrom = var\.secrets\[k\] \}\]",
           "secrets     = [for k in sort(keys(merge(var.secrets, var.migration_secrets))) : { name = k, valueFrom = merge(var.secrets, var.migration_secrets)[k] }]")],
+    ),
+    "no_metrics_sidecar": (
+        check_metrics_on_aws,
+        [(ENV_DIR / "main.tf", r"^\s*metrics_remote_write_url\s*=.*\n", "")],
+    ),
+    "sidecar_scrapes_elsewhere": (
+        check_metrics_on_aws,
+        [(MODULES_DIR / "ecs/main.tf", r"127\.0\.0\.1:\$\{var\.metrics_port\}", "127.0.0.1:8080")],
+    ),
+    "topic_under_aws_managed_key": (
+        check_metrics_on_aws,
+        [(MODULES_DIR / "alarms/main.tf", r"kms_master_key_id = aws_kms_key\.topic\.arn", 'kms_master_key_id = "alias/aws/sns"')],
     ),
     "nginx_no_upgrade_header": (
         check_compose_load_balancer,

@@ -119,7 +119,10 @@ module "ecs" {
   log_retention_days      = var.log_retention_days
   enable_execute_command  = var.enable_execute_command
   secrets                 = module.secrets.container_secrets
-  migration_secrets       = module.secrets.migration_secrets
+  # Each task's ADOT sidecar scrapes /metrics into the Prometheus workspace.
+  metrics_remote_write_url = module.prometheus.remote_write_url
+  metrics_workspace_arn    = module.prometheus.workspace_arn
+  migration_secrets        = module.secrets.migration_secrets
 
   environment = {
     CHATTY__AUTH__ALLOWED_ORIGINS = join(",", concat(["https://${var.public_hostname}"], var.extra_allowed_origins))
@@ -150,6 +153,18 @@ module "github_oidc" {
   tags                 = local.tags
 
   ecs_migrate_task_definition_family = module.ecs.migrate_task_definition_family
+}
+
+# Chatty's own metrics and its Prometheus alerts (grafana/alerts.yml) on AWS; alerts go to
+# the same SNS topic as the CloudWatch alarms.
+module "prometheus" {
+  source = "../../modules/prometheus"
+
+  name          = local.name
+  aws_region    = var.aws_region
+  rules_file    = "${path.root}/../../../grafana/alerts.yml"
+  sns_topic_arn = module.alarms.topic_arn
+  tags          = local.tags
 }
 
 module "alarms" {

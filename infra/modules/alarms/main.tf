@@ -3,10 +3,74 @@
 # and ElastiCache (engine CPU, per node). Chatty's own signals (sends refused, bus reconnects,
 # dependency health) are Prometheus alerts: grafana/alerts.yml.
 
+data "aws_caller_identity" "current" {}
+
+# The topic is encrypted with a key of our own: CloudWatch alarms and Amazon Managed
+# Prometheus' alert manager cannot publish to a topic under the AWS-managed SNS key (its policy
+# cannot name them), so this key's policy lets exactly those two services, for this account,
+# use it.
+data "aws_iam_policy_document" "topic_key" {
+  statement {
+    sid       = "Account"
+    actions   = ["kms:*"]
+    resources = ["*"] # a key policy's resource is the key itself
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
+    }
+  }
+
+  statement {
+    sid       = "AlarmPublishers"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com", "aps.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+  }
+}
+
+resource "aws_kms_key" "topic" {
+  description         = "${var.name}: encrypts the alarms SNS topic"
+  enable_key_rotation = true
+  policy              = data.aws_iam_policy_document.topic_key.json
+  tags                = var.tags
+}
+
 resource "aws_sns_topic" "alarms" {
   name              = "${var.name}-alarms"
-  kms_master_key_id = "alias/aws/sns"
+  kms_master_key_id = aws_kms_key.topic.arn
   tags              = var.tags
+}
+
+# Who may publish: CloudWatch alarms and the Prometheus workspace's alert manager of this
+# account (infra/modules/prometheus), nobody else.
+data "aws_iam_policy_document" "topic" {
+  statement {
+    sid       = "AlarmPublishers"
+    actions   = ["sns:Publish", "sns:GetTopicAttributes"]
+    resources = [aws_sns_topic.alarms.arn]
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com", "aps.amazonaws.com"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [data.aws_caller_identity.current.account_id]
+    }
+  }
+}
+
+resource "aws_sns_topic_policy" "alarms" {
+  arn    = aws_sns_topic.alarms.arn
+  policy = data.aws_iam_policy_document.topic.json
 }
 
 resource "aws_sns_topic_subscription" "email" {

@@ -68,6 +68,65 @@ locals {
     ]
   }
 
+  # Metrics on AWS: an ADOT collector beside chatty scrapes its /metrics over the task's
+  # loopback every 15 s and remote-writes to Amazon Managed Prometheus with SigV4 (the task
+  # role may aps:RemoteWrite to that one workspace). The ECS resource detector labels every
+  # series with the task, so tasks never overwrite each other's series. Off when no
+  # remote-write URL is given.
+  adot_config = yamlencode({
+    extensions = { sigv4auth = { region = var.aws_region, service = "aps" } }
+    receivers = {
+      prometheus = {
+        config = {
+          scrape_configs = [{
+            job_name        = "chatty"
+            scrape_interval = "15s"
+            static_configs  = [{ targets = ["127.0.0.1:${var.metrics_port}"] }]
+          }]
+        }
+      }
+    }
+    processors = {
+      "resourcedetection/ecs" = { detectors = ["env", "ecs"], timeout = "5s", override = false }
+      batch                   = {}
+    }
+    exporters = {
+      prometheusremotewrite = {
+        endpoint                         = coalesce(var.metrics_remote_write_url, "unused")
+        auth                             = { authenticator = "sigv4auth" }
+        resource_to_telemetry_conversion = { enabled = true }
+      }
+    }
+    service = {
+      extensions = ["sigv4auth"]
+      pipelines = {
+        metrics = {
+          receivers  = ["prometheus"]
+          processors = ["resourcedetection/ecs", "batch"]
+          exporters  = ["prometheusremotewrite"]
+        }
+      }
+    }
+  })
+
+  sidecars = var.metrics_remote_write_url == null ? [] : [{
+    name              = "adot-collector"
+    image             = var.adot_image
+    essential         = false
+    memoryReservation = 64
+    environment       = [{ name = "AOT_CONFIG_CONTENT", value = local.adot_config }]
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = local.log_group_name
+        awslogs-region        = var.aws_region
+        awslogs-stream-prefix = "adot"
+        mode                  = "non-blocking"
+        max-buffer-size       = "1m"
+      }
+    }
+  }]
+
   # `chatty migrate` as a one-off task (the deploy workflow runs it before rolling the
   # service): the same image and settings, plus the schema owner's URL, which the serving
   # task definition never carries. It applies the migrations as the owner, then grants the
@@ -206,6 +265,23 @@ data "aws_iam_policy_document" "exec_command" {
   }
 }
 
+data "aws_iam_policy_document" "remote_write" {
+  count = var.metrics_remote_write_url == null ? 0 : 1
+
+  statement {
+    actions   = ["aps:RemoteWrite"]
+    resources = [var.metrics_workspace_arn]
+  }
+}
+
+resource "aws_iam_role_policy" "remote_write" {
+  count = var.metrics_remote_write_url == null ? 0 : 1
+
+  name   = "prometheus-remote-write"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.remote_write[0].json
+}
+
 resource "aws_iam_role_policy" "exec_command" {
   count = var.enable_execute_command ? 1 : 0
 
@@ -230,7 +306,7 @@ resource "aws_ecs_task_definition" "this" {
     cpu_architecture        = var.cpu_architecture
   }
 
-  container_definitions = jsonencode([local.container_definition])
+  container_definitions = jsonencode(concat([local.container_definition], local.sidecars))
 
   tags = var.tags
 }

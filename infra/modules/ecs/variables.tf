@@ -219,3 +219,26 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "metrics_remote_write_url" {
+  description = "Amazon Managed Prometheus remote-write URL; set, each task runs an ADOT collector sidecar that scrapes chatty's /metrics and sends them there. null: no sidecar."
+  type        = string
+  default     = null
+}
+
+variable "metrics_workspace_arn" {
+  description = "ARN of the Prometheus workspace behind metrics_remote_write_url (the task role may only write there)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = (var.metrics_workspace_arn == null) == (var.metrics_remote_write_url == null)
+    error_message = "metrics_workspace_arn and metrics_remote_write_url are set together."
+  }
+}
+
+variable "adot_image" {
+  description = "AWS Distro for OpenTelemetry collector image of the metrics sidecar."
+  type        = string
+  default     = "public.ecr.aws/aws-observability/aws-otel-collector:v0.43.1"
+}
