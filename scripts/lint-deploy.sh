@@ -265,11 +265,11 @@ terraform_validate() {
   local work=$TOOLS/tf-validate mirror=${TF_PLUGIN_MIRROR:-/opt/tf-plugins} rc=0
   rm -rf "$work"
   mkdir -p "$work"
-  # Work on a copy: init writes .terraform/ and .terraform.lock.hcl, which do not belong in
-  # the repository.
+  # Work on a copy: init writes .terraform/, which does not belong in the repository. The
+  # committed .terraform.lock.hcl stays: init must install exactly the provider it pins, with
+  # a matching checksum, or fail.
   cp -R infra "$work/infra"
   find "$work/infra" -name .terraform -prune -exec rm -rf {} + 2>/dev/null || true
-  find "$work/infra" -name .terraform.lock.hcl -delete
   local cli_config=""
   if [[ -d $mirror ]]; then
     cli_config=$work/terraformrc
@@ -294,6 +294,7 @@ EOF
       sed 's/^/     /' "$work/init.log" | tail -n 15
       return 3 # providers unavailable: not a finding about the code
     fi
+    [[ -f $env_dir/.terraform.lock.hcl ]] || { echo "     ${env_dir#"$work"/}: no .terraform.lock.hcl committed"; rc=1; }
     (cd "$env_dir" && "${tf[@]}" validate -no-color) || rc=1
   done
   return $rc

@@ -256,6 +256,20 @@ def check_metrics_on_aws(root: Path) -> None:
         "CloudWatch and AMP cannot publish to a topic under the AWS-managed SNS key"
 
 
+def check_provider_lock(root: Path) -> None:
+    """Every environment pins its providers' builds (supply chain): a committed lock file with
+    the aws provider's version and checksum."""
+    for env_dir in sorted((root / "infra" / "environments").iterdir()):
+        if not env_dir.is_dir():
+            continue
+        lock = env_dir / ".terraform.lock.hcl"
+        assert lock.exists(), f"{env_dir.name}: commit .terraform.lock.hcl"
+        text = lock.read_text(encoding="utf-8")
+        m = re.search(r'provider "registry\.terraform\.io/hashicorp/aws" \{[^}]*version\s*=\s*"([\d.]+)"[^}]*hashes\s*=\s*\[\s*"h1:', text, flags=re.S)
+        assert m, f"{env_dir.name}: the lock file must pin hashicorp/aws with a checksum"
+        assert m.group(1).startswith("5."), f"{env_dir.name}: aws {m.group(1)} is outside versions.tf's 5.x"
+
+
 def check_redis(root: Path) -> None:
     env = _env(root)
     _, scope = _module_holding(env, "aws_elasticache_replication_group", "this")
@@ -714,6 +728,7 @@ CHECKS = [
     check_rds,
     check_database_roles,
     check_metrics_on_aws,
+    check_provider_lock,
     check_redis,
     check_ecr,
     check_security_groups,
@@ -911,6 +926,10 @@ MUTATIONS = {
     "topic_under_aws_managed_key": (
         check_metrics_on_aws,
         [(MODULES_DIR / "alarms/main.tf", r"kms_master_key_id = aws_kms_key\.topic\.arn", 'kms_master_key_id = "alias/aws/sns"')],
+    ),
+    "provider_lock_emptied": (
+        check_provider_lock,
+        [(ENV_DIR / ".terraform.lock.hcl", None, "# emptied\n")],
     ),
     "nginx_no_upgrade_header": (
         check_compose_load_balancer,
