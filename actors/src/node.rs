@@ -422,7 +422,14 @@ impl NodeState {
                 let args = PresenceArgs {
                     metrics: a.metrics.clone(),
                     store: a.presence_store.clone(),
-                    rooms: a.rooms.clone(),
+                    after_heartbeat: {
+                        let rooms = a.rooms.clone();
+                        Arc::new(move || {
+                            for h in rooms.all() {
+                                h.cast(RoomMsg::PresenceResync);
+                            }
+                        })
+                    },
                     heartbeat: a.config.presence_heartbeat,
                 };
                 let (p, _) = Actor::spawn_linked(None, PresenceKeeper, args, cell).await?;

@@ -15,8 +15,6 @@ use crate::ids::{DisplayName, RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::ports::PresenceStore;
 use crate::protocol::PresenceEntry;
-use crate::room::RoomMsg;
-use crate::rooms::RoomRegistry;
 
 pub type PresenceRef = ActorRef<PresenceKeeperMsg>;
 
@@ -40,7 +38,9 @@ pub struct PresenceKeeper;
 pub struct PresenceArgs {
     pub metrics: Metrics,
     pub store: Option<Arc<dyn PresenceStore>>,
-    pub rooms: Arc<RoomRegistry>,
+    /// After each heartbeat's refresh: have every local room re-read the cluster-wide
+    /// presence (the node wires this to its rooms, so the keeper does not know them).
+    pub after_heartbeat: Arc<dyn Fn() + Send + Sync>,
     pub heartbeat: Duration,
 }
 
@@ -158,7 +158,7 @@ impl Actor for PresenceKeeper {
                     })
                     .collect();
                 // Never block the keeper on a stalled Redis: the heartbeat runs on its own.
-                let rooms = state.args.rooms.clone();
+                let after = state.args.after_heartbeat.clone();
                 let metrics = state.args.metrics.clone();
                 tokio::spawn(async move {
                     let ok = matches!(
@@ -168,9 +168,7 @@ impl Actor for PresenceKeeper {
                     if !ok {
                         metrics.bus_errors.inc();
                     }
-                    for h in rooms.all() {
-                        h.cast(RoomMsg::PresenceResync);
-                    }
+                    after();
                 });
             }
         }

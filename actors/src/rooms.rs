@@ -171,7 +171,12 @@ impl RoomSupervisorState {
             bus: a.bus.clone(),
             presence: a.presence.clone(),
             presence_store: a.presence_store.clone(),
-            supervisor: myself.clone(),
+            on_idle: {
+                let me = myself.clone();
+                Arc::new(move |room, actor| {
+                    let _ = me.cast(RoomSupervisorMsg::Idle { room, actor });
+                })
+            },
             config: a.config.clone(),
             metrics: a.metrics.clone(),
             restarted,

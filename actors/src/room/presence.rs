@@ -1,0 +1,262 @@
+//! Who is present in one room, and what its members have been told: users present through
+//! this node (a leave waits out a grace period, so a reconnect flap shows nothing), users
+//! present on other nodes (the PresenceStore's last word), and the diff since the last
+//! announcement. Plain data: the room actor owns the timers and sends the frames.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::ids::{DisplayName, UserId};
+use crate::protocol::{PresenceEntry, PresenceLeave};
+
+struct UserPresence {
+    name: DisplayName,
+    conns: u32,
+    /// Bumped on every change, so a grace timer fires only for the leave that armed it.
+    epoch: u64,
+}
+
+/// One room's presence.
+#[derive(Default)]
+pub(crate) struct RoomPresence {
+    /// Users present through this node (a grace period included).
+    users: HashMap<UserId, UserPresence>,
+    /// Users present on any node, as last read from the PresenceStore (cluster mode).
+    remote: BTreeMap<UserId, DisplayName>,
+    /// The presence the local members have been told about.
+    announced: BTreeMap<UserId, DisplayName>,
+    epoch: u64,
+}
+
+/// A presence diff: who appeared (or changed name) and who left.
+pub(crate) type Diff = (Vec<PresenceEntry>, Vec<PresenceLeave>);
+
+impl RoomPresence {
+    /// A connection of `user` joined. True when that made the user present (they were not,
+    /// not even within a grace period), which the node's presence index must hear about.
+    pub fn connect(&mut self, user: &UserId, name: &DisplayName) -> bool {
+        let was_present = self.users.contains_key(user);
+        self.epoch += 1;
+        let p = self
+            .users
+            .entry(user.clone())
+            .or_insert_with(|| UserPresence {
+                name: name.clone(),
+                conns: 0,
+                epoch: 0,
+            });
+        p.conns += 1;
+        p.epoch = self.epoch;
+        !was_present
+    }
+
+    /// A connection of `user` left. When it was their last, returns the epoch to arm a grace
+    /// timer with: the user stays present until `grace_expired(user, epoch)`.
+    pub fn disconnect(&mut self, user: &UserId) -> Option<u64> {
+        self.epoch += 1;
+        let p = self.users.get_mut(user)?;
+        p.conns = p.conns.saturating_sub(1);
+        p.epoch = self.epoch;
+        (p.conns == 0).then_some(self.epoch)
+    }
+
+    /// The grace timer armed at `epoch` ran out. Returns the user's name when they are gone
+    /// now (no connection came back meanwhile and no later leave re-armed the timer).
+    pub fn grace_expired(&mut self, user: &UserId, epoch: u64) -> Option<DisplayName> {
+        match self.users.get(user) {
+            Some(p) if p.conns == 0 && p.epoch == epoch => {}
+            _ => return None,
+        }
+        self.users.remove(user).map(|p| p.name)
+    }
+
+    /// The cluster-wide presence just read from the store.
+    pub fn set_remote(&mut self, list: Vec<PresenceEntry>) {
+        self.remote = list.into_iter().map(|e| (e.user, e.name)).collect();
+    }
+
+    /// Everyone present: this node's users and other nodes', once each.
+    pub fn list(&self) -> Vec<PresenceEntry> {
+        self.view()
+            .into_iter()
+            .map(|(user, name)| PresenceEntry { user, name })
+            .collect()
+    }
+
+    /// What changed since the members were last told, marked as told; `None` when nothing
+    /// did (several changes within one coalescing window make one diff).
+    pub fn take_diff(&mut self) -> Option<Diff> {
+        let view = self.view();
+        let joins: Vec<PresenceEntry> = view
+            .iter()
+            .filter(|(u, n)| self.announced.get(*u) != Some(*n))
+            .map(|(u, n)| PresenceEntry {
+                user: u.clone(),
+                name: n.clone(),
+            })
+            .collect();
+        let leaves: Vec<PresenceLeave> = self
+            .announced
+            .keys()
+            .filter(|u| !view.contains_key(*u))
+            .map(|u| PresenceLeave { user: u.clone() })
+            .collect();
+        if joins.is_empty() && leaves.is_empty() {
+            return None;
+        }
+        self.announced = view;
+        Some((joins, leaves))
+    }
+
+    /// True when nobody is present through this node, grace periods included.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    fn view(&self) -> BTreeMap<UserId, DisplayName> {
+        let mut v = self.remote.clone();
+        for (user, p) in &self.users {
+            v.insert(user.clone(), p.name.clone());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+    fn n(s: &str) -> DisplayName {
+        DisplayName::sanitize(s)
+    }
+    fn users(d: &Diff) -> (Vec<&str>, Vec<&str>) {
+        (
+            d.0.iter().map(|e| e.user.as_str()).collect(),
+            d.1.iter().map(|e| e.user.as_str()).collect(),
+        )
+    }
+
+    #[test]
+    fn the_first_connection_makes_a_user_present_and_the_second_does_not() {
+        let mut p = RoomPresence::default();
+        assert!(p.connect(&u("ann"), &n("Ann")));
+        assert!(!p.connect(&u("ann"), &n("Ann")));
+        assert_eq!(p.list().len(), 1);
+    }
+
+    #[test]
+    fn a_leave_waits_for_its_grace_period() {
+        let mut p = RoomPresence::default();
+        p.connect(&u("ann"), &n("Ann"));
+        let epoch = p
+            .disconnect(&u("ann"))
+            .expect("last connection arms the grace timer");
+        assert_eq!(p.list().len(), 1, "still present during the grace period");
+        assert_eq!(p.grace_expired(&u("ann"), epoch), Some(n("Ann")));
+        assert!(p.list().is_empty() && p.is_empty());
+    }
+
+    #[test]
+    fn a_reconnect_within_the_grace_period_cancels_the_leave() {
+        let mut p = RoomPresence::default();
+        p.connect(&u("ann"), &n("Ann"));
+        let epoch = p.disconnect(&u("ann")).unwrap();
+        assert!(
+            !p.connect(&u("ann"), &n("Ann")),
+            "a return within grace is no new presence"
+        );
+        assert_eq!(
+            p.grace_expired(&u("ann"), epoch),
+            None,
+            "the stale timer does nothing"
+        );
+        assert_eq!(p.list().len(), 1);
+    }
+
+    #[test]
+    fn only_the_latest_leave_s_timer_counts() {
+        let mut p = RoomPresence::default();
+        p.connect(&u("ann"), &n("Ann"));
+        let first = p.disconnect(&u("ann")).unwrap();
+        p.connect(&u("ann"), &n("Ann"));
+        let second = p.disconnect(&u("ann")).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(p.grace_expired(&u("ann"), first), None);
+        assert_eq!(p.grace_expired(&u("ann"), second), Some(n("Ann")));
+    }
+
+    #[test]
+    fn a_connection_that_is_not_the_last_arms_nothing() {
+        let mut p = RoomPresence::default();
+        p.connect(&u("ann"), &n("Ann"));
+        p.connect(&u("ann"), &n("Ann"));
+        assert_eq!(p.disconnect(&u("ann")), None);
+        assert!(p.disconnect(&u("ann")).is_some());
+        assert_eq!(p.disconnect(&u("nobody")), None);
+    }
+
+    #[test]
+    fn diffs_coalesce_and_are_told_once() {
+        let mut p = RoomPresence::default();
+        assert!(p.take_diff().is_none());
+        p.connect(&u("ann"), &n("Ann"));
+        p.connect(&u("bob"), &n("Bob"));
+        let d = p.take_diff().unwrap();
+        assert_eq!(users(&d), (vec!["ann", "bob"], vec![]));
+        assert!(p.take_diff().is_none(), "nothing changed since");
+        // A user who comes and goes within one window never shows.
+        p.connect(&u("cy"), &n("Cy"));
+        let e = p.disconnect(&u("cy")).unwrap();
+        p.grace_expired(&u("cy"), e);
+        assert!(p.take_diff().is_none());
+        let e = p.disconnect(&u("bob")).unwrap();
+        p.grace_expired(&u("bob"), e);
+        assert_eq!(users(&p.take_diff().unwrap()), (vec![], vec!["bob"]));
+    }
+
+    #[test]
+    fn remote_users_merge_with_local_ones_once_each() {
+        let mut p = RoomPresence::default();
+        p.connect(&u("ann"), &n("Ann"));
+        p.set_remote(vec![
+            PresenceEntry {
+                user: u("ann"),
+                name: n("Ann"),
+            },
+            PresenceEntry {
+                user: u("zed"),
+                name: n("Zed"),
+            },
+        ]);
+        let names: Vec<_> = p.list().into_iter().map(|e| e.user).collect();
+        assert_eq!(names, vec![u("ann"), u("zed")]);
+        // A local user gone but still in the store's last word stays until the store forgets.
+        let e = p.disconnect(&u("ann")).unwrap();
+        p.grace_expired(&u("ann"), e);
+        assert_eq!(p.list().len(), 2);
+        p.set_remote(vec![PresenceEntry {
+            user: u("zed"),
+            name: n("Zed"),
+        }]);
+        assert_eq!(p.list().len(), 1);
+    }
+
+    #[test]
+    fn a_renamed_user_is_announced_again() {
+        let mut p = RoomPresence::default();
+        p.set_remote(vec![PresenceEntry {
+            user: u("ann"),
+            name: n("Ann"),
+        }]);
+        p.take_diff();
+        p.set_remote(vec![PresenceEntry {
+            user: u("ann"),
+            name: n("Anna"),
+        }]);
+        let (joins, leaves) = p.take_diff().unwrap();
+        assert_eq!(joins[0].name, n("Anna"));
+        assert!(leaves.is_empty());
+    }
+}
