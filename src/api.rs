@@ -2,7 +2,7 @@
 //! only translate between HTTP and the node; every rule lives in the actors and the store.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -56,7 +56,7 @@ impl IntoResponse for ApiError {
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         match e {
-            NodeError::Store(chatty_actors::StoreError::Other(m)) => ApiError::Internal(m),
+            NodeError::Store(chatty_actors::StoreError::Other(m)) => ApiError::Internal(m.to_string()),
             NodeError::Start(m) => ApiError::Internal(m),
             _ => ApiError::Unavailable,
         }
@@ -86,11 +86,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
+    let given = crate::auth::bearer(headers).ok_or(ApiError::Unauthorized)?;
     if same(
         given.as_bytes(),
         state.settings.auth.api_key.expose().as_bytes(),

@@ -150,6 +150,19 @@ impl Authenticator {
 }
 
 /// Parse `30s`, `15m`, `1h`, `7d` (or plain seconds).
+/// The credentials of an `Authorization: Bearer <token>` header. The scheme name is
+/// case-insensitive (RFC 9110, section 11.1), so `bearer` and `BEARER` work too; one parser for
+/// the socket's token and the API key alike.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| format!("invalid ttl `{s}`"))?;
@@ -166,6 +179,25 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_takes_the_token_whatever_the_scheme_s_case() {
+        let h = |v: &'static str| {
+            let mut m = axum::http::HeaderMap::new();
+            m.insert(
+                axum::http::header::AUTHORIZATION,
+                axum::http::HeaderValue::from_static(v),
+            );
+            m
+        };
+        assert_eq!(bearer(&h("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&h("bearer abc")), Some("abc"));
+        assert_eq!(bearer(&h("BEARER  abc")), Some("abc"));
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&h("Bearer")), None);
+        assert_eq!(bearer(&h("Bearer ")), None);
+        assert_eq!(bearer(&axum::http::HeaderMap::new()), None);
+    }
     use crate::settings::Secret;
     use serde_json::json;
 

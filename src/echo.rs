@@ -10,7 +10,7 @@ use fastwebsockets::upgrade::IncomingUpgrade;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::frames::{put_close, put_frame, Message, MessageReader};
+use crate::frames::{put_close, put_frame, Message, MessageReader, Opcode};
 use crate::startup::AppState;
 
 pub async fn upgrade(
@@ -29,17 +29,17 @@ pub async fn upgrade(
         let (r, mut w) = tokio::io::split(socket.into_inner());
         let mut reader = MessageReader::new(r, max_frame, max_message);
         // (opcode, payload); a close ends the writer.
-        let (tx, mut rx) = mpsc::channel::<(u8, Vec<u8>)>(64);
+        let (tx, mut rx) = mpsc::channel::<(Opcode, Vec<u8>)>(64);
         let writer = tokio::spawn(async move {
             let mut buf = BytesMut::new();
             while let Some((op, payload)) = rx.recv().await {
                 buf.clear();
-                if op == 0x8 {
+                if op == Opcode::Close {
                     put_close(&mut buf, u16::from_be_bytes([payload[0], payload[1]]));
                 } else {
                     put_frame(&mut buf, op, &payload);
                 }
-                if w.write_all(&buf).await.is_err() || op == 0x8 {
+                if w.write_all(&buf).await.is_err() || op == Opcode::Close {
                     break;
                 }
             }
@@ -50,16 +50,16 @@ pub async fn upgrade(
             let m = reader
                 .next(
                     move |p| {
-                        let _ = pong_tx.try_send((0xA, p.to_vec()));
+                        let _ = pong_tx.try_send((Opcode::Pong, p.to_vec()));
                     },
                     || {},
                 )
                 .await;
             let out = match m {
-                Ok(Message::Text(p)) => (0x1, p),
-                Ok(Message::Binary(p)) => (0x2, p),
+                Ok(Message::Text(p)) => (Opcode::Text, p),
+                Ok(Message::Binary(p)) => (Opcode::Binary, p),
                 Err(code) => {
-                    let _ = tx.send((0x8, code.to_be_bytes().to_vec())).await;
+                    let _ = tx.send((Opcode::Close, code.to_be_bytes().to_vec())).await;
                     break;
                 }
             };

@@ -302,9 +302,20 @@ fn read_error_code(e: &WebSocketError) -> u16 {
     }
 }
 
-/// Append one unmasked server frame.
-pub fn put_frame(buf: &mut BytesMut, opcode: u8, payload: &[u8]) {
-    buf.put_u8(0x80 | opcode);
+/// The opcodes a server writes (RFC 6455, section 5.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Opcode {
+    Text = 0x1,
+    Binary = 0x2,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
+}
+
+/// Append one unmasked, final server frame.
+pub fn put_frame(buf: &mut BytesMut, opcode: Opcode, payload: &[u8]) {
+    buf.put_u8(0x80 | opcode as u8);
     let n = payload.len();
     if n < 126 {
         buf.put_u8(n as u8);
@@ -324,7 +335,7 @@ pub fn put_close(buf: &mut BytesMut, code: u16) {
     let mut p = Vec::with_capacity(2 + reason.len());
     p.extend_from_slice(&code.to_be_bytes());
     p.extend_from_slice(reason);
-    put_frame(buf, 0x8, &p);
+    put_frame(buf, Opcode::Close, &p);
 }
 
 #[cfg(test)]
@@ -351,13 +362,13 @@ mod tests {
     #[test]
     fn frames_use_the_shortest_length_form() {
         let mut b = BytesMut::new();
-        put_frame(&mut b, 1, &[0; 125]);
+        put_frame(&mut b, Opcode::Text, &[0; 125]);
         assert_eq!(&b[..2], &[0x81, 125]);
         let mut b = BytesMut::new();
-        put_frame(&mut b, 2, &[0; 126]);
+        put_frame(&mut b, Opcode::Binary, &[0; 126]);
         assert_eq!(&b[..4], &[0x82, 126, 0, 126]);
         let mut b = BytesMut::new();
-        put_frame(&mut b, 2, &[0; 70_000]);
+        put_frame(&mut b, Opcode::Binary, &[0; 70_000]);
         assert_eq!(b[1], 127);
     }
 }

@@ -9,6 +9,7 @@ pub mod echo;
 pub mod ecs;
 pub mod frames;
 pub mod health;
+pub mod metrics;
 pub mod redis_bus;
 pub mod redis_presence;
 pub mod settings;

@@ -352,6 +352,7 @@ impl RedisBus {
             dropped,
             metrics.clone(),
             redis_errors.clone(),
+            counters.published.clone(),
         ));
         tokio::spawn(subscriber(
             client, node, sub_rx, events_tx, metrics, counters,
@@ -418,6 +419,7 @@ async fn publisher(
     dropped: Arc<Dropped>,
     metrics: Metrics,
     redis_errors: IntCounter,
+    published: IntCounter,
 ) {
     let mut conn: Option<redis::aio::MultiplexedConnection> = None;
     let mut batch: Vec<Outgoing> = Vec::with_capacity(256);
@@ -451,7 +453,7 @@ async fn publisher(
             None => false,
         };
         if ok {
-            metrics.bus_published.inc_by(batch.len() as u64);
+            published.inc_by(batch.len() as u64);
             // Redis answers again: the revocations that could not go out go now, then the
             // other nodes hear which rooms may have holes.
             let kept = dropped.take_revocations();
@@ -553,6 +555,7 @@ async fn subscriber(
     let BusCounters {
         redis_errors,
         reconnects,
+        ..
     } = counters;
     let mut wanted: HashSet<RoomId> = HashSet::new();
     let mut backoff = BACKOFF_MIN;
@@ -669,4 +672,6 @@ pub struct BusCounters {
     pub redis_errors: IntCounter,
     /// Times the subscriber connected again after losing its connection.
     pub reconnects: IntCounter,
+    /// Events published.
+    pub published: IntCounter,
 }

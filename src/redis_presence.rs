@@ -102,7 +102,7 @@ impl RedisPresence {
 
     fn fail(&self, e: redis::RedisError) -> StoreError {
         self.errors.inc();
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(chatty_actors::Cause::of(e))
     }
 }
 

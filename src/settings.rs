@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chatty_actors::NodeConfig;
@@ -489,8 +488,6 @@ impl Settings {
     pub fn node_config(&self) -> NodeConfig {
         let l = &self.limits;
         NodeConfig {
-            node_id: Arc::from(self.node.id.as_str()),
-            max_body_bytes: l.max_body_bytes,
             rooms_per_connection: l.rooms_per_connection,
             messages_per_second: l.messages_per_second,
             message_burst: l.message_burst,
@@ -515,6 +512,31 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `DEFAULTS` is the one place defaults live; the README's table documents them and
+    /// must say the same (a key missing or a value differing fails here).
+    #[test]
+    fn the_readme_table_states_every_default_as_the_code_has_it() {
+        let readme = include_str!("../README.md");
+        let mut table = std::collections::HashMap::new();
+        for line in readme.lines().filter(|l| l.starts_with("| `")) {
+            let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+            let key = cols[1].trim_matches('`');
+            table.insert(key.to_string(), cols[2].to_string());
+        }
+        for (key, value) in DEFAULTS {
+            let doc = table
+                .get(*key)
+                .unwrap_or_else(|| panic!("README's configuration table lacks {key}"));
+            let stated = if value.is_empty() {
+                // Empty defaults read "empty", or say what stands in (generated, per env).
+                doc == "empty" || !doc.starts_with('`')
+            } else {
+                doc.starts_with(&format!("`{value}`")) || doc.contains(&format!("else `{value}`"))
+            };
+            assert!(stated, "{key}: README says {doc}, the code's default is {value:?}");
+        }
+    }
 
     #[test]
     fn secrets_are_redacted_in_debug_output() {

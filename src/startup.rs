@@ -18,112 +18,17 @@ use chatty_actors::{ClusterBus, LocalBus, Metrics, Node, NodeArgs, PresenceStore
 use crate::redis_bus::RedisBus;
 use crate::redis_presence::RedisPresence;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Encoder, Registry};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::admission::{Admission, Cidr};
 use crate::api;
 use crate::auth::Authenticator;
+pub use crate::metrics::EdgeMetrics;
 use crate::settings::Settings;
 use crate::store::Database;
 use crate::{web, ws};
-
-/// Metrics of the edge (HTTP, handshakes, pool) beside the actors' own.
-pub struct EdgeMetrics {
-    pub handshake_rejections: IntCounterVec,
-    pub http_requests: IntCounterVec,
-    pub http_seconds: HistogramVec,
-    pub db_pool: IntGaugeVec,
-    pub build_info: IntGaugeVec,
-    pub draining: IntGauge,
-    pub redis_errors: prometheus::IntCounter,
-    pub bus_reconnects: prometheus::IntCounter,
-}
-
-impl EdgeMetrics {
-    fn new(r: &Registry) -> anyhow::Result<Self> {
-        let m = EdgeMetrics {
-            handshake_rejections: IntCounterVec::new(
-                Opts::new(
-                    "chatty_handshake_rejections_total",
-                    "WebSocket handshakes refused, by reason.",
-                ),
-                &["reason"],
-            )?,
-            http_requests: IntCounterVec::new(
-                Opts::new(
-                    "chatty_http_requests_total",
-                    "HTTP requests, by matched route and status.",
-                ),
-                &["route", "status"],
-            )?,
-            http_seconds: HistogramVec::new(
-                HistogramOpts::new(
-                    "chatty_http_request_duration_seconds",
-                    "HTTP request duration, by matched route.",
-                )
-                .buckets(chatty_actors::LATENCY_BUCKETS.to_vec()),
-                &["route"],
-            )?,
-            db_pool: IntGaugeVec::new(
-                Opts::new(
-                    "chatty_db_pool_connections",
-                    "Database pool connections, by state.",
-                ),
-                &["state"],
-            )?,
-            build_info: IntGaugeVec::new(
-                Opts::new("chatty_build_info", "Build information; always 1."),
-                &["version"],
-            )?,
-            draining: IntGauge::new("chatty_draining", "1 while the node drains for shutdown.")?,
-            redis_errors: prometheus::IntCounter::new(
-                "chatty_redis_errors_total",
-                "Errors talking to Redis (bus and presence).",
-            )?,
-            bus_reconnects: prometheus::IntCounter::new(
-                "chatty_bus_reconnects_total",
-                "Times the Redis subscriber connected again after losing its connection.",
-            )?,
-        };
-        r.register(Box::new(m.handshake_rejections.clone()))?;
-        r.register(Box::new(m.http_requests.clone()))?;
-        r.register(Box::new(m.http_seconds.clone()))?;
-        r.register(Box::new(m.db_pool.clone()))?;
-        r.register(Box::new(m.build_info.clone()))?;
-        r.register(Box::new(m.draining.clone()))?;
-        r.register(Box::new(m.redis_errors.clone()))?;
-        r.register(Box::new(m.bus_reconnects.clone()))?;
-        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …: what
-        // an operator checks first, and what the memory and fd alerts are written against.
-        #[cfg(target_os = "linux")]
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        for reason in [
-            "origin",
-            "subprotocol",
-            "token_missing",
-            "token_invalid",
-            "token_too_long",
-            "capacity",
-            "draining",
-            "not_websocket",
-            "unavailable",
-            "capacity_ip",
-            "capacity_user",
-        ] {
-            m.handshake_rejections.with_label_values(&[reason]);
-        }
-        Ok(m)
-    }
-}
 
 /// The state every handler shares.
 pub struct AppStateInner {
@@ -184,6 +89,7 @@ impl Application {
                     crate::redis_bus::BusCounters {
                         redis_errors: edge_metrics.redis_errors.clone(),
                         reconnects: edge_metrics.bus_reconnects.clone(),
+                        published: edge_metrics.bus_published.clone(),
                     },
                 )
                 .context("redis.url")?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chatty_actors::{
-    Body, Cid, DisplayName, JoinInfo, MessageStore, RoomId, RoomRole, Seq, StoreError,
+    Body, Cause, Cid, DisplayName, JoinInfo, MessageStore, RoomId, RoomRole, Seq, StoreError,
     StoredMessage, UserId,
 };
 pub use postgres::PgStore;
@@ -231,7 +231,7 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let bad = |what: &str| StoreError::Other(format!("stored message has an invalid {what}"));
+    let bad = |what: &str| StoreError::Other(format!("stored message has an invalid {what}").into());
     let seq: i64 = r.try_get("seq").map_err(store_err)?;
     let user: String = r.try_get("user_id").map_err(store_err)?;
     let name: String = r.try_get("name").map_err(store_err)?;
@@ -298,7 +298,7 @@ pub(crate) fn store_err(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(Cause::of(e)),
         sqlx::Error::Database(db) => {
             // Postgres classes 08 (connection exception), 53 (insufficient resources), 57
             // (operator intervention, e.g. shutdown), 40001/40P01 (retryable conflicts);
@@ -312,11 +312,11 @@ pub(crate) fn store_err(e: sqlx::Error) -> StoreError {
                 || code == "5"
                 || code == "6"
             {
-                StoreError::Unavailable(e.to_string())
+                StoreError::Unavailable(Cause::of(e))
             } else {
-                StoreError::Other(e.to_string())
+                StoreError::Other(Cause::of(e))
             }
         }
-        _ => StoreError::Other(e.to_string()),
+        _ => StoreError::Other(Cause::of(e)),
     }
 }

@@ -11,9 +11,12 @@ use crate::ports::JoinInfo;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomRole {
+    /// The default, and the role of anyone without a row: no moderation rights.
     #[default]
     Member,
+    /// May kick and ban users ranked below them in the room, and unban anyone.
     Moderator,
+    /// A moderator who may also set the roles of users below them, to a role below owner.
     Owner,
 }
 
@@ -28,6 +31,7 @@ impl RoomRole {
         }
     }
 
+    /// The role's name on the wire and in the store; `parse` reads it back.
     pub fn as_str(self) -> &'static str {
         match self {
             RoomRole::Member => "member",
@@ -40,7 +44,9 @@ impl RoomRole {
 /// Who a socket belongs to, from its (latest) token.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// The token's `sub`. Fixed for the socket's life: a refresh must be for the same user.
     pub user: UserId,
+    /// The token's `name` claim (sanitised), or the user id when it has none.
     pub name: DisplayName,
     /// The token's `roles` claim holds `admin`.
     pub admin: bool,

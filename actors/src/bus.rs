@@ -29,6 +29,7 @@ pub struct LocalBus {
 }
 
 impl LocalBus {
+    /// A bus for a single node: `publish` reaches no one and the receiver never yields.
     pub fn new() -> Arc<Self> {
         let (tx, rx) = mpsc::channel(1);
         Arc::new(Self {

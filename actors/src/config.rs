@@ -1,14 +1,12 @@
-//! The limits and timings the actors run with. Built by the edge from its settings.
+//! The limits and timings the actors run with. Built by the edge from its settings
+//! (`chatty::settings`, which holds every default: this crate has none of its own).
 
-use std::sync::Arc;
 use std::time::Duration;
 
+/// The limits and timings of one node's actors. Each bound keeps a queue or a cost finite;
+/// the defaults live in `chatty::settings`.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// This node's stable id (used to ignore our own bus events).
-    pub node_id: Arc<str>,
-    /// Largest accepted `body`, in bytes.
-    pub max_body_bytes: usize,
     /// Rooms one connection may have joined at once (`room_limit` past it).
     pub rooms_per_connection: usize,
     /// Sustained client frames per second per connection (`rate_limited` past it).
@@ -47,11 +45,11 @@ pub struct NodeConfig {
     pub fault_injection: bool,
 }
 
+/// A fixture for the actors' unit tests only; the defaults a node runs with are the edge's.
+#[cfg(test)]
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
-            node_id: Arc::from("node"),
-            max_body_bytes: 4096,
             rooms_per_connection: 100,
             messages_per_second: 50.0,
             message_burst: 100,

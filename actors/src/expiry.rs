@@ -101,6 +101,7 @@ impl Expiry {
 mod tests {
     use super::*;
     use crate::ids::{ConnId, UserId};
+    use crate::outbox::CloseState;
 
     fn conn(id: u64) -> Arc<ConnShared> {
         ConnShared::new(ConnId(id), 4, UserId::parse("u").unwrap())
@@ -112,9 +113,9 @@ mod tests {
         let c = conn(1);
         w.watch(&c, 100);
         assert_eq!(w.sweep(99), 0);
-        assert_eq!(c.close_code(), 0);
+        assert_eq!(c.close_state(), CloseState::Open);
         assert_eq!(w.sweep(100), 1);
-        assert_eq!(c.close_code(), close::POLICY);
+        assert_eq!(c.close_state(), CloseState::Closing(close::POLICY));
         assert!(w.is_empty());
     }
 
@@ -125,7 +126,7 @@ mod tests {
         w.watch(&c, 100);
         w.watch(&c, 200);
         assert_eq!(w.sweep(150), 0);
-        assert_eq!(c.close_code(), 0);
+        assert_eq!(c.close_state(), CloseState::Open);
         assert_eq!(w.len(), 1);
         assert_eq!(w.sweep(200), 1);
     }

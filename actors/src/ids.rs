@@ -17,8 +17,10 @@ pub struct InvalidId(pub &'static str);
 pub struct RoomId(Arc<str>);
 
 impl RoomId {
+    /// Longest room id, in bytes.
     pub const MAX_LEN: usize = 64;
 
+    /// `s` as a room id, if it matches the pattern; the error is fit for a `bad_request`.
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         let ok_len = !s.is_empty() && s.len() <= Self::MAX_LEN;
         let ok_chars = s
@@ -31,6 +33,7 @@ impl RoomId {
         }
     }
 
+    /// The id as on the wire.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -42,8 +45,10 @@ impl RoomId {
 pub struct UserId(Arc<str>);
 
 impl UserId {
+    /// Longest user id, in bytes.
     pub const MAX_LEN: usize = 128;
 
+    /// `s` as a user id, if it is 1–128 bytes without control characters.
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if s.is_empty() || s.len() > Self::MAX_LEN || s.chars().any(char::is_control) {
             Err(InvalidId(
@@ -54,6 +59,7 @@ impl UserId {
         }
     }
 
+    /// The id as on the wire (and in the token's `sub`).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -65,8 +71,10 @@ impl UserId {
 pub struct Cid(Arc<str>);
 
 impl Cid {
+    /// Longest cid, in bytes.
     pub const MAX_LEN: usize = 64;
 
+    /// `s` as a cid, if it matches the pattern; the error is fit for a `bad_request`.
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         let ok_len = !s.is_empty() && s.len() <= Self::MAX_LEN;
         let ok_chars = s
@@ -79,6 +87,7 @@ impl Cid {
         }
     }
 
+    /// The cid as the client sent it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -92,8 +101,11 @@ impl Cid {
 pub struct DisplayName(Arc<str>);
 
 impl DisplayName {
+    /// Longest name, in bytes; `sanitize` cuts anything longer.
     pub const MAX_LEN: usize = 128;
 
+    /// `s` without control characters, cut at a character boundary to at most `MAX_LEN`
+    /// bytes. Never fails.
     pub fn sanitize(s: &str) -> Self {
         let mut out = String::with_capacity(s.len().min(Self::MAX_LEN));
         for c in s.chars().filter(|c| !c.is_control()) {
@@ -105,6 +117,7 @@ impl DisplayName {
         Self(Arc::from(out))
     }
 
+    /// The name as shown to others.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -118,12 +131,16 @@ pub struct Body(Arc<str>);
 /// Why a body was refused; `TooLarge` maps to the `too_large` error code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
+    /// Zero bytes (`bad_request`).
     Empty,
+    /// More than the configured maximum of bytes (`too_large`).
     TooLarge,
+    /// Contains a NUL byte (`bad_request`).
     Nul,
 }
 
 impl Body {
+    /// `s` as a body, if it is 1..=`max_bytes` bytes (the `max_body_bytes` setting) with no NUL.
     pub fn parse(s: &str, max_bytes: usize) -> Result<Self, BodyError> {
         if s.is_empty() {
             Err(BodyError::Empty)
@@ -136,6 +153,7 @@ impl Body {
         }
     }
 
+    /// The text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

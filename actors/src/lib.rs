@@ -9,6 +9,7 @@ mod config;
 mod connection;
 mod connections;
 mod expiry;
+mod handle;
 mod ids;
 mod metrics;
 mod moderation;
@@ -19,19 +20,24 @@ mod presence;
 mod protocol;
 mod room;
 mod rooms;
+#[cfg(test)]
+mod testkit;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 pub use access::{Identity, RoomRole};
 pub use bus::LocalBus;
 pub use config::NodeConfig;
-pub use connection::ConnMsg;
+pub use handle::{ConnHandle, Connection, SubmitError};
 pub use ids::{Body, BodyError, Cid, ConnId, DisplayName, InvalidId, RoomId, Seq, UserId};
 pub use metrics::{Metrics, LATENCY_BUCKETS};
 pub use moderation::ModError;
-pub use node::{Connection, Node, NodeArgs, NodeError};
-pub use outbox::{close, ConnShared, Out, Outbox, STOP_READING};
+pub use node::{Node, NodeArgs, NodeError};
+pub use outbox::{close, CloseState, CloseWatch, ConnShared, Out, Outbox};
 pub use ports::{
-    Appended, BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceStore, StoreError,
+    Appended, BusEvent, Cause, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceStore,
+    StoreError,
 };
 pub use protocol::{
     Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, Ref, RemoveReason,

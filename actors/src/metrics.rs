@@ -1,5 +1,6 @@
 //! Prometheus metrics of the actor tree. One `Metrics` per node, registered into the registry
-//! the edge serves on the metrics port. Label values are fixed sets (kinds, codes, encodings),
+//! the edge serves on the metrics port. The edge's own (sockets, frames, HTTP, Redis) live in
+//! the `chatty` crate beside the code that counts them. Label values are fixed sets (kinds, codes, encodings),
 //! never room or user ids, so cardinality stays bounded.
 
 use prometheus::{
@@ -29,36 +30,70 @@ pub const ACTOR_KINDS: &[&str] = &[
     "connection",
 ];
 
+/// The actor tree's Prometheus series. Cheap to clone: every field is a handle to a series
+/// shared with the registry.
 #[derive(Clone)]
 pub struct Metrics {
-    pub connections_active: IntGauge,
-    pub connections_opened: IntCounter,
-    pub connections_closed: IntCounterVec,
-    pub frames_in: IntCounterVec,
-    pub frames_out: IntCounterVec,
+    /// `chatty_deliveries_total`: message frames queued to room members (one per member per
+    /// message).
     pub deliveries: IntCounter,
+    /// `chatty_messages_persisted_total`: new messages committed to the store (repeated cids
+    /// not counted).
     pub messages_persisted: IntCounter,
+    /// `chatty_messages_duplicate_total`: sends answered with the original seq of an already
+    /// stored cid.
     pub messages_duplicate: IntCounter,
+    /// `chatty_actors_alive{kind}`: live actors, by kind (`ACTOR_KINDS`).
     pub actors_alive: IntGaugeVec,
+    /// `chatty_actor_restarts_total{kind}`: actors restarted by their supervisor (a failed
+    /// connection is closed with 1011 instead, and counted here too).
     pub actor_restarts: IntCounterVec,
+    /// `chatty_queue_depth{kind}`: items waiting in the bounded queues (`writer`, `room`,
+    /// `inbound`, `outbound`); a gauge set at scrape time by `Node::sample_gauges`.
     pub queue_depth: IntGaugeVec,
+    /// `chatty_writer_batch_size`: distinct messages per committed writer batch.
     pub writer_batch_size: Histogram,
+    /// `chatty_writer_flush_duration_seconds`: time to commit one writer batch (successful
+    /// attempts only).
     pub writer_flush_seconds: Histogram,
+    /// `chatty_writer_flush_errors_total`: failed flush attempts; every retry counts.
     pub writer_flush_errors: IntCounter,
+    /// `chatty_writer_unavailable_total`: sends answered `unavailable` by the writer (its queue
+    /// was full, or it gave up on a batch after `writer_retry_max`).
     pub writer_unavailable: IntCounter,
+    /// `chatty_send_ack_seconds`: from a send entering the writer queue to its ack.
     pub send_ack_seconds: Histogram,
+    /// `chatty_commit_delivery_seconds{scope}`: from commit to the message reaching its room on
+    /// this node (`local`) or arriving from the bus on another node (`remote`).
     pub commit_delivery_seconds: HistogramVec,
+    /// `chatty_join_replay_seconds`: time to replay missed messages on a join with `since`.
     pub join_replay_seconds: Histogram,
+    /// `chatty_presence_entries`: users present in rooms on this node, summed over rooms (a
+    /// user in two rooms counts twice).
     pub presence_entries: IntGauge,
-    pub bus_published: IntCounter,
+    /// `chatty_bus_received_total`: events received from other nodes over the cluster bus.
     pub bus_received: IntCounter,
+    /// `chatty_bus_errors_total`: cluster bus trouble: dropped publishes, undecodable or
+    /// dropped incoming events, failed presence heartbeats.
     pub bus_errors: IntCounter,
+    /// `chatty_gap_fills_total`: seq gaps a room filled by reading the store, because the
+    /// missing message did not arrive within `gap_wait`.
     pub gap_fills: IntCounter,
+    /// `chatty_slow_consumer_closes_total`: connections closed with 4000 because their
+    /// outbound queue overflowed.
     pub slow_consumer_closes: IntCounter,
+    /// `chatty_rate_limited_total`: client frames refused with `rate_limited`.
     pub rate_limited: IntCounter,
+    /// `chatty_errors_sent_total{code}`: `error` frames sent to clients, by error code.
     pub errors_sent: IntCounterVec,
+    /// `chatty_moderation_total{action, by}`: moderation actions taken; `action` is kick, ban,
+    /// unban, set_role, remove_member or disconnect, `by` is socket or backend.
     pub moderation: IntCounterVec,
+    /// `chatty_room_removals_total`: sockets taken out of a room on this node (removed, kicked
+    /// or banned).
     pub removals: IntCounter,
+    /// `chatty_room_head_checks_total`: times a room read its head from the store to find what
+    /// it missed (after a bus reconnect, a restart or a batch in doubt).
     pub head_checks: IntCounter,
 }
 
@@ -76,6 +111,8 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram
 }
 
 impl Metrics {
+    /// Create every series, register it in `r`, and touch every labelled one so that scrapes
+    /// show them (at zero) from the start.
     pub fn new(r: &Registry) -> Self {
         let counter = |name: &str, help: &str| {
             reg(
@@ -104,26 +141,6 @@ impl Metrics {
             )
         };
         let m = Metrics {
-            connections_active: gauge("chatty_connections_active", "Open WebSocket connections."),
-            connections_opened: counter(
-                "chatty_connections_opened_total",
-                "WebSocket connections accepted.",
-            ),
-            connections_closed: counter_vec(
-                "chatty_connections_closed_total",
-                "WebSocket connections closed, by close code.",
-                &["code"],
-            ),
-            frames_in: counter_vec(
-                "chatty_frames_in_total",
-                "Client frames received, by type and encoding.",
-                &["type", "encoding"],
-            ),
-            frames_out: counter_vec(
-                "chatty_frames_out_total",
-                "Frames written to sockets, by encoding.",
-                &["encoding"],
-            ),
             deliveries: counter(
                 "chatty_deliveries_total",
                 "Message frames queued to room members.",
@@ -195,10 +212,6 @@ impl Metrics {
                 "chatty_presence_entries",
                 "Users present in rooms on this node.",
             ),
-            bus_published: counter(
-                "chatty_bus_published_total",
-                "Events published on the cluster bus.",
-            ),
             bus_received: counter(
                 "chatty_bus_received_total",
                 "Events received from the cluster bus.",
@@ -245,20 +258,6 @@ impl Metrics {
         }
         for scope in ["local", "remote"] {
             m.commit_delivery_seconds.with_label_values(&[scope]);
-        }
-        for enc in ["json", "msgpack"] {
-            m.frames_out.with_label_values(&[enc]);
-            for ty in [
-                "join", "leave", "send", "history", "read", "typing", "ping", "kick", "unban",
-                "set_role", "refresh", "invalid",
-            ] {
-                m.frames_in.with_label_values(&[ty, enc]);
-            }
-        }
-        for code in [
-            "1000", "1001", "1002", "1007", "1008", "1009", "1011", "1013", "4000", "4001", "4003",
-        ] {
-            m.connections_closed.with_label_values(&[code]);
         }
         for code in [
             "bad_request",

@@ -35,14 +35,19 @@ impl By {
     }
 }
 
+/// Why a moderation call failed; maps to an `error` code on a socket, a status on the API.
 #[derive(Debug, thiserror::Error)]
 pub enum ModError {
+    /// The rules say no (`forbidden`); the sentence says why.
     #[error("{0}")]
     Forbidden(Denied),
+    /// The request makes no sense, such as kicking yourself (`bad_request`).
     #[error("{0}")]
     BadRequest(&'static str),
+    /// The store cannot take it now (`unavailable`): retry later.
     #[error("try again later")]
     Unavailable,
+    /// Any other store error, as text for the log; clients only see `internal`.
     #[error("store error: {0}")]
     Store(String),
 }
@@ -51,7 +56,7 @@ impl From<StoreError> for ModError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => ModError::Unavailable,
-            StoreError::Other(m) => ModError::Store(m),
+            StoreError::Other(m) => ModError::Store(m.to_string()),
         }
     }
 }

@@ -10,22 +10,23 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::access::{Identity, RoomRole};
 
 use crate::bus::{BusListener, BusListenerArgs};
 use crate::config::NodeConfig;
-use crate::connection::{ConnArgs, ConnContext, ConnMsg, ConnectionActor};
+use crate::connection::{ConnArgs, ConnContext, ConnectionActor};
 use crate::connections::{
     ConnRegistry, ConnSupArgs, ConnectionSupervisor, ConnectionSupervisorMsg,
 };
 use crate::expiry::Expiry;
+use crate::handle::{ConnHandle, Connection};
 use crate::ids::{Body, Cid, ConnId, DisplayName, RoomId, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::moderation::{By, ModError, Moderation};
-use crate::outbox::{ConnShared, Out, Outbox};
+use crate::outbox::{ConnShared, Outbox};
 use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage, PresenceStore, StoreError};
 use crate::presence::{PresenceArgs, PresenceKeeper, PresenceKeeperMsg};
 use crate::protocol::{Encoding, PresenceEntry, StoredMessage};
@@ -59,14 +60,6 @@ pub struct Node {
     moderation: Arc<Moderation>,
     expiry: Arc<Expiry>,
     sweeper: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// What the edge gets for a new socket.
-pub struct Connection {
-    pub actor: ActorRef<ConnMsg>,
-    pub shared: Arc<ConnShared>,
-    pub outbox: Outbox,
-    pub outbound: mpsc::Receiver<Out>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,9 +149,11 @@ impl Node {
             .map_err(|e| NodeError::Start(e.to_string()))?;
         self.conns.insert(actor.get_id(), shared.clone());
         Ok(Connection {
-            actor,
-            shared,
-            outbox,
+            handle: ConnHandle {
+                actor,
+                shared,
+                outbox,
+            },
             outbound,
         })
     }

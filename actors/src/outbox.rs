@@ -46,8 +46,63 @@ pub mod close {
     }
 }
 
-/// The value of the close signal that means "stop reading, keep writing" (not a wire code).
-pub const STOP_READING: u16 = 1;
+/// Where a connection is in closing; what every holder of the connection watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseState {
+    /// Open.
+    Open,
+    /// Shutdown's first step: stop taking commands from the socket but keep writing to it,
+    /// so the acks of sends already taken still go out before the close.
+    StopReading,
+    /// Closing with this code (the first request wins).
+    Closing(u16),
+}
+
+impl CloseState {
+    /// The close code, once one is requested.
+    pub fn code(self) -> Option<u16> {
+        match self {
+            CloseState::Closing(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// A close that cuts writing short: anything but a normal or going-away close, which
+    /// first let what is queued (acks above all) go out.
+    pub fn is_urgent(self) -> bool {
+        matches!(self, CloseState::Closing(c) if c != close::NORMAL && c != close::GOING_AWAY)
+    }
+}
+
+/// A receiver of a connection's `CloseState`.
+pub struct CloseWatch(watch::Receiver<CloseState>);
+
+impl CloseWatch {
+    /// The state now.
+    pub fn state(&self) -> CloseState {
+        *self.0.borrow()
+    }
+
+    /// Resolves at the next change, with the new state; `None` when the connection's shared
+    /// state is gone.
+    pub async fn changed(&mut self) -> Option<CloseState> {
+        self.0.changed().await.ok()?;
+        Some(self.state())
+    }
+
+    /// Resolves once a close code is requested, with that code.
+    pub async fn closing(&mut self) -> u16 {
+        match self.0.wait_for(|s| s.code().is_some()).await {
+            Ok(s) => s.code().unwrap_or(close::INTERNAL),
+            Err(_) => close::INTERNAL,
+        }
+    }
+
+    /// Resolves once an urgent close (see `CloseState::is_urgent`) is requested.
+    pub async fn urgent(&mut self) {
+        let _ = self.0.wait_for(|s| s.is_urgent()).await;
+    }
+}
 
 /// One item of the outbound queue.
 #[derive(Debug)]
@@ -72,7 +127,7 @@ pub struct ConnShared {
     /// of growing the actor's unbounded mailbox.
     pub inbound: Arc<tokio::sync::Semaphore>,
     inbound_cap: usize,
-    close: watch::Sender<u16>,
+    close: watch::Sender<CloseState>,
     /// Milliseconds since `epoch` at which the client last sent anything (any frame).
     last_seen_ms: AtomicU64,
     epoch: Instant,
@@ -81,7 +136,7 @@ pub struct ConnShared {
 
 impl ConnShared {
     pub fn new(id: ConnId, inbound_cap: usize, user: UserId) -> Arc<Self> {
-        let (close, _) = watch::channel(0);
+        let (close, _) = watch::channel(CloseState::Open);
         Arc::new(Self {
             id,
             user,
@@ -113,23 +168,28 @@ impl ConnShared {
         self.expires.store(exp, Ordering::Release);
     }
 
-    /// Ask the socket tasks to close with `code`. The first request wins (a request to stop
-    /// reading, during shutdown, is the only one a real close code replaces).
+    /// Ask the socket tasks to close with `code`. The first request wins (stopping to read,
+    /// during shutdown, is the only state a close code replaces).
     pub fn request_close(&self, code: u16) {
-        self.close.send_if_modified(|c| {
-            if *c == 0 || (*c == STOP_READING && code != STOP_READING) {
-                *c = code;
+        self.close.send_if_modified(|s| match s {
+            CloseState::Open | CloseState::StopReading => {
+                *s = CloseState::Closing(code);
                 true
-            } else {
-                false
             }
+            CloseState::Closing(_) => false,
         });
     }
 
     /// Shutdown, first step: stop taking commands from the socket but keep writing to it, so
     /// the acks of sends already taken can still go out before the 1001 close.
     pub fn stop_reading(&self) {
-        self.request_close(STOP_READING);
+        self.close.send_if_modified(|s| {
+            let open = *s == CloseState::Open;
+            if open {
+                *s = CloseState::StopReading;
+            }
+            open
+        });
     }
 
     /// Decoded commands waiting to be handled.
@@ -151,13 +211,14 @@ impl ConnShared {
         self.inbound.available_permits() == self.inbound_cap
     }
 
-    /// The requested close code, 0 while open.
-    pub fn close_code(&self) -> u16 {
+    /// Where the connection is in closing.
+    pub fn close_state(&self) -> CloseState {
         *self.close.borrow()
     }
 
-    pub fn close_watch(&self) -> watch::Receiver<u16> {
-        self.close.subscribe()
+    /// Watch the close state (the socket tasks wait on it).
+    pub fn close_watch(&self) -> CloseWatch {
+        CloseWatch(self.close.subscribe())
     }
 
     /// Record that the client sent something now.
@@ -225,7 +286,7 @@ impl Outbox {
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.shared.close_code() == 0 {
+                if self.shared.close_state() == CloseState::Open {
                     self.metrics.slow_consumer_closes.inc();
                 }
                 self.shared.request_close(close::SLOW_CONSUMER);
@@ -240,8 +301,7 @@ impl Outbox {
     }
 
     pub fn is_closed(&self) -> bool {
-        let c = self.shared.close_code();
-        (c != 0 && c != STOP_READING) || self.tx.is_closed()
+        self.shared.close_state().code().is_some() || self.tx.is_closed()
     }
 }
 
@@ -256,7 +316,10 @@ mod tests {
         assert!(ob.push(Bytes::from_static(b"a")));
         assert!(ob.push(Bytes::from_static(b"b")));
         assert!(!ob.push(Bytes::from_static(b"c")));
-        assert_eq!(shared.close_code(), close::SLOW_CONSUMER);
+        assert_eq!(
+            shared.close_state(),
+            CloseState::Closing(close::SLOW_CONSUMER)
+        );
     }
 
     #[test]
@@ -264,6 +327,23 @@ mod tests {
         let shared = ConnShared::new(ConnId(1), 4, UserId::parse("u").unwrap());
         shared.request_close(close::GOING_AWAY);
         shared.request_close(close::SLOW_CONSUMER);
-        assert_eq!(shared.close_code(), close::GOING_AWAY);
+        assert_eq!(shared.close_state(), CloseState::Closing(close::GOING_AWAY));
+    }
+
+    #[test]
+    fn stopping_to_read_is_replaced_by_a_close_and_never_replaces_one() {
+        let shared = ConnShared::new(ConnId(1), 4, UserId::parse("u").unwrap());
+        shared.stop_reading();
+        assert_eq!(shared.close_state(), CloseState::StopReading);
+        assert!(!shared.close_state().is_urgent());
+        shared.request_close(close::GOING_AWAY);
+        assert_eq!(shared.close_state(), CloseState::Closing(close::GOING_AWAY));
+        shared.stop_reading();
+        assert_eq!(shared.close_state().code(), Some(close::GOING_AWAY));
+        assert!(
+            !shared.close_state().is_urgent(),
+            "1001 lets queued frames out"
+        );
+        assert!(CloseState::Closing(close::SLOW_CONSUMER).is_urgent());
     }
 }

@@ -13,17 +13,24 @@ use crate::protocol::{PresenceEntry, RemoveReason, StoredMessage};
 /// Writer collapses duplicates of one batch before it reaches the store.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// The room to append to; the store gives the message the room's next seq.
     pub room: RoomId,
+    /// The sender.
     pub from: UserId,
+    /// The sender's display name, stored with the message.
     pub name: DisplayName,
+    /// The sender's idempotency key: one message per (room, from, cid), forever.
     pub cid: Cid,
+    /// The text.
     pub body: Body,
 }
 
 /// What the store did with one message of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
+    /// The message's seq in its room.
     pub seq: Seq,
+    /// Its commit time, in milliseconds since the Unix epoch.
     pub ts: i64,
     /// The (room, user, cid) was already stored: `seq`/`ts` are the original ones.
     pub duplicate: bool,
@@ -43,14 +50,63 @@ pub struct JoinInfo {
     pub read: Seq,
 }
 
+/// Why a store call failed. The split decides what the client is told: retry later
+/// (`unavailable`) or `internal`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached or is overloaded: retry later.
     #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// Anything else; logged whole, shown to clients as `internal`.
     #[error("store error: {0}")]
-    Other(String),
+    Other(#[source] Cause),
+}
+
+/// The error underneath a `StoreError`, kept whole (the driver's error with its own chain, not
+/// a string of it), so logs and `anyhow` reports show where it came from. Cheap to clone.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    /// Keep `e` as the cause.
+    pub fn of(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(e))
+    }
+}
+
+/// A cause that is only a message (an invariant the store checked itself).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Message(String);
+
+impl From<String> for Cause {
+    fn from(m: String) -> Self {
+        Cause::of(Message(m))
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(m: &str) -> Self {
+        Cause::of(Message(m.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// Durable storage of rooms, messages, read markers and private-room members.
@@ -79,9 +135,13 @@ pub trait MessageStore: Send + Sync + 'static {
         before: Option<Seq>,
         limit: u32,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError>;
+    /// What the store knows of `user` in `room`. A room it never heard of is public, with no
+    /// ban, role or read marker.
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError>;
     /// Move the user's read marker forward (never back, never past the head); returns it.
     async fn set_read(&self, room: &RoomId, user: &UserId, seq: Seq) -> Result<Seq, StoreError>;
+    /// Make the room private (only its members may join) or public again; rooms start public.
+    /// Sockets already in the room are not taken out.
     async fn set_private(&self, room: &RoomId, private: bool) -> Result<(), StoreError>;
     /// Make the user a member of the room with `role`; with `None`, a member unless they
     /// already have a role (which is kept).
@@ -106,33 +166,47 @@ pub enum BusEvent {
     Messages(Arc<[StoredMessage]>),
     /// Some node changed the room's presence: re-read it from the PresenceStore.
     PresenceChanged {
+        /// The room whose presence changed.
         room: RoomId,
     },
+    /// A user is typing in the room, on the publishing node.
     Typing {
+        /// The room.
         room: RoomId,
+        /// Who is typing.
         user: UserId,
     },
     /// Events of this room may have been lost (a reconnect, a dropped publish): compare the
     /// delivered head with the store and fill the gap.
     Resync {
+        /// The room to check.
         room: RoomId,
     },
     /// Take the user's sockets out of the room (member removed, kicked or banned). `force`
     /// (the backend asked) takes admins out too.
     Remove {
+        /// The room to take them out of.
         room: RoomId,
+        /// Whose sockets.
         user: UserId,
+        /// Sent to each socket as `removed.reason`.
         reason: RemoveReason,
+        /// The backend asked, so admins' sockets go too; otherwise an admin's socket stays (only
+        /// its own node knows, from its token, that it is an admin's).
         force: bool,
     },
     /// The user moved their read marker in the room: their connections in it hear of it.
     Read {
+        /// The room of the marker.
         room: RoomId,
+        /// Whose marker.
         user: UserId,
+        /// The marker now, as the store returned it.
         seq: Seq,
     },
     /// Close every socket of the user with 4003. Not a room's event: every node hears it.
     Disconnect {
+        /// Whose sockets to close.
         user: UserId,
     },
 }
@@ -172,6 +246,8 @@ pub trait PresenceStore: Send + Sync + 'static {
 /// and count what they drop; Postgres, not the bus, is the source of truth, so a dropped
 /// message event is repaired by the receiving room's gap fill.
 pub trait ClusterBus: Send + Sync + 'static {
+    /// Hand `event` to every other node (never back to this one). Never blocks: past the
+    /// implementation's bound the event is dropped and counted.
     fn publish(&self, event: BusEvent);
     /// This node now has members in `room`: start receiving its events.
     fn subscribe(&self, room: &RoomId);
