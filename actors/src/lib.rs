@@ -1,3 +1,5 @@
+#![warn(missing_docs)]
+
 //! `chatty-actors`: the supervision tree of a Chatty node and every actor in it.
 //!
 //! This crate knows only its ports (`MessageStore`, `ClusterBus`) and nothing of axum, sqlx or
@@ -43,4 +45,4 @@ pub use protocol::{
     Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, Ref, RemoveReason,
     ServerFrame, StoredMessage,
 };
-pub use writer::{writer_lane, WriteError};
+pub use writer::{writer_lane, Ack, WriteError};

@@ -10,18 +10,31 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ids::{ConnId, UserId};
 use crate::metrics::Metrics;
+use prometheus::IntCounter;
 
 /// The close codes of the protocol.
 pub mod close {
+    /// Normal close: the client should not reconnect.
     pub const NORMAL: u16 = 1000;
+    /// The server is shutting down or draining: reconnect with backoff and `since`. Queued
+    /// frames go out before it.
     pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol.
     pub const PROTOCOL: u16 = 1002;
+    /// Invalid payload: bad UTF-8 or an undecodable frame.
     pub const INVALID_PAYLOAD: u16 = 1007;
+    /// Policy: today only a token whose `exp` passed without a `refresh`.
     pub const POLICY: u16 = 1008;
+    /// A frame larger than the server accepts.
     pub const TOO_BIG: u16 = 1009;
+    /// A server fault (such as a failed connection actor): reconnect with backoff.
     pub const INTERNAL: u16 = 1011;
+    /// The server cannot serve the socket now (a join's replay failed, say): reconnect with
+    /// backoff and `since`.
     pub const OVERLOADED: u16 = 1013;
+    /// The outbound queue overflowed: reconnect and catch up with `since`.
     pub const SLOW_CONSUMER: u16 = 4000;
+    /// The client went silent: no first frame, or no pong, in time.
     pub const IDLE: u16 = 4001;
     /// The backend disconnected the user (`POST /api/v1/users/{user}/disconnect`).
     pub const DISCONNECTED: u16 = 4003;
@@ -115,6 +128,7 @@ pub enum Out {
 
 /// State shared by a connection's actor, its socket tasks and every queue holder.
 pub struct ConnShared {
+    /// The connection's id on this node.
     pub id: ConnId,
     /// Whose socket this is (a refresh may change the token, never the user).
     pub user: UserId,
@@ -135,6 +149,8 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
+    /// The state of a new, open connection of `user`, with `inbound_cap` permits for
+    /// undispatched commands. No admin role and no expiry until they are set.
     pub fn new(id: ConnId, inbound_cap: usize, user: UserId) -> Arc<Self> {
         let (close, _) = watch::channel(CloseState::Open);
         Arc::new(Self {
@@ -151,10 +167,12 @@ impl ConnShared {
         })
     }
 
+    /// The socket's latest token holds the `admin` role.
     pub fn is_admin(&self) -> bool {
         self.admin.load(Ordering::Acquire)
     }
 
+    /// Record the `admin` role of a newly verified token (at connect and on `refresh`).
     pub fn set_admin(&self, admin: bool) {
         self.admin.store(admin, Ordering::Release);
     }
@@ -243,30 +261,36 @@ impl ConnShared {
 pub struct Outbox {
     tx: mpsc::Sender<Out>,
     shared: Arc<ConnShared>,
-    metrics: Metrics,
+    /// `chatty_slow_consumer_closes_total` (one counter, not the whole `Metrics`: outboxes
+    /// are cloned into every room a socket joins).
+    slow_consumer_closes: IntCounter,
 }
 
 impl Outbox {
+    /// An outbox of at most `capacity` frames (at least 1), and the receiver the socket's
+    /// writer task drains.
     pub fn new(
         capacity: usize,
         shared: Arc<ConnShared>,
-        metrics: Metrics,
+        metrics: &Metrics,
     ) -> (Self, mpsc::Receiver<Out>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         (
             Self {
                 tx,
                 shared,
-                metrics,
+                slow_consumer_closes: metrics.slow_consumer_closes.clone(),
             },
             rx,
         )
     }
 
+    /// The connection's id.
     pub fn conn(&self) -> ConnId {
         self.shared.id
     }
 
+    /// The connection's shared state.
     pub fn shared(&self) -> &Arc<ConnShared> {
         &self.shared
     }
@@ -278,6 +302,8 @@ impl Outbox {
         self.push_out(Out::Frame(frame))
     }
 
+    /// Queue any item (a frame or a pong) without waiting; false if it was not queued. A full
+    /// queue closes the connection with 4000, as for `push`.
     pub fn push_out(&self, out: Out) -> bool {
         match self.tx.try_send(out) {
             Ok(()) => {
@@ -287,7 +313,7 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if self.shared.close_state() == CloseState::Open {
-                    self.metrics.slow_consumer_closes.inc();
+                    self.slow_consumer_closes.inc();
                 }
                 self.shared.request_close(close::SLOW_CONSUMER);
                 false
@@ -296,10 +322,12 @@ impl Outbox {
         }
     }
 
+    /// Ask the connection to close with `code` (the first request wins).
     pub fn close(&self, code: u16) {
         self.shared.request_close(code);
     }
 
+    /// A close was requested, or the writer side is gone: nothing pushed now is written.
     pub fn is_closed(&self) -> bool {
         self.shared.close_state().code().is_some() || self.tx.is_closed()
     }
@@ -312,7 +340,7 @@ mod tests {
     #[test]
     fn overflow_closes_with_slow_consumer() {
         let shared = ConnShared::new(ConnId(1), 4, UserId::parse("u").unwrap());
-        let (ob, _rx) = Outbox::new(2, shared.clone(), Metrics::unregistered());
+        let (ob, _rx) = Outbox::new(2, shared.clone(), &Metrics::unregistered());
         assert!(ob.push(Bytes::from_static(b"a")));
         assert!(ob.push(Bytes::from_static(b"b")));
         assert!(!ob.push(Bytes::from_static(b"c")));

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
+use prometheus::IntCounter;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -26,7 +27,9 @@ use tokio::task::JoinHandle;
 use crate::config::NodeConfig;
 use crate::ids::RoomId;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage};
+use crate::protocol::{Encoding, ErrorCode, Ref, ServerFrame};
 use crate::rooms::RoomRegistry;
 use lane::{Lane, LaneDone, LaneItem};
 
@@ -37,26 +40,76 @@ pub enum WriteError {
     Unavailable,
 }
 
-/// Called exactly once with the outcome of a send.
-pub type AckFn = Box<dyn FnOnce(Result<Appended, WriteError>) + Send>;
+/// Who hears the outcome of a send. The Writer answers each send exactly once.
+pub enum Ack {
+    /// A socket: the `ack` frame, or the `unavailable` error, goes to its outbox.
+    Socket {
+        /// The sender's socket.
+        outbox: Outbox,
+        /// Its encoding.
+        encoding: Encoding,
+        /// The `ref` of its `send`, echoed in the answer.
+        r#ref: Ref,
+        /// Counts an `unavailable` answer (`chatty_errors_sent_total{code="unavailable"}`).
+        unavailable: IntCounter,
+    },
+    /// A caller waiting for the outcome (the HTTP API).
+    Reply(oneshot::Sender<Result<Appended, WriteError>>),
+}
+
+impl Ack {
+    /// Answer: `msg` is the send, known unless the send was dropped unanswered.
+    fn send(self, msg: Option<&NewMessage>, r: Result<Appended, WriteError>) {
+        match self {
+            Ack::Reply(tx) => {
+                let _ = tx.send(r);
+            }
+            Ack::Socket {
+                outbox,
+                encoding,
+                r#ref,
+                unavailable,
+            } => {
+                let frame = match (r, msg) {
+                    (Ok(a), Some(m)) => ServerFrame::Ack {
+                        r#ref: r#ref.as_deref(),
+                        room: &m.room,
+                        cid: &m.cid,
+                        seq: a.seq,
+                        ts: a.ts,
+                    },
+                    _ => {
+                        unavailable.inc();
+                        ServerFrame::error(
+                            r#ref.as_deref(),
+                            ErrorCode::Unavailable,
+                            "not stored; retry with the same cid",
+                        )
+                    }
+                };
+                outbox.push(frame.encode(encoding));
+            }
+        }
+    }
+}
 
 /// Guarantees an answer: a send dropped without one (a lane that panicked, a node shutting
 /// down, a full queue) is answered `unavailable`, which is always safe because the client
 /// retries with the same cid and idempotency returns the original seq if it did commit.
-struct AckGuard(Option<AckFn>);
+struct AckGuard(Option<Ack>);
 
 impl AckGuard {
-    fn answer(mut self, r: Result<Appended, WriteError>) {
-        if let Some(f) = self.0.take() {
-            f(r)
+    fn answer(mut self, msg: &NewMessage, r: Result<Appended, WriteError>) {
+        if let Some(ack) = self.0.take() {
+            ack.send(Some(msg), r)
         }
     }
 }
 
 impl Drop for AckGuard {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f(Err(WriteError::Unavailable))
+        if let Some(ack) = self.0.take() {
+            ack.send(None, Err(WriteError::Unavailable))
         }
     }
 }
@@ -237,9 +290,9 @@ impl WriterHandle {
         self.actor.read().clone()
     }
 
-    /// Queue a send. `ack` is called exactly once: with the committed seq, or `unavailable`
+    /// Queue a send. `ack` is answered exactly once: with the committed seq, or `unavailable`
     /// (immediately, when the room's lane is full or no lane runs).
-    pub fn submit(&self, msg: NewMessage, ack: AckFn) {
+    pub fn submit(&self, msg: NewMessage, ack: Ack) {
         let ack = AckGuard(Some(ack));
         let lanes = self.lanes.read().clone();
         if lanes.is_empty() {

@@ -89,7 +89,7 @@ pub(super) struct Socket {
 impl Socket {
     pub fn new(id: u64, user_id: &str, metrics: &Metrics) -> Self {
         let shared = ConnShared::new(ConnId(id), 32, user(user_id));
-        let (outbox, rx) = Outbox::new(1024, shared.clone(), metrics.clone());
+        let (outbox, rx) = Outbox::new(1024, shared.clone(), metrics);
         Self { shared, outbox, rx }
     }
 

@@ -44,12 +44,14 @@ impl Harness {
         let (tx, rx) = mpsc::unbounded_channel();
         for (i, m) in sends.into_iter().enumerate() {
             let tx = tx.clone();
-            self.writer.submit(
-                m,
-                Box::new(move |r| {
+            // A oneshot per send (answered exactly once by type), forwarded tagged with its index.
+            let (one, answer) = tokio::sync::oneshot::channel();
+            self.writer.submit(m, crate::writer::Ack::Reply(one));
+            tokio::spawn(async move {
+                if let Ok(r) = answer.await {
                     let _ = tx.send((i, r));
-                }),
-            );
+                }
+            });
         }
         rx
     }

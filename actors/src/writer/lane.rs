@@ -162,7 +162,7 @@ async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
             a.metrics.writer_unavailable.inc_by(batch.len() as u64);
             doubt.note(a, asm.unique.iter().map(|m| m.room.clone()));
             for p in batch.drain(..) {
-                p.ack.answer(Err(WriteError::Unavailable));
+                p.ack.answer(&p.msg, Err(WriteError::Unavailable));
             }
             return;
         }
@@ -193,6 +193,6 @@ async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
         a.metrics
             .send_ack_seconds
             .observe(now.duration_since(p.enqueued).as_secs_f64());
-        p.ack.answer(Ok(r));
+        p.ack.answer(&p.msg, Ok(r));
     }
 }

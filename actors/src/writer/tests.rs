@@ -222,12 +222,14 @@ fn submit_all(w: &WriterHandle, sends: Vec<NewMessage>) -> Answers {
     let (tx, rx) = mpsc::unbounded_channel();
     for (i, m) in sends.into_iter().enumerate() {
         let tx = tx.clone();
-        w.submit(
-            m,
-            Box::new(move |r| {
+        // A oneshot per send (answered exactly once by type), forwarded tagged with its index.
+        let (one, answer) = tokio::sync::oneshot::channel();
+        w.submit(m, crate::writer::Ack::Reply(one));
+        tokio::spawn(async move {
+            if let Ok(r) = answer.await {
                 let _ = tx.send((i, r));
-            }),
-        );
+            }
+        });
     }
     rx
 }
@@ -388,16 +390,24 @@ async fn a_batch_in_doubt_makes_its_rooms_recheck_the_store_now_and_after_the_ne
 async fn drain_returns_once_every_lane_has_committed() {
     let store = Arc::new(FakeStore::default());
     let (w, _a) = start(store.clone(), config(4, 10_000)).await;
-    let sends = (0..500)
+    let sends: Vec<NewMessage> = (0..500)
         .map(|i| msg(&format!("r{}", i % 13), "u", &format!("c{i}")))
         .collect();
-    let mut rx = submit_all(&w, sends);
+    let mut answers: Vec<_> = sends
+        .into_iter()
+        .map(|m| {
+            let (one, answer) = tokio::sync::oneshot::channel();
+            w.submit(m, crate::writer::Ack::Reply(one));
+            answer
+        })
+        .collect();
     assert!(w.drain(Duration::from_secs(5)).await);
     // Every answer was sent before drain returned.
-    let mut answered = 0;
-    while rx.try_recv().is_ok() {
-        answered += 1;
-    }
+    let answered = answers
+        .iter_mut()
+        .map(|a| a.try_recv())
+        .filter(Result::is_ok)
+        .count();
     assert_eq!(answered, 500);
     assert_eq!(w.in_flight(), 0);
 }

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
@@ -23,7 +22,10 @@ use crate::ports::{BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage};
 use crate::protocol::{Command, Encoding, ErrorCode, HistoryItem, ServerFrame};
 use crate::room::{Member, Membership, RoomMsg};
 use crate::rooms::{RoomHandle, RoomRegistry};
-use crate::writer::{WriteError, WriterHandle};
+use crate::writer::{Ack, WriterHandle};
+
+mod bucket;
+use bucket::TokenBucket;
 
 pub enum ConnMsg {
     /// A decoded command; the permit returns to the reader when the command is handled.
@@ -64,39 +66,8 @@ pub struct ConnState {
     args: ConnArgs,
     rooms: HashMap<RoomId, Joined>,
     bucket: TokenBucket,
-}
-
-/// A token bucket: `rate` tokens per second, at most `burst` saved up.
-struct TokenBucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: f64, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self {
-            tokens: burst,
-            rate,
-            burst,
-            last: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+    /// `errors_sent{code="unavailable"}`, resolved once: counted by the Writer's answers.
+    unavailable: prometheus::IntCounter,
 }
 
 #[ractor::async_trait]
@@ -119,10 +90,16 @@ impl Actor for ConnectionActor {
             args.ctx.config.messages_per_second,
             args.ctx.config.message_burst,
         );
+        let unavailable = args
+            .ctx
+            .metrics
+            .errors_sent
+            .with_label_values(&[ErrorCode::Unavailable.as_str()]);
         Ok(ConnState {
             args,
             rooms: HashMap::new(),
             bucket,
+            unavailable,
         })
     }
 
@@ -346,9 +323,6 @@ impl ConnState {
                 if self.joined(r#ref.as_deref(), &room).is_none() {
                     return;
                 }
-                let outbox = self.args.outbox.clone();
-                let encoding = self.args.encoding;
-                let metrics = ctx.metrics.clone();
                 let msg = NewMessage {
                     room,
                     from: self.args.identity.user.clone(),
@@ -356,33 +330,13 @@ impl ConnState {
                     cid,
                     body,
                 };
-                let (room, cid) = (msg.room.clone(), msg.cid.clone());
-                ctx.writer.submit(
-                    msg,
-                    Box::new(move |res| {
-                        let frame = match res {
-                            Ok(a) => ServerFrame::Ack {
-                                r#ref: r#ref.as_deref(),
-                                room: &room,
-                                cid: &cid,
-                                seq: a.seq,
-                                ts: a.ts,
-                            },
-                            Err(WriteError::Unavailable) => {
-                                metrics
-                                    .errors_sent
-                                    .with_label_values(&[ErrorCode::Unavailable.as_str()])
-                                    .inc();
-                                ServerFrame::error(
-                                    r#ref.as_deref(),
-                                    ErrorCode::Unavailable,
-                                    "not stored; retry with the same cid",
-                                )
-                            }
-                        };
-                        outbox.push(frame.encode(encoding));
-                    }),
-                );
+                let ack = Ack::Socket {
+                    outbox: self.args.outbox.clone(),
+                    encoding: self.args.encoding,
+                    r#ref,
+                    unavailable: self.unavailable.clone(),
+                };
+                ctx.writer.submit(msg, ack);
             }
             Command::History {
                 r#ref,

@@ -9,18 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::access::{Identity, RoomRole};
 
-use crate::bus::{BusListener, BusListenerArgs};
 use crate::config::NodeConfig;
 use crate::connection::{ConnArgs, ConnContext, ConnectionActor};
-use crate::connections::{
-    ConnRegistry, ConnSupArgs, ConnectionSupervisor, ConnectionSupervisorMsg,
-};
+use crate::connections::{ConnRegistry, ConnectionSupervisorMsg};
 use crate::expiry::Expiry;
 use crate::handle::{ConnHandle, Connection};
 use crate::ids::{Body, Cid, ConnId, DisplayName, RoomId, Seq, UserId};
@@ -28,25 +25,34 @@ use crate::metrics::Metrics;
 use crate::moderation::{By, ModError, Moderation};
 use crate::outbox::{ConnShared, Outbox};
 use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage, PresenceStore, StoreError};
-use crate::presence::{PresenceArgs, PresenceKeeper, PresenceKeeperMsg};
+use crate::presence::PresenceKeeperMsg;
 use crate::protocol::{Encoding, PresenceEntry, StoredMessage};
 use crate::room::RoomMsg;
-use crate::rooms::{RoomRegistry, RoomSupervisor, RoomSupervisorArgs};
-use crate::writer::{WriteError, Writer, WriterArgs, WriterHandle, WriterMsg};
+use crate::rooms::RoomRegistry;
+use crate::writer::{Ack, WriteError, WriterHandle, WriterMsg};
+
+mod supervisor;
+use supervisor::{NodeMsg, NodeSupervisor, RootArgs};
 
 /// Inputs of a node.
 pub struct NodeArgs {
+    /// Where messages, rooms and members are kept (the source of truth).
     pub store: Arc<dyn MessageStore>,
+    /// How committed messages and room events reach the other nodes.
     pub bus: Arc<dyn ClusterBus>,
     /// Cluster-wide presence (cluster mode); `None` on a single node.
     pub presence_store: Option<Arc<dyn PresenceStore>>,
+    /// Limits and timings.
     pub config: NodeConfig,
+    /// The actor tree's metrics (registered by the caller).
     pub metrics: Metrics,
 }
 
 /// A running node: the supervision tree plus the handles the edge needs.
 pub struct Node {
+    /// The limits and timings it runs with.
     pub config: NodeConfig,
+    /// The actor tree's metrics.
     pub metrics: Metrics,
     store: Arc<dyn MessageStore>,
     rooms: Arc<RoomRegistry>,
@@ -62,12 +68,16 @@ pub struct Node {
     sweeper: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Why the node could not do what the edge asked.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    /// An actor of the tree could not be started.
     #[error("the node could not start: {0}")]
     Start(String),
+    /// The part of the tree that answers is not running (restarting, or shut down).
     #[error("the node is unavailable")]
     Unavailable,
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -133,11 +143,8 @@ impl Node {
         let shared = ConnShared::new(id, self.config.inbound_queue, identity.user.clone());
         shared.set_admin(identity.admin);
         self.expiry.watch(&shared, identity.expires);
-        let (outbox, outbound) = Outbox::new(
-            self.config.outbound_queue,
-            shared.clone(),
-            self.metrics.clone(),
-        );
+        let (outbox, outbound) =
+            Outbox::new(self.config.outbound_queue, shared.clone(), &self.metrics);
         let args = ConnArgs {
             ctx: self.conn_context(),
             outbox: outbox.clone(),
@@ -222,13 +229,13 @@ impl Node {
                 cid,
                 body,
             },
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
+            Ack::Reply(tx),
         );
         rx.await.unwrap_or(Err(WriteError::Unavailable))
     }
 
+    /// A page of a room's messages before `before` (the newest when `None`), oldest first,
+    /// at most `limit` (capped by `history_max`), and whether older ones exist.
     pub async fn history(
         &self,
         room: &RoomId,
@@ -241,6 +248,7 @@ impl Node {
             .await?)
     }
 
+    /// Who is present in a room: cluster-wide in cluster mode, else through this node.
     pub async fn presence(&self, room: &RoomId) -> Result<Vec<PresenceEntry>, NodeError> {
         let keeper = self.presence.read().clone().ok_or(NodeError::Unavailable)?;
         let room = room.clone();
@@ -256,6 +264,7 @@ impl Node {
         }
     }
 
+    /// The store the node uses (the HTTP API's room and member calls go straight to it).
     pub fn store(&self) -> &Arc<dyn MessageStore> {
         &self.store
     }
@@ -265,6 +274,7 @@ impl Node {
         self.conns.len()
     }
 
+    /// Rooms with a live RoomActor on this node.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
@@ -342,217 +352,5 @@ impl Node {
         }
         self.root.stop(Some("shutdown".into()));
         clean
-    }
-}
-
-// ---- the root supervisor ----
-
-pub struct NodeSupervisor;
-
-pub enum NodeMsg {}
-
-pub struct RootArgs {
-    store: Arc<dyn MessageStore>,
-    bus: Arc<dyn ClusterBus>,
-    presence_store: Option<Arc<dyn PresenceStore>>,
-    config: NodeConfig,
-    metrics: Metrics,
-    rooms: Arc<RoomRegistry>,
-    writer: WriterHandle,
-    presence: Arc<RwLock<Option<ActorRef<PresenceKeeperMsg>>>>,
-    conns: Arc<ConnRegistry>,
-    conn_sup: Arc<RwLock<Option<ActorRef<ConnectionSupervisorMsg>>>>,
-}
-
-/// The children, by role, so failures are matched by who failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Child {
-    Writer,
-    Presence,
-    BusListener,
-    Rooms,
-    Connections,
-}
-
-impl Child {
-    fn kind(self) -> &'static str {
-        match self {
-            Child::Writer => "writer",
-            Child::Presence => "presence",
-            Child::BusListener => "bus_listener",
-            Child::Rooms => "room_supervisor",
-            Child::Connections => "connection_supervisor",
-        }
-    }
-}
-
-pub struct NodeState {
-    args: RootArgs,
-    children: Vec<(ractor::ActorId, Child)>,
-    presence_ref: Option<ActorRef<PresenceKeeperMsg>>,
-}
-
-impl NodeState {
-    async fn spawn(
-        &mut self,
-        myself: &ActorRef<NodeMsg>,
-        child: Child,
-    ) -> Result<(), ActorProcessingErr> {
-        let a = &self.args;
-        let cell = myself.get_cell();
-        let id = match child {
-            Child::Writer => {
-                let args = WriterArgs {
-                    store: a.store.clone(),
-                    rooms: a.rooms.clone(),
-                    bus: a.bus.clone(),
-                    config: a.config.clone(),
-                    metrics: a.metrics.clone(),
-                    handle: a.writer.clone(),
-                };
-                let (w, _) = Actor::spawn_linked(None, Writer, args, cell).await?;
-                w.get_id()
-            }
-            Child::Presence => {
-                let args = PresenceArgs {
-                    metrics: a.metrics.clone(),
-                    store: a.presence_store.clone(),
-                    after_heartbeat: {
-                        let rooms = a.rooms.clone();
-                        Arc::new(move || {
-                            for h in rooms.all() {
-                                h.cast(RoomMsg::PresenceResync);
-                            }
-                        })
-                    },
-                    heartbeat: a.config.presence_heartbeat,
-                };
-                let (p, _) = Actor::spawn_linked(None, PresenceKeeper, args, cell).await?;
-                *a.presence.write() = Some(p.clone());
-                self.presence_ref = Some(p.clone());
-                p.get_id()
-            }
-            Child::BusListener => {
-                let args = BusListenerArgs {
-                    bus: a.bus.clone(),
-                    rooms: a.rooms.clone(),
-                    conns: a.conns.clone(),
-                    metrics: a.metrics.clone(),
-                };
-                let (b, _) = Actor::spawn_linked(None, BusListener, args, cell).await?;
-                b.get_id()
-            }
-            Child::Rooms => {
-                let presence = self
-                    .presence_ref
-                    .clone()
-                    .ok_or("presence keeper must start before rooms")?;
-                let args = RoomSupervisorArgs {
-                    registry: a.rooms.clone(),
-                    store: a.store.clone(),
-                    bus: a.bus.clone(),
-                    presence,
-                    presence_store: a.presence_store.clone(),
-                    config: a.config.clone(),
-                    metrics: a.metrics.clone(),
-                };
-                let (r, _) = Actor::spawn_linked(None, RoomSupervisor, args, cell).await?;
-                r.get_id()
-            }
-            Child::Connections => {
-                let args = ConnSupArgs {
-                    registry: a.conns.clone(),
-                    metrics: a.metrics.clone(),
-                };
-                let (c, _) = Actor::spawn_linked(None, ConnectionSupervisor, args, cell).await?;
-                *a.conn_sup.write() = Some(c.clone());
-                c.get_id()
-            }
-        };
-        self.children.retain(|(_, c)| *c != child);
-        self.children.push((id, child));
-        Ok(())
-    }
-}
-
-#[ractor::async_trait]
-impl Actor for NodeSupervisor {
-    type Msg = NodeMsg;
-    type State = NodeState;
-    type Arguments = RootArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<NodeMsg>,
-        args: RootArgs,
-    ) -> Result<NodeState, ActorProcessingErr> {
-        args.metrics.actors_alive.with_label_values(&["node"]).inc();
-        let mut state = NodeState {
-            args,
-            children: Vec::new(),
-            presence_ref: None,
-        };
-        for child in [
-            Child::Presence,
-            Child::Writer,
-            Child::Rooms,
-            Child::BusListener,
-            Child::Connections,
-        ] {
-            state.spawn(&myself, child).await?;
-        }
-        Ok(state)
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<NodeMsg>,
-        state: &mut NodeState,
-    ) -> Result<(), ActorProcessingErr> {
-        state
-            .args
-            .metrics
-            .actors_alive
-            .with_label_values(&["node"])
-            .dec();
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        myself: ActorRef<NodeMsg>,
-        evt: SupervisionEvent,
-        state: &mut NodeState,
-    ) -> Result<(), ActorProcessingErr> {
-        let (cell, failed) = match &evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell.clone(), Some(err.to_string())),
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell.clone(), None),
-            _ => return Ok(()),
-        };
-        let Some(&(_, child)) = state.children.iter().find(|(id, _)| *id == cell.get_id()) else {
-            return Ok(());
-        };
-        match failed {
-            Some(err) => {
-                // Decision: every direct child is restarted; a node without its Writer or its
-                // supervisors would be up but useless.
-                tracing::error!(child = child.kind(), error = %err, "node child failed; restarting it");
-                state
-                    .args
-                    .metrics
-                    .actor_restarts
-                    .with_label_values(&[child.kind()])
-                    .inc();
-                if let Err(e) = state.spawn(&myself, child).await {
-                    tracing::error!(child = child.kind(), error = %e, "restart failed; stopping the node");
-                    return Err(e);
-                }
-            }
-            None => {
-                // A child stopped normally: only during shutdown.
-                state.children.retain(|(id, _)| *id != cell.get_id());
-            }
-        }
-        Ok(())
     }
 }

@@ -1,0 +1,309 @@
+//! Server frames and their encoding: each frame is encoded once per encoding and the bytes
+//! are shared by every recipient (`EncodeOnce`).
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::{
+    Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, RemoveReason, StoredMessage,
+};
+use crate::access::RoomRole;
+use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
+
+/// Every frame the server sends. Borrowed, so encoding never clones a body.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// Reply to `join`: the socket is a member of the room. Replayed messages, if any, follow
+    /// it, then live ones.
+    Joined {
+        /// The `join`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room joined.
+        room: &'a RoomId,
+        /// The room's head when the socket joined (0 for a new room): replay ends with it, live
+        /// messages start after it.
+        seq: Seq,
+        /// The user's read marker in the room (0 if none).
+        read: Seq,
+        /// Everyone present after this join, the joiner included.
+        presence: &'a [PresenceEntry],
+        /// More than `replay_max` messages were missed: only the newest were replayed, the client
+        /// pages the rest with `history`. Omitted when false.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        replay_truncated: bool,
+        /// v1.1: the joiner's room role, so a client knows whether to offer moderation.
+        role: RoomRole,
+    },
+    /// Reply to `leave`.
+    Left {
+        /// The `leave`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room left.
+        room: &'a RoomId,
+    },
+    /// A committed message of a joined room. Every member gets a room's messages in seq
+    /// order, the sender included.
+    Message {
+        /// The room it was posted to.
+        room: &'a RoomId,
+        /// Its place in the room's order: one more than the previous `message` of the room.
+        seq: Seq,
+        /// The sender's user id.
+        from: &'a UserId,
+        /// The sender's display name when it was sent.
+        name: &'a DisplayName,
+        /// The sender's `cid`, so it can reconcile its optimistic copy.
+        cid: &'a Cid,
+        /// The text.
+        body: &'a Body,
+        /// Server time of the commit, in milliseconds since the Unix epoch.
+        ts: i64,
+    },
+    /// Reply to `send`, only once the message is committed.
+    Ack {
+        /// The `send`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room it was posted to.
+        room: &'a RoomId,
+        /// The `send`'s `cid`.
+        cid: &'a Cid,
+        /// The message's seq; for a repeated `cid`, the original one.
+        seq: Seq,
+        /// Server time of the commit, in milliseconds since the Unix epoch; for a repeated
+        /// `cid`, the original one.
+        ts: i64,
+    },
+    /// Reply to `history`.
+    History {
+        /// The `history`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room read.
+        room: &'a RoomId,
+        /// The page, oldest first.
+        messages: Vec<HistoryItem<'a>>,
+        /// Older messages exist: ask again with `before` set to the first message's seq.
+        more: bool,
+    },
+    /// Who came and went in a room; changes close together go out as one frame.
+    Presence {
+        /// The room.
+        room: &'a RoomId,
+        /// Users who became present.
+        joins: &'a [PresenceEntry],
+        /// Users who are no longer present (their last connection left, after a grace period).
+        leaves: &'a [PresenceLeave],
+    },
+    /// Someone else in the room is typing (never sent to the typing user's own sockets).
+    Typing {
+        /// The room.
+        room: &'a RoomId,
+        /// Who is typing.
+        user: &'a UserId,
+    },
+    /// The user's read marker moved: the reply to `read`, and a push to the user's other
+    /// sockets in the room.
+    Read {
+        /// The `read`'s `ref`; absent on the pushes to the user's other sockets.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room of the marker.
+        room: &'a RoomId,
+        /// The marker now; it only ever moves forward.
+        seq: Seq,
+    },
+    /// Reply to `ping`.
+    Pong {
+        /// The `ping`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+    },
+    /// A request failed, or a frame could not be decoded.
+    Error {
+        /// The offending frame's `ref`, whenever it carried one (even if otherwise invalid).
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// What went wrong, for programs.
+        code: ErrorCode,
+        /// What went wrong, for people; clients must not parse it.
+        message: &'a str,
+    },
+    /// This socket was taken out of the room; it is no longer joined.
+    Removed {
+        /// The room the socket was taken out of.
+        room: &'a RoomId,
+        /// Why it was taken out.
+        reason: RemoveReason,
+    },
+    /// Reply to `kick`: any ban is stored, and the user's sockets are being taken out of
+    /// the room on every node.
+    Kicked {
+        /// The `kick`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room.
+        room: &'a RoomId,
+        /// Who was kicked.
+        user: &'a UserId,
+    },
+    /// Reply to `unban`.
+    Unbanned {
+        /// The `unban`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room.
+        room: &'a RoomId,
+        /// Whose ban was lifted.
+        user: &'a UserId,
+    },
+    /// Reply to `set_role`: the role is stored.
+    RoleSet {
+        /// The `set_role`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room.
+        room: &'a RoomId,
+        /// Whose role changed.
+        user: &'a UserId,
+        /// Their role now.
+        role: RoomRole,
+    },
+    /// Reply to `refresh`: the new token's name, roles and expiry apply from now on.
+    Refreshed {
+        /// The `refresh`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The new token's `exp` (seconds since the Unix epoch).
+        exp: u64,
+    },
+}
+
+impl<'a> ServerFrame<'a> {
+    /// The `message` frame of a stored message, borrowing its fields.
+    pub fn message(m: &'a StoredMessage) -> Self {
+        ServerFrame::Message {
+            room: &m.room,
+            seq: m.seq,
+            from: &m.from,
+            name: &m.name,
+            cid: &m.cid,
+            body: &m.body,
+            ts: m.ts,
+        }
+    }
+
+    /// An `error` frame, echoing `ref` when the request had one.
+    pub fn error(r#ref: Option<&'a str>, code: ErrorCode, message: &'a str) -> Self {
+        ServerFrame::Error {
+            r#ref,
+            code,
+            message,
+        }
+    }
+
+    /// Encode once; the returned bytes are shared by every recipient of that encoding.
+    pub fn encode(&self, encoding: Encoding) -> Bytes {
+        // Serialising these plain structs cannot fail (no maps with non-string keys, no
+        // custom serialisers that error); an empty frame is the safe fallback regardless.
+        let v = match encoding {
+            Encoding::Json => serde_json::to_vec(self).unwrap_or_default(),
+            Encoding::MsgPack => rmp_serde::to_vec_named(self).unwrap_or_default(),
+        };
+        Bytes::from(v)
+    }
+}
+
+/// Encodes a frame lazily at most once per encoding: rooms call `get` for each recipient.
+pub struct EncodeOnce<'a> {
+    frame: ServerFrame<'a>,
+    json: Option<Bytes>,
+    msgpack: Option<Bytes>,
+}
+
+impl<'a> EncodeOnce<'a> {
+    pub fn new(frame: ServerFrame<'a>) -> Self {
+        Self {
+            frame,
+            json: None,
+            msgpack: None,
+        }
+    }
+
+    pub fn get(&mut self, encoding: Encoding) -> Bytes {
+        let slot = match encoding {
+            Encoding::Json => &mut self.json,
+            Encoding::MsgPack => &mut self.msgpack,
+        };
+        slot.get_or_insert_with(|| self.frame.encode(encoding))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StoredMessage {
+        StoredMessage {
+            room: RoomId::parse("r1").unwrap(),
+            seq: 7,
+            from: UserId::parse("alice").unwrap(),
+            name: DisplayName::sanitize("Alice"),
+            cid: Cid::parse("c1").unwrap(),
+            body: Body::parse("hi", 10).unwrap(),
+            ts: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn json_message_frames_carry_every_field() {
+        let m = sample();
+        let v: serde_json::Value =
+            serde_json::from_slice(&ServerFrame::message(&m).encode(Encoding::Json)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"message","room":"r1","seq":7,"from":"alice",
+                "name":"Alice","cid":"c1","body":"hi","ts":1_700_000_000_000i64})
+        );
+    }
+
+    #[test]
+    fn msgpack_frames_are_maps_with_named_fields() {
+        let m = sample();
+        let bytes = ServerFrame::message(&m).encode(Encoding::MsgPack);
+        // A fixmap/map16 marker, never an array marker.
+        assert!(bytes[0] & 0xf0 == 0x80 || bytes[0] == 0xde);
+        let v: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["body"], "hi");
+    }
+
+    #[test]
+    fn ref_is_omitted_when_absent_and_kept_when_present() {
+        let room = RoomId::parse("r").unwrap();
+        let f = ServerFrame::Read {
+            r#ref: None,
+            room: &room,
+            seq: 3,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&f.encode(Encoding::Json)).unwrap();
+        assert!(v.get("ref").is_none());
+        let f = ServerFrame::Pong { r#ref: Some("x") };
+        let v: serde_json::Value = serde_json::from_slice(&f.encode(Encoding::Json)).unwrap();
+        assert_eq!(v["ref"], "x");
+    }
+
+    #[test]
+    fn encode_once_reuses_bytes() {
+        let m = sample();
+        let mut e = EncodeOnce::new(ServerFrame::message(&m));
+        let a = e.get(Encoding::Json);
+        let b = e.get(Encoding::Json);
+        assert_eq!(a.as_ptr(), b.as_ptr());
+    }
+}
