@@ -1,23 +1,20 @@
-//! `chatty`: the edge and the adapters of the Chatty engine: settings, telemetry, the axum
-//! router and WebSocket upgrade, the wire decoders, the PostgreSQL store, JWT and metrics.
-//! The actors themselves live in `chatty-actors`.
+//! `chatty`: the edge and the adapters of the Chatty engine, in layers: `settings`, `http`
+//! (routers and handlers), `ws` (handshake, socket session, frames and the bounded decoders),
+//! `store` (PostgreSQL and SQLite), `redis` (cluster bus and presence), and `startup`, which
+//! wires them around the actor tree of `chatty-actors`. docs/architecture.md has the map.
 
 pub mod admission;
-pub mod api;
 pub mod auth;
-pub mod echo;
 pub mod ecs;
-pub mod frames;
 pub mod health;
+pub mod http;
 pub mod metrics;
-pub mod redis_bus;
-pub mod redis_presence;
+pub mod redis;
 pub mod settings;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;
-pub mod web;
-pub mod wire;
 pub mod ws;
 
 pub use settings::Settings;

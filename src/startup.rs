@@ -8,58 +8,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
-use axum::routing::{get, post, put};
 use axum::Router;
 use chatty_actors::{ClusterBus, LocalBus, Metrics, Node, NodeArgs, PresenceStore};
-
-use crate::redis_bus::RedisBus;
-use crate::redis_presence::RedisPresence;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{Encoder, Registry};
+use prometheus::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
 use crate::admission::{Admission, Cidr};
-use crate::api;
 use crate::auth::Authenticator;
 pub use crate::metrics::EdgeMetrics;
+use crate::redis::{RedisBus, RedisPresence};
 use crate::settings::Settings;
+pub use crate::state::{AppState, AppStateInner};
 use crate::store::Database;
-use crate::{web, ws};
-
-/// The state every handler shares.
-pub struct AppStateInner {
-    pub settings: Settings,
-    pub admission: Arc<Admission>,
-    pub trusted_proxies: Vec<Cidr>,
-    pub auth: Authenticator,
-    pub node: Arc<Node>,
-    pub edge_metrics: EdgeMetrics,
-    pub health: Arc<crate::health::Health>,
-    draining: AtomicBool,
-    registry: Registry,
-    db: Database,
-}
-
-/// What every handler gets: a cheap clone of the shared state.
-#[derive(Clone)]
-pub struct AppState(Arc<AppStateInner>);
-
-impl std::ops::Deref for AppState {
-    type Target = AppStateInner;
-    fn deref(&self) -> &AppStateInner {
-        &self.0
-    }
-}
-
-impl AppState {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-}
 
 pub struct Application {
     listener: TcpListener,
@@ -86,7 +48,7 @@ impl Application {
                     redis_url,
                     node_id.clone(),
                     metrics.clone(),
-                    crate::redis_bus::BusCounters {
+                    crate::redis::BusCounters {
                         redis_errors: edge_metrics.redis_errors.clone(),
                         reconnects: edge_metrics.bus_reconnects.clone(),
                         published: edge_metrics.bus_published.clone(),
@@ -185,7 +147,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<bool> {
         let state = self.state.clone();
-        let router = public_router(state.clone());
+        let router = crate::http::public(state.clone());
         let header_timeout = Duration::from_millis(state.settings.server.header_read_timeout_ms);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn(accept_loop(
@@ -194,7 +156,7 @@ impl Application {
             header_timeout,
             stop_rx.clone(),
         ));
-        let metrics_app = metrics_router(state.clone());
+        let metrics_app = crate::http::metrics_port(state.clone());
         let mut metrics_stop = stop_rx.clone();
         let metrics_srv = tokio::spawn(async move {
             let _ = axum::serve(self.metrics_listener, metrics_app)
@@ -269,96 +231,6 @@ pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
     granted?;
     tracing::info!(role = %app.name, "migrations applied; application role granted row access");
     Ok(())
-}
-
-fn public_router(state: AppState) -> Router {
-    let mut r = Router::new()
-        .route("/", get(web::index))
-        .route("/static/{file}", get(web::static_file))
-        .route("/ws", get(ws::upgrade))
-        .route("/healthz", get(api::healthz))
-        .route("/readyz", get(api::readyz))
-        .route("/health", get(api::health))
-        .route(
-            "/api/v1/rooms/{room}/messages",
-            post(api::publish).get(api::history),
-        )
-        .route("/api/v1/rooms/{room}/presence", get(api::presence))
-        .route("/api/v1/rooms/{room}", put(api::put_room))
-        .route(
-            "/api/v1/rooms/{room}/members/{user}",
-            put(api::put_member).delete(api::delete_member),
-        )
-        .route("/api/v1/rooms/{room}/kick", post(api::kick))
-        .route(
-            "/api/v1/rooms/{room}/bans/{user}",
-            axum::routing::delete(api::unban),
-        )
-        .route("/api/v1/users/{user}/disconnect", post(api::disconnect));
-    if state.settings.debug.echo_endpoint {
-        r = r.route("/debug/echo", get(crate::echo::upgrade));
-    }
-    if state.settings.auth.dev_tokens {
-        r = r.route("/dev/token", post(web::dev_token));
-    }
-    if state.settings.debug.fault_injection {
-        r = r
-            .route("/debug/rooms/{room}/panic", post(api::inject_room_panic))
-            .route("/debug/writer/panic", post(api::inject_writer_panic));
-    }
-    r.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        track_http,
-    ))
-    .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-    .with_state(state)
-}
-
-fn metrics_router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(api::healthz))
-        .route("/health", get(api::health))
-        .with_state(state)
-}
-
-/// Count and time every request by its matched route (bounded labels: the route template,
-/// never the raw path).
-async fn track_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    let m = &state.edge_metrics;
-    m.http_seconds
-        .with_label_values(&[&route])
-        .observe(started.elapsed().as_secs_f64());
-    m.http_requests
-        .with_label_values(&[&route, resp.status().as_str()])
-        .inc();
-    resp
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    let m = &state.edge_metrics;
-    let (size, idle) = state.db.pool_stats();
-    let (size, idle) = (i64::from(size), idle as i64);
-    m.db_pool.with_label_values(&["open"]).set(size);
-    m.db_pool.with_label_values(&["idle"]).set(idle);
-    m.db_pool.with_label_values(&["in_use"]).set(size - idle);
-    m.db_pool
-        .with_label_values(&["max"])
-        .set(i64::from(state.settings.database.max_connections));
-    state.node.sample_gauges();
-    let mut buf = Vec::new();
-    let _ = prometheus::TextEncoder::new().encode(&state.registry.gather(), &mut buf);
-    Response::builder()
-        .header(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
-        .body(axum::body::Body::from(buf))
-        .unwrap_or_default()
 }
 
 /// Accept sockets until told to stop. Each connection is served by hyper directly (not

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::connections::ConnRegistry;
 use crate::ids::RoomId;
-use crate::metrics::Metrics;
+use crate::metrics::{Alive, Metrics};
 use crate::outbox::close;
 use crate::ports::{BusEvent, ClusterBus};
 use crate::room::RoomMsg;
@@ -59,7 +59,7 @@ pub struct BusListenerArgs {
 
 pub struct BusListenerState {
     pump: Option<JoinHandle<()>>,
-    metrics: Metrics,
+    _alive: Alive,
 }
 
 pub enum BusListenerMsg {}
@@ -75,10 +75,7 @@ impl Actor for BusListener {
         _myself: ActorRef<BusListenerMsg>,
         args: BusListenerArgs,
     ) -> Result<BusListenerState, ActorProcessingErr> {
-        args.metrics
-            .actors_alive
-            .with_label_values(&["bus_listener"])
-            .inc();
+        let alive = Alive::new(&args.metrics, "bus_listener");
         // The pump is a plain task so bus events go straight to the room mailboxes without
         // an extra hop through this actor's own mailbox.
         let pump = args.bus.take_receiver().map(|mut rx| {
@@ -94,7 +91,7 @@ impl Actor for BusListener {
         });
         Ok(BusListenerState {
             pump,
-            metrics: args.metrics,
+            _alive: alive,
         })
     }
 
@@ -106,11 +103,6 @@ impl Actor for BusListener {
         if let Some(p) = state.pump.take() {
             p.abort();
         }
-        state
-            .metrics
-            .actors_alive
-            .with_label_values(&["bus_listener"])
-            .dec();
         Ok(())
     }
 }

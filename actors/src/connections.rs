@@ -1,6 +1,7 @@
 //! ConnectionSupervisor: parent of every ConnectionActor. A connection cannot be resurrected
 //! (its socket state is gone), so the decision on failure is to close that one socket with
-//! 1011 and let the client reconnect; no other connection is touched.
+//! 1011 and let the client reconnect; no other connection is touched. The failed actor's rooms
+//! learn it is gone from the actor itself: its state detaches it from them when dropped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use parking_lot::Mutex;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use crate::ids::UserId;
-use crate::metrics::Metrics;
+use crate::metrics::{Alive, Metrics};
 use crate::outbox::{close, ConnShared};
 
 /// Every live connection of the node, by actor id.
@@ -69,45 +70,39 @@ pub struct ConnSupArgs {
     pub metrics: Metrics,
 }
 
+pub struct ConnSupState {
+    args: ConnSupArgs,
+    _alive: Alive,
+}
+
 #[ractor::async_trait]
 impl Actor for ConnectionSupervisor {
     type Msg = ConnectionSupervisorMsg;
-    type State = ConnSupArgs;
+    type State = ConnSupState;
     type Arguments = ConnSupArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<ConnectionSupervisorMsg>,
         args: ConnSupArgs,
-    ) -> Result<ConnSupArgs, ActorProcessingErr> {
-        args.metrics
-            .actors_alive
-            .with_label_values(&["connection_supervisor"])
-            .inc();
-        Ok(args)
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<ConnectionSupervisorMsg>,
-        state: &mut ConnSupArgs,
-    ) -> Result<(), ActorProcessingErr> {
-        state
-            .metrics
-            .actors_alive
-            .with_label_values(&["connection_supervisor"])
-            .dec();
-        Ok(())
+    ) -> Result<ConnSupState, ActorProcessingErr> {
+        Ok(ConnSupState {
+            _alive: Alive::new(&args.metrics, "connection_supervisor"),
+            args,
+        })
     }
 
     async fn handle_supervisor_evt(
         &self,
         _myself: ActorRef<ConnectionSupervisorMsg>,
         evt: SupervisionEvent,
-        state: &mut ConnSupArgs,
+        state: &mut ConnSupState,
     ) -> Result<(), ActorProcessingErr> {
+        let state = &state.args;
         match evt {
             SupervisionEvent::ActorFailed(cell, err) => {
+                // Decision: close the socket with 1011. Its rooms are told `Detach` by the
+                // failed actor's state as ractor drops it (see `ConnState`'s `Drop`).
                 if let Some(shared) = state.registry.remove(&cell.get_id()) {
                     tracing::error!(conn = %shared.id, error = %err, "connection actor failed; closing its socket");
                     state

@@ -43,7 +43,7 @@ pub struct Metrics {
     /// `chatty_messages_duplicate_total`: sends answered with the original seq of an already
     /// stored cid.
     pub messages_duplicate: IntCounter,
-    /// `chatty_actors_alive{kind}`: live actors, by kind (`ACTOR_KINDS`).
+    /// `chatty_actors_alive{kind}`: live actors, by kind (`ACTOR_KINDS`); kept by `Alive`.
     pub actors_alive: IntGaugeVec,
     /// `chatty_actor_restarts_total{kind}`: actors restarted by their supervisor (a failed
     /// connection is closed with 1011 instead, and counted here too).
@@ -95,6 +95,26 @@ pub struct Metrics {
     /// `chatty_room_head_checks_total`: times a room read its head from the store to find what
     /// it missed (after a bus reconnect, a restart or a batch in doubt).
     pub head_checks: IntCounter,
+}
+
+/// One live actor in `chatty_actors_alive{kind}`: counted when made, uncounted when dropped.
+/// Every actor keeps one in its state, because ractor drops the state however the actor ends
+/// (stopped, killed or failed) while it skips `post_stop` for an actor that failed or was
+/// killed: a gauge decremented there would drift up by one per restart.
+pub(crate) struct Alive(IntGauge);
+
+impl Alive {
+    pub(crate) fn new(metrics: &Metrics, kind: &'static str) -> Self {
+        let g = metrics.actors_alive.with_label_values(&[kind]);
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {

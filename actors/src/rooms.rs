@@ -14,9 +14,9 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 
 use crate::config::NodeConfig;
 use crate::ids::RoomId;
-use crate::metrics::Metrics;
+use crate::metrics::{Alive, Metrics};
 use crate::ports::{ClusterBus, MessageStore, PresenceStore};
-use crate::presence::PresenceRef;
+use crate::presence::PresenceIndex;
 use crate::protocol::StoredMessage;
 use crate::room::{RoomActor, RoomArgs, RoomMsg, RoomShared};
 
@@ -144,7 +144,7 @@ pub struct RoomSupervisorArgs {
     pub registry: Arc<RoomRegistry>,
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn ClusterBus>,
-    pub presence: PresenceRef,
+    pub presence: Arc<PresenceIndex>,
     pub presence_store: Option<Arc<dyn PresenceStore>>,
     pub config: NodeConfig,
     pub metrics: Metrics,
@@ -153,6 +153,7 @@ pub struct RoomSupervisorArgs {
 pub struct RoomSupervisorState {
     args: RoomSupervisorArgs,
     children: HashMap<ActorId, RoomId>,
+    _alive: Alive,
 }
 
 impl RoomSupervisorState {
@@ -199,28 +200,11 @@ impl Actor for RoomSupervisor {
         args: RoomSupervisorArgs,
     ) -> Result<RoomSupervisorState, ActorProcessingErr> {
         *args.registry.supervisor.write() = Some(myself);
-        args.metrics
-            .actors_alive
-            .with_label_values(&["room_supervisor"])
-            .inc();
         Ok(RoomSupervisorState {
+            _alive: Alive::new(&args.metrics, "room_supervisor"),
             args,
             children: HashMap::new(),
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<RoomSupervisorMsg>,
-        state: &mut RoomSupervisorState,
-    ) -> Result<(), ActorProcessingErr> {
-        state
-            .args
-            .metrics
-            .actors_alive
-            .with_label_values(&["room_supervisor"])
-            .dec();
-        Ok(())
     }
 
     async fn handle(
@@ -318,6 +302,7 @@ impl Actor for RoomSupervisor {
                         // closed with 1011 and recover with `since` when they come back.
                         tracing::error!(room = %room, error = %e, "room restart failed; closing its members");
                         state.args.registry.rooms.write().remove(&room);
+                        state.args.presence.forget_room(&room);
                         h.close_members(crate::outbox::close::INTERNAL);
                     }
                 }

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::NodeConfig;
 use crate::ids::RoomId;
-use crate::metrics::Metrics;
+use crate::metrics::{Alive, Metrics};
 use crate::outbox::Outbox;
 use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage};
 use crate::protocol::{Encoding, ErrorCode, Ref, ServerFrame};
@@ -154,7 +154,7 @@ pub struct WriterState {
     /// Each lane's "finished" flag, by lane index.
     lanes: Vec<watch::Receiver<bool>>,
     ticker: Option<JoinHandle<()>>,
-    metrics: Metrics,
+    _alive: Alive,
 }
 
 #[ractor::async_trait]
@@ -172,7 +172,7 @@ impl Actor for Writer {
         // The bound is node-wide; each lane gets its share.
         let per_lane = args.config.writer_queue.div_ceil(n).max(1);
         let handle = args.handle.clone();
-        let metrics = args.metrics.clone();
+        let alive = Alive::new(&args.metrics, "writer");
         let predecessors = handle.finished_flags();
         let args = Arc::new(args);
         let mut queues = Vec::with_capacity(n);
@@ -199,11 +199,10 @@ impl Actor for Writer {
         handle.install(queues);
         handle.set_actor(myself.clone());
         let ticker = myself.send_interval(Duration::from_secs(1), || WriterMsg::Check);
-        metrics.actors_alive.with_label_values(&["writer"]).inc();
         Ok(WriterState {
             lanes: watched,
             ticker: Some(ticker),
-            metrics,
+            _alive: alive,
         })
     }
 
@@ -215,11 +214,6 @@ impl Actor for Writer {
         if let Some(t) = state.ticker.take() {
             t.abort();
         }
-        state
-            .metrics
-            .actors_alive
-            .with_label_values(&["writer"])
-            .dec();
         Ok(())
     }
 

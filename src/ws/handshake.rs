@@ -9,7 +9,7 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::admission;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 pub const PROTOCOL_JSON: &str = "chatty.v1.json";
 pub const PROTOCOL_MSGPACK: &str = "chatty.v1.msgpack";

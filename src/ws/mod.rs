@@ -5,8 +5,11 @@
 //!   frames → bounded reassembly → decode → `ConnHandle::submit`) and the writer (drain the
 //!   outbox, frame everything queued, one `write` per batch), and the close that ends both.
 
+pub mod echo;
+pub mod frames;
 mod handshake;
 mod session;
+pub mod wire;
 
 pub use handshake::{
     negotiate, upgrade, NoSupportedProtocol, Rejection, PROTOCOL_JSON, PROTOCOL_MSGPACK,

@@ -11,10 +11,10 @@ use chatty_actors::{
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::frames::{put_close, put_frame, Message, MessageReader, Opcode};
 use crate::metrics::EdgeMetrics;
-use crate::startup::AppState;
-use crate::wire;
+use crate::state::AppState;
+use crate::ws::frames::{put_close, put_frame, Message, MessageReader, Opcode};
+use crate::ws::wire;
 
 /// Stop adding frames to one write past this many bytes.
 const MAX_WRITE_BATCH: usize = 256 * 1024;

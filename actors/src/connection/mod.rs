@@ -15,7 +15,7 @@ use crate::access::{self, Identity};
 use crate::config::NodeConfig;
 use crate::expiry::Expiry;
 use crate::ids::RoomId;
-use crate::metrics::Metrics;
+use crate::metrics::{Alive, Metrics};
 use crate::moderation::{By, ModError, Moderation};
 use crate::outbox::Outbox;
 use crate::ports::{BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage};
@@ -68,6 +68,26 @@ pub struct ConnState {
     bucket: TokenBucket,
     /// `errors_sent{code="unavailable"}`, resolved once: counted by the Writer's answers.
     unavailable: prometheus::IntCounter,
+    _alive: Alive,
+}
+
+impl ConnState {
+    /// Tell every room this socket is still in that it is gone.
+    fn detach_all(&mut self) {
+        let conn = self.args.outbox.conn();
+        for (_, j) in self.rooms.drain() {
+            j.handle.cast(RoomMsg::Detach(conn));
+        }
+    }
+}
+
+/// The rooms are left when the state goes, however the actor ends. ractor skips `post_stop`
+/// for an actor that failed (panicked or returned `Err`) or was killed, but it always drops
+/// the state; without this a failed socket would stay a member (and present) for good.
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
 }
 
 #[ractor::async_trait]
@@ -81,11 +101,7 @@ impl Actor for ConnectionActor {
         _myself: ActorRef<ConnMsg>,
         args: ConnArgs,
     ) -> Result<ConnState, ActorProcessingErr> {
-        args.ctx
-            .metrics
-            .actors_alive
-            .with_label_values(&["connection"])
-            .inc();
+        let alive = Alive::new(&args.ctx.metrics, "connection");
         let bucket = TokenBucket::new(
             args.ctx.config.messages_per_second,
             args.ctx.config.message_burst,
@@ -100,6 +116,7 @@ impl Actor for ConnectionActor {
             rooms: HashMap::new(),
             bucket,
             unavailable,
+            _alive: alive,
         })
     }
 
@@ -108,17 +125,8 @@ impl Actor for ConnectionActor {
         _myself: ActorRef<ConnMsg>,
         state: &mut ConnState,
     ) -> Result<(), ActorProcessingErr> {
-        let conn = state.args.outbox.conn();
-        for (_, j) in state.rooms.drain() {
-            j.handle.cast(RoomMsg::Detach(conn));
-        }
-        state
-            .args
-            .ctx
-            .metrics
-            .actors_alive
-            .with_label_values(&["connection"])
-            .dec();
+        // A stopped connection leaves now, not when its supervisor drops the state.
+        state.detach_all();
         Ok(())
     }
 

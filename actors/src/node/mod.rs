@@ -1,8 +1,10 @@
 //! NodeSupervisor, the root of the tree, and `Node`, the typed facade the edge talks to.
 //!
 //! Decisions on failure: the Writer and the PresenceKeeper are restarted (their handles are
-//! re-pointed at the new actor); the RoomSupervisor and ConnectionSupervisor make their own
-//! decisions for their children and are restarted if they fail themselves.
+//! re-pointed at the new actor; the keeper's index of who is present through this node is the
+//! node's `PresenceIndex`, written by the rooms, so a new keeper heartbeats the same entries);
+//! the RoomSupervisor and ConnectionSupervisor make their own decisions for their children and
+//! are restarted if they fail themselves.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::moderation::{By, ModError, Moderation};
 use crate::outbox::{ConnShared, Outbox};
 use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage, PresenceStore, StoreError};
-use crate::presence::PresenceKeeperMsg;
+use crate::presence::{PresenceIndex, PresenceKeeperMsg};
 use crate::protocol::{Encoding, PresenceEntry, StoredMessage};
 use crate::room::RoomMsg;
 use crate::rooms::RoomRegistry;
@@ -107,6 +109,7 @@ impl Node {
             rooms: rooms.clone(),
             writer: writer.clone(),
             presence: presence.clone(),
+            presence_index: Arc::new(PresenceIndex::default()),
             conns: conns.clone(),
             conn_sup: conn_sup.clone(),
         };

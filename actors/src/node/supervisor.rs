@@ -11,9 +11,9 @@ use crate::config::NodeConfig;
 use crate::connections::{
     ConnRegistry, ConnSupArgs, ConnectionSupervisor, ConnectionSupervisorMsg,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Alive, Metrics};
 use crate::ports::{ClusterBus, MessageStore, PresenceStore};
-use crate::presence::{PresenceArgs, PresenceKeeper, PresenceKeeperMsg};
+use crate::presence::{PresenceArgs, PresenceIndex, PresenceKeeper, PresenceKeeperMsg};
 use crate::room::RoomMsg;
 use crate::rooms::{RoomRegistry, RoomSupervisor, RoomSupervisorArgs};
 use crate::writer::{Writer, WriterArgs, WriterHandle};
@@ -31,6 +31,9 @@ pub struct RootArgs {
     pub(super) rooms: Arc<RoomRegistry>,
     pub(super) writer: WriterHandle,
     pub(super) presence: Arc<RwLock<Option<ActorRef<PresenceKeeperMsg>>>>,
+    /// Who is present through this node: the rooms write it, the keeper reads it; owned here
+    /// so that a restarted keeper finds it intact.
+    pub(super) presence_index: Arc<PresenceIndex>,
     pub(super) conns: Arc<ConnRegistry>,
     pub(super) conn_sup: Arc<RwLock<Option<ActorRef<ConnectionSupervisorMsg>>>>,
 }
@@ -60,7 +63,7 @@ impl Child {
 pub struct NodeState {
     args: RootArgs,
     children: Vec<(ractor::ActorId, Child)>,
-    presence_ref: Option<ActorRef<PresenceKeeperMsg>>,
+    _alive: Alive,
 }
 
 impl NodeState {
@@ -86,6 +89,7 @@ impl NodeState {
             }
             Child::Presence => {
                 let args = PresenceArgs {
+                    index: a.presence_index.clone(),
                     metrics: a.metrics.clone(),
                     store: a.presence_store.clone(),
                     after_heartbeat: {
@@ -100,7 +104,6 @@ impl NodeState {
                 };
                 let (p, _) = Actor::spawn_linked(None, PresenceKeeper, args, cell).await?;
                 *a.presence.write() = Some(p.clone());
-                self.presence_ref = Some(p.clone());
                 p.get_id()
             }
             Child::BusListener => {
@@ -114,15 +117,11 @@ impl NodeState {
                 b.get_id()
             }
             Child::Rooms => {
-                let presence = self
-                    .presence_ref
-                    .clone()
-                    .ok_or("presence keeper must start before rooms")?;
                 let args = RoomSupervisorArgs {
                     registry: a.rooms.clone(),
                     store: a.store.clone(),
                     bus: a.bus.clone(),
-                    presence,
+                    presence: a.presence_index.clone(),
                     presence_store: a.presence_store.clone(),
                     config: a.config.clone(),
                     metrics: a.metrics.clone(),
@@ -157,11 +156,10 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<NodeMsg>,
         args: RootArgs,
     ) -> Result<NodeState, ActorProcessingErr> {
-        args.metrics.actors_alive.with_label_values(&["node"]).inc();
         let mut state = NodeState {
+            _alive: Alive::new(&args.metrics, "node"),
             args,
             children: Vec::new(),
-            presence_ref: None,
         };
         for child in [
             Child::Presence,
@@ -173,20 +171,6 @@ impl Actor for NodeSupervisor {
             state.spawn(&myself, child).await?;
         }
         Ok(state)
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<NodeMsg>,
-        state: &mut NodeState,
-    ) -> Result<(), ActorProcessingErr> {
-        state
-            .args
-            .metrics
-            .actors_alive
-            .with_label_values(&["node"])
-            .dec();
-        Ok(())
     }
 
     async fn handle_supervisor_evt(

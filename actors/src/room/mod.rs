@@ -28,10 +28,11 @@ pub use self::core::{Member, Membership, RoomShared};
 use crate::access::RoomRole;
 use crate::config::NodeConfig;
 use crate::ids::{ConnId, RoomId, Seq, UserId};
+use crate::metrics::Alive;
 use crate::metrics::Metrics;
 use crate::outbox::close;
 use crate::ports::{BusEvent, ClusterBus, MessageStore, PresenceStore};
-use crate::presence::PresenceRef;
+use crate::presence::PresenceIndex;
 use crate::protocol::{EncodeOnce, PresenceEntry, Ref, RemoveReason, ServerFrame, StoredMessage};
 use state::JoinAsk;
 
@@ -102,7 +103,8 @@ pub struct RoomArgs {
     pub room: RoomId,
     pub store: Arc<dyn MessageStore>,
     pub bus: Arc<dyn ClusterBus>,
-    pub presence: PresenceRef,
+    /// The node's index of local presence (read by the PresenceKeeper).
+    pub presence: Arc<PresenceIndex>,
     pub presence_store: Option<Arc<dyn PresenceStore>>,
     pub on_idle: OnIdle,
     pub config: NodeConfig,
@@ -120,6 +122,7 @@ pub struct RoomState {
     flush_armed: bool,
     resync_inflight: bool,
     resync_again: bool,
+    _alive: Alive,
 }
 
 #[ractor::async_trait]
@@ -143,8 +146,8 @@ impl Actor for RoomActor {
         if args.presence_store.is_some() {
             let _ = myself.cast(RoomMsg::PresenceResync);
         }
-        args.metrics.actors_alive.with_label_values(&["room"]).inc();
         Ok(RoomState {
+            _alive: Alive::new(&args.metrics, "room"),
             args,
             reorder: order::Reorder::default(),
             gap_timer_armed: false,
@@ -152,20 +155,6 @@ impl Actor for RoomActor {
             resync_inflight: false,
             resync_again: false,
         })
-    }
-
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<RoomMsg>,
-        state: &mut RoomState,
-    ) -> Result<(), ActorProcessingErr> {
-        state
-            .args
-            .metrics
-            .actors_alive
-            .with_label_values(&["room"])
-            .dec();
-        Ok(())
     }
 
     async fn handle(

@@ -11,7 +11,6 @@ use super::{Member, RoomMsg, RoomState};
 use crate::access::RoomRole;
 use crate::ids::{ConnId, DisplayName, Seq, UserId};
 use crate::ports::BusEvent;
-use crate::presence::PresenceKeeperMsg;
 use crate::protocol::{Ref, RemoveReason, ServerFrame, StoredMessage};
 
 /// At most this many messages per gap-fill read; a larger gap takes several checks.
@@ -182,7 +181,7 @@ impl RoomState {
         self.arm_presence_flush(myself);
     }
 
-    /// Record a change of this node's presence: in the keeper's index and, in cluster mode,
+    /// Record a change of this node's presence: in the node's index and, in cluster mode,
     /// in the PresenceStore (off the room's mailbox, so a stalled Redis never stalls a room),
     /// then tell the other nodes to re-read it.
     fn local_presence_changed(
@@ -192,12 +191,7 @@ impl RoomState {
         name: &DisplayName,
         present: bool,
     ) {
-        let _ = self.args.presence.cast(PresenceKeeperMsg::Local {
-            room: self.args.room.clone(),
-            user: user.clone(),
-            name: name.clone(),
-            present,
-        });
+        self.args.presence.set(&self.args.room, user, name, present);
         let Some(store) = self.args.presence_store.clone() else {
             return;
         };

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::node::{Node, NodeArgs};
 use crate::outbox::{ConnShared, Out, Outbox};
 use crate::ports::{NewMessage, PresenceStore};
-use crate::presence::{PresenceArgs, PresenceKeeper, PresenceRef};
+use crate::presence::{PresenceArgs, PresenceIndex, PresenceKeeper, PresenceKeeperMsg};
 use crate::protocol::{Command, Encoding, StoredMessage};
 use crate::room::{Member, RoomMsg};
 use crate::rooms::{RoomHandle, RoomRegistry, RoomSupervisor, RoomSupervisorArgs};
@@ -129,7 +129,7 @@ pub(super) struct Rooms {
     pub store: Arc<MemStore>,
     pub bus: Arc<MemBus>,
     pub metrics: Metrics,
-    pub keeper: PresenceRef,
+    pub keeper: ActorRef<PresenceKeeperMsg>,
     next_conn: std::sync::atomic::AtomicU64,
 }
 
@@ -146,10 +146,12 @@ impl Rooms {
         let metrics = Metrics::new(&prometheus::Registry::new());
         let bus = MemBus::new();
         let registry = RoomRegistry::new();
+        let index = Arc::new(PresenceIndex::default());
         let (keeper, _) = Actor::spawn(
             None,
             PresenceKeeper,
             PresenceArgs {
+                index: index.clone(),
                 metrics: metrics.clone(),
                 store: presence_store.clone(),
                 after_heartbeat: Arc::new(|| {}),
@@ -162,7 +164,7 @@ impl Rooms {
             registry: registry.clone(),
             store: store.clone(),
             bus: bus.clone(),
-            presence: keeper.clone(),
+            presence: index,
             presence_store,
             config,
             metrics: metrics.clone(),

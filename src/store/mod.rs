@@ -231,7 +231,8 @@ where
     i64: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let bad = |what: &str| StoreError::Other(format!("stored message has an invalid {what}").into());
+    let bad =
+        |what: &str| StoreError::Other(format!("stored message has an invalid {what}").into());
     let seq: i64 = r.try_get("seq").map_err(store_err)?;
     let user: String = r.try_get("user_id").map_err(store_err)?;
     let name: String = r.try_get("name").map_err(store_err)?;

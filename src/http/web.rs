@@ -10,29 +10,29 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::ApiError;
-use crate::startup::AppState;
+use crate::http::api::ApiError;
+use crate::state::AppState;
 
 /// Every embedded asset: (path under `/static/`, content type, bytes).
 const ASSETS: &[(&str, &str, &str)] = &[
     (
         "chatty.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/chatty.js"),
+        include_str!("../../web/chatty.js"),
     ),
     (
         "app.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/app.js"),
+        include_str!("../../web/app.js"),
     ),
     (
         "style.css",
         "text/css; charset=utf-8",
-        include_str!("../web/style.css"),
+        include_str!("../../web/style.css"),
     ),
 ];
 
-const INDEX: &str = include_str!("../web/index.html");
+const INDEX: &str = include_str!("../../web/index.html");
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (

@@ -9,6 +9,10 @@ use std::time::Duration;
 use chatty_actors::NodeConfig;
 use serde::Deserialize;
 
+mod defaults;
+mod validate;
+use defaults::DEFAULTS;
+
 /// A secret string: never printed, never logged.
 #[derive(Clone, Default, Deserialize)]
 #[serde(transparent)]
@@ -197,59 +201,6 @@ pub struct DebugSettings {
     pub echo_endpoint: bool,
 }
 
-/// The built-in defaults, the first layer.
-const DEFAULTS: &[(&str, &str)] = &[
-    ("server.host", "127.0.0.1"),
-    ("server.port", "8080"),
-    ("server.metrics_port", "9090"),
-    ("server.header_read_timeout_ms", "10000"),
-    ("server.first_frame_timeout_ms", "30000"),
-    ("server.ping_interval_ms", "25000"),
-    ("server.pong_timeout_ms", "10000"),
-    ("server.shutdown_timeout_ms", "25000"),
-    ("server.ecs_stop_poll_ms", "2000"),
-    ("database.url", ""),
-    ("database.migration_url", ""),
-    ("database.sqlite_path", "data/chatty.db"),
-    ("database.max_connections", "10"),
-    ("database.migrate_on_start", "true"),
-    ("database.connect_timeout_ms", "5000"),
-    ("redis.url", ""),
-    ("node.id", ""),
-    ("auth.jwt_secret", ""),
-    ("auth.jwt_audience", ""),
-    ("auth.jwt_issuer", ""),
-    ("auth.api_key", ""),
-    ("auth.dev_tokens", "false"),
-    ("limits.max_frame_bytes", "65536"),
-    ("limits.max_message_bytes", "65536"),
-    ("limits.max_body_bytes", "4096"),
-    ("limits.rooms_per_connection", "100"),
-    ("limits.messages_per_second", "50"),
-    ("limits.message_burst", "100"),
-    ("limits.outbound_queue", "1024"),
-    ("limits.inbound_queue", "32"),
-    ("limits.room_queue", "10000"),
-    ("limits.writer_queue", "20000"),
-    ("limits.replay_max", "1000"),
-    ("limits.history_max", "200"),
-    ("limits.max_connections", "19000"),
-    ("limits.max_connections_per_ip", "2000"),
-    ("limits.max_connections_per_user", "50"),
-    ("writer.batch_max", "1024"),
-    ("writer.lanes", "2"),
-    ("writer.retry_max_ms", "10000"),
-    ("presence.grace_ms", "3000"),
-    ("presence.ttl_ms", "15000"),
-    ("presence.heartbeat_ms", "5000"),
-    ("presence.coalesce_ms", "50"),
-    ("presence.gap_wait_ms", "30"),
-    ("log.format", "pretty"),
-    ("log.level", "info"),
-    ("debug.fault_injection", "false"),
-    ("debug.echo_endpoint", "false"),
-];
-
 impl Settings {
     /// Load from `config_dir` and the process environment.
     pub fn load(config_dir: &Path) -> Result<Settings, String> {
@@ -299,191 +250,6 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from("config"))
     }
 
-    /// Check what the types cannot: every error names its key.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut errs = Vec::new();
-        let mut need = |ok: bool, key: &str, why: &str| {
-            if !ok {
-                errs.push(format!("{key}: {why}"));
-            }
-        };
-        let l = &self.limits;
-        need(
-            self.auth.jwt_secret.expose().len() >= 16,
-            "auth.jwt_secret",
-            "must be set, at least 16 bytes",
-        );
-        need(
-            !self.auth.api_key.expose().is_empty(),
-            "auth.api_key",
-            "must be set",
-        );
-        need(
-            (64..=16 << 20).contains(&l.max_frame_bytes),
-            "limits.max_frame_bytes",
-            "must be 64 B..16 MiB",
-        );
-        need(
-            l.max_message_bytes >= l.max_frame_bytes && l.max_message_bytes <= 64 << 20,
-            "limits.max_message_bytes",
-            "must be >= limits.max_frame_bytes and <= 64 MiB",
-        );
-        need(
-            l.max_body_bytes >= 1 && l.max_body_bytes + 512 <= l.max_message_bytes,
-            "limits.max_body_bytes",
-            "must be >= 1 and leave 512 B of room under limits.max_message_bytes",
-        );
-        need(
-            l.rooms_per_connection >= 1,
-            "limits.rooms_per_connection",
-            "must be >= 1",
-        );
-        need(
-            l.messages_per_second > 0.0,
-            "limits.messages_per_second",
-            "must be > 0",
-        );
-        need(
-            l.outbound_queue >= 8,
-            "limits.outbound_queue",
-            "must be >= 8",
-        );
-        need(l.inbound_queue >= 1, "limits.inbound_queue", "must be >= 1");
-        need(l.room_queue >= 1, "limits.room_queue", "must be >= 1");
-        need(l.writer_queue >= 1, "limits.writer_queue", "must be >= 1");
-        need(
-            (1..=10_000).contains(&l.history_max),
-            "limits.history_max",
-            "must be 1..10000",
-        );
-        need(l.replay_max >= 1, "limits.replay_max", "must be >= 1");
-        need(
-            l.max_connections >= 1,
-            "limits.max_connections",
-            "must be >= 1",
-        );
-        need(
-            self.writer.batch_max >= 1 && self.writer.batch_max <= 8192,
-            "writer.batch_max",
-            "must be 1..8192",
-        );
-        need(
-            (1..=MAX_WRITER_LANES).contains(&self.writer.lanes),
-            "writer.lanes",
-            "must be 1..16",
-        );
-        need(
-            self.server.ping_interval_ms >= 100,
-            "server.ping_interval_ms",
-            "must be >= 100",
-        );
-        need(
-            self.server.pong_timeout_ms >= 100,
-            "server.pong_timeout_ms",
-            "must be >= 100",
-        );
-        need(
-            self.server.header_read_timeout_ms >= 100,
-            "server.header_read_timeout_ms",
-            "must be >= 100",
-        );
-        need(
-            self.server.first_frame_timeout_ms >= 100,
-            "server.first_frame_timeout_ms",
-            "must be >= 100",
-        );
-        need(
-            matches!(self.log.format.as_str(), "pretty" | "json"),
-            "log.format",
-            "must be `pretty` or `json`",
-        );
-        need(
-            !(self.debug.fault_injection && self.environment == Environment::Production),
-            "debug.fault_injection",
-            "is refused in production",
-        );
-        let url = self.database.url.expose();
-        need(
-            url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://"),
-            "database.url",
-            "must be a postgres:// URL (or empty for the embedded store)",
-        );
-        let migration_url = self.database.migration_url.expose();
-        need(
-            migration_url.is_empty()
-                || (!url.is_empty()
-                    && (migration_url.starts_with("postgres://")
-                        || migration_url.starts_with("postgresql://"))),
-            "database.migration_url",
-            "must be a postgres:// URL, and database.url must be set too",
-        );
-        need(
-            !url.is_empty() || self.redis.url.expose().is_empty(),
-            "redis.url",
-            "cluster mode needs PostgreSQL (set database.url): the embedded SQLite store is single-node only",
-        );
-        need(
-            !url.is_empty() || !self.database.sqlite_path.is_empty(),
-            "database.sqlite_path",
-            "must be set when database.url is empty",
-        );
-        need(
-            !(self.debug.echo_endpoint && self.environment == Environment::Production),
-            "debug.echo_endpoint",
-            "is refused in production",
-        );
-        need(
-            !(self.auth.dev_tokens && self.environment == Environment::Production),
-            "auth.dev_tokens",
-            "is refused in production",
-        );
-        need(
-            self.presence.heartbeat_ms >= 50
-                && self.presence.heartbeat_ms * 2 <= self.presence.ttl_ms,
-            "presence.heartbeat_ms",
-            "must be >= 50 and at most half of presence.ttl_ms",
-        );
-        need(
-            self.node.id.len() <= 64
-                && self
-                    .node
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
-            "node.id",
-            "must match ^[A-Za-z0-9._-]{1,64}$",
-        );
-        for p in &self.server.trusted_proxies {
-            need(
-                crate::admission::Cidr::parse(p).is_some(),
-                "server.trusted_proxies",
-                "entries must be IP addresses or CIDRs",
-            );
-        }
-        need(
-            l.max_connections_per_ip >= 1,
-            "limits.max_connections_per_ip",
-            "must be >= 1",
-        );
-        need(
-            l.max_connections_per_user >= 1,
-            "limits.max_connections_per_user",
-            "must be >= 1",
-        );
-        for o in &self.auth.allowed_origins {
-            need(
-                o.starts_with("http://") || o.starts_with("https://"),
-                "auth.allowed_origins",
-                "entries must be scheme://host[:port]",
-            );
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs.join("; "))
-        }
-    }
-
     /// The actors' view of the settings.
     pub fn node_config(&self) -> NodeConfig {
         let l = &self.limits;
@@ -512,31 +278,6 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `DEFAULTS` is the one place defaults live; the README's table documents them and
-    /// must say the same (a key missing or a value differing fails here).
-    #[test]
-    fn the_readme_table_states_every_default_as_the_code_has_it() {
-        let readme = include_str!("../README.md");
-        let mut table = std::collections::HashMap::new();
-        for line in readme.lines().filter(|l| l.starts_with("| `")) {
-            let cols: Vec<&str> = line.split('|').map(str::trim).collect();
-            let key = cols[1].trim_matches('`');
-            table.insert(key.to_string(), cols[2].to_string());
-        }
-        for (key, value) in DEFAULTS {
-            let doc = table
-                .get(*key)
-                .unwrap_or_else(|| panic!("README's configuration table lacks {key}"));
-            let stated = if value.is_empty() {
-                // Empty defaults read "empty", or say what stands in (generated, per env).
-                doc == "empty" || !doc.starts_with('`')
-            } else {
-                doc.starts_with(&format!("`{value}`")) || doc.contains(&format!("else `{value}`"))
-            };
-            assert!(stated, "{key}: README says {doc}, the code's default is {value:?}");
-        }
-    }
 
     #[test]
     fn secrets_are_redacted_in_debug_output() {

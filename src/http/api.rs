@@ -13,7 +13,7 @@ use chatty_actors::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Every way an API call can fail. 500s are opaque to the client and logged whole.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,9 @@ impl IntoResponse for ApiError {
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         match e {
-            NodeError::Store(chatty_actors::StoreError::Other(m)) => ApiError::Internal(m.to_string()),
+            NodeError::Store(chatty_actors::StoreError::Other(m)) => {
+                ApiError::Internal(m.to_string())
+            }
             NodeError::Start(m) => ApiError::Internal(m),
             _ => ApiError::Unavailable,
         }

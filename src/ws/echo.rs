@@ -10,8 +10,8 @@ use fastwebsockets::upgrade::IncomingUpgrade;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::frames::{put_close, put_frame, Message, MessageReader, Opcode};
-use crate::startup::AppState;
+use crate::state::AppState;
+use crate::ws::frames::{put_close, put_frame, Message, MessageReader, Opcode};
 
 pub async fn upgrade(
     State(state): State<AppState>,

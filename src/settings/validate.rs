@@ -1,0 +1,191 @@
+//! The checks the types cannot make: ranges, relations between keys, and what production
+//! refuses. Every error names its key.
+
+use super::{Environment, Settings, MAX_WRITER_LANES};
+
+impl Settings {
+    /// Check what the types cannot: every error names its key.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        let mut need = |ok: bool, key: &str, why: &str| {
+            if !ok {
+                errs.push(format!("{key}: {why}"));
+            }
+        };
+        let l = &self.limits;
+        need(
+            self.auth.jwt_secret.expose().len() >= 16,
+            "auth.jwt_secret",
+            "must be set, at least 16 bytes",
+        );
+        need(
+            !self.auth.api_key.expose().is_empty(),
+            "auth.api_key",
+            "must be set",
+        );
+        need(
+            (64..=16 << 20).contains(&l.max_frame_bytes),
+            "limits.max_frame_bytes",
+            "must be 64 B..16 MiB",
+        );
+        need(
+            l.max_message_bytes >= l.max_frame_bytes && l.max_message_bytes <= 64 << 20,
+            "limits.max_message_bytes",
+            "must be >= limits.max_frame_bytes and <= 64 MiB",
+        );
+        need(
+            l.max_body_bytes >= 1 && l.max_body_bytes + 512 <= l.max_message_bytes,
+            "limits.max_body_bytes",
+            "must be >= 1 and leave 512 B of room under limits.max_message_bytes",
+        );
+        need(
+            l.rooms_per_connection >= 1,
+            "limits.rooms_per_connection",
+            "must be >= 1",
+        );
+        need(
+            l.messages_per_second > 0.0,
+            "limits.messages_per_second",
+            "must be > 0",
+        );
+        need(
+            l.outbound_queue >= 8,
+            "limits.outbound_queue",
+            "must be >= 8",
+        );
+        need(l.inbound_queue >= 1, "limits.inbound_queue", "must be >= 1");
+        need(l.room_queue >= 1, "limits.room_queue", "must be >= 1");
+        need(l.writer_queue >= 1, "limits.writer_queue", "must be >= 1");
+        need(
+            (1..=10_000).contains(&l.history_max),
+            "limits.history_max",
+            "must be 1..10000",
+        );
+        need(l.replay_max >= 1, "limits.replay_max", "must be >= 1");
+        need(
+            l.max_connections >= 1,
+            "limits.max_connections",
+            "must be >= 1",
+        );
+        need(
+            self.writer.batch_max >= 1 && self.writer.batch_max <= 8192,
+            "writer.batch_max",
+            "must be 1..8192",
+        );
+        need(
+            (1..=MAX_WRITER_LANES).contains(&self.writer.lanes),
+            "writer.lanes",
+            "must be 1..16",
+        );
+        need(
+            self.server.ping_interval_ms >= 100,
+            "server.ping_interval_ms",
+            "must be >= 100",
+        );
+        need(
+            self.server.pong_timeout_ms >= 100,
+            "server.pong_timeout_ms",
+            "must be >= 100",
+        );
+        need(
+            self.server.header_read_timeout_ms >= 100,
+            "server.header_read_timeout_ms",
+            "must be >= 100",
+        );
+        need(
+            self.server.first_frame_timeout_ms >= 100,
+            "server.first_frame_timeout_ms",
+            "must be >= 100",
+        );
+        need(
+            matches!(self.log.format.as_str(), "pretty" | "json"),
+            "log.format",
+            "must be `pretty` or `json`",
+        );
+        need(
+            !(self.debug.fault_injection && self.environment == Environment::Production),
+            "debug.fault_injection",
+            "is refused in production",
+        );
+        let url = self.database.url.expose();
+        need(
+            url.is_empty() || url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "database.url",
+            "must be a postgres:// URL (or empty for the embedded store)",
+        );
+        let migration_url = self.database.migration_url.expose();
+        need(
+            migration_url.is_empty()
+                || (!url.is_empty()
+                    && (migration_url.starts_with("postgres://")
+                        || migration_url.starts_with("postgresql://"))),
+            "database.migration_url",
+            "must be a postgres:// URL, and database.url must be set too",
+        );
+        need(
+            !url.is_empty() || self.redis.url.expose().is_empty(),
+            "redis.url",
+            "cluster mode needs PostgreSQL (set database.url): the embedded SQLite store is single-node only",
+        );
+        need(
+            !url.is_empty() || !self.database.sqlite_path.is_empty(),
+            "database.sqlite_path",
+            "must be set when database.url is empty",
+        );
+        need(
+            !(self.debug.echo_endpoint && self.environment == Environment::Production),
+            "debug.echo_endpoint",
+            "is refused in production",
+        );
+        need(
+            !(self.auth.dev_tokens && self.environment == Environment::Production),
+            "auth.dev_tokens",
+            "is refused in production",
+        );
+        need(
+            self.presence.heartbeat_ms >= 50
+                && self.presence.heartbeat_ms * 2 <= self.presence.ttl_ms,
+            "presence.heartbeat_ms",
+            "must be >= 50 and at most half of presence.ttl_ms",
+        );
+        need(
+            self.node.id.len() <= 64
+                && self
+                    .node
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')),
+            "node.id",
+            "must match ^[A-Za-z0-9._-]{1,64}$",
+        );
+        for p in &self.server.trusted_proxies {
+            need(
+                crate::admission::Cidr::parse(p).is_some(),
+                "server.trusted_proxies",
+                "entries must be IP addresses or CIDRs",
+            );
+        }
+        need(
+            l.max_connections_per_ip >= 1,
+            "limits.max_connections_per_ip",
+            "must be >= 1",
+        );
+        need(
+            l.max_connections_per_user >= 1,
+            "limits.max_connections_per_user",
+            "must be >= 1",
+        );
+        for o in &self.auth.allowed_origins {
+            need(
+                o.starts_with("http://") || o.starts_with("https://"),
+                "auth.allowed_origins",
+                "entries must be scheme://host[:port]",
+            );
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("; "))
+        }
+    }
+}
