@@ -5,7 +5,7 @@ use chatty::settings::Secret;
 use serde_json::json;
 use sqlx::{Connection, Executor, PgConnection};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// A fresh database (owned by the test's superuser) and the URL of a new application role in
 /// it. Roles are cluster-wide: scripts/test.sh drops leftover `chatty_test_role_*` roles.

@@ -1,6 +1,6 @@
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn with_no_database_configured_the_binary_serves_the_page_and_a_chat_and_keeps_messages_across_a_restart(

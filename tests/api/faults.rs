@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::support::*;
 
 struct OwnPostgres {
     bin: PathBuf,

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn missing_expired_or_badly_signed_tokens_get_401() {
@@ -35,14 +35,12 @@ async fn missing_expired_or_badly_signed_tokens_get_401() {
 }
 
 fn expired_token(app: &TestApp) -> String {
-    use jsonwebtoken::{encode, EncodingKey, Header};
     let claims = serde_json::json!({"sub": "old", "exp": 1_000_000_000u64});
-    encode(
-        &Header::default(),
+    sign(
+        app.settings.auth.jwt_secret.expose(),
+        jsonwebtoken::Algorithm::HS256,
         &claims,
-        &EncodingKey::from_secret(app.settings.auth.jwt_secret.expose().as_bytes()),
     )
-    .unwrap()
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn published_messages_are_committed_broadcast_and_idempotent() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chatty_actors::{writer_lane, RoomId};
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const LANES: usize = 4;
 

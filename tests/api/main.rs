@@ -1,6 +1,6 @@
 //! Black-box tests: the real application on port 0, real WebSocket clients, real PostgreSQL.
 
-mod helpers;
+mod support;
 
 mod cluster;
 mod db_roles;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const JSON: &str = "chatty.v1.json";
 const MSGPACK: &str = "chatty.v1.msgpack";

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn users(list: &serde_json::Value) -> Vec<String> {
     let mut v: Vec<String> = list

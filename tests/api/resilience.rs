@@ -6,7 +6,7 @@ use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn an_oversized_frame_closes_with_1009_and_the_room_goes_on() {
@@ -72,39 +72,9 @@ async fn malformed_frames_get_errors_with_their_ref_and_break_nothing() {
 
 /// Open a socket by hand, send `frame` bytes, return the close code the server sends.
 async fn raw_frame_close_code(app: &TestApp, frame: &[u8]) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
-        app.token("raw")
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let mut got = Vec::new();
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
-    s.write_all(frame).await.unwrap();
-    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let mut rest = got[end..].to_vec();
-    loop {
-        // Find a close frame (0x88) among what the server sent.
-        if let Some(i) = rest.iter().position(|b| *b == 0x88) {
-            if rest.len() >= i + 4 {
-                return u16::from_be_bytes([rest[i + 2], rest[i + 3]]);
-            }
-        }
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        if n == 0 {
-            return 1006;
-        }
-        rest.extend_from_slice(&buf[..n]);
-    }
+    let mut ws = RawWs::open(app, "raw", None).await;
+    ws.write(frame).await;
+    ws.close_code().await.0
 }
 
 #[tokio::test]
@@ -348,40 +318,20 @@ async fn postgres_cut_off_mid_traffic_loses_and_duplicates_nothing_acked() {
 
 #[tokio::test]
 async fn a_client_that_stops_answering_pings_is_closed_with_4001_after_the_pong_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut s, _) = test_settings().await;
     s.server.ping_interval_ms = 200;
     s.server.pong_timeout_ms = 300;
     let app = spawn_with(s).await;
-    let mut sock = TcpStream::connect(("127.0.0.1", app.port)).await.unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
-        app.token("mute")
-    );
-    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut ws = RawWs::open(&app, "mute", None).await;
     // One masked ping frame from us ({"type":"ping"} is not needed: any frame counts), then
     // silence: we read what the server sends but never answer its pings.
-    sock.write_all(&[0x89, 0x80, 1, 2, 3, 4]).await.unwrap();
+    ws.write(&frame(true, 0x9, b"")).await;
     let started = std::time::Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    let code = loop {
-        let n = tokio::time::timeout(WAIT, sock.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed without a close frame");
-        got.extend_from_slice(&buf[..n]);
-        if let Some(i) = got.windows(2).position(|w| w[0] == 0x88 && w[1] >= 2) {
-            if got.len() >= i + 4 {
-                break u16::from_be_bytes([got[i + 2], got[i + 3]]);
-            }
-        }
-    };
-    assert_eq!(code, 4001);
-    // Server pings went out before it gave up.
+    let (code, frames) = ws.frames_until_close().await;
+    assert_eq!(code, 4001, "frames before the close: {frames:?}");
+    // Server pings (empty ones) went out before it gave up.
     assert!(
-        got.windows(2).any(|w| w == [0x89, 0x00]),
+        frames.iter().any(|(op, p)| *op == 0x9 && p.is_empty()),
         "no ping was sent"
     );
     assert!(started.elapsed() >= std::time::Duration::from_millis(400));

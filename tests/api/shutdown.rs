@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn sigterm_under_traffic_closes_every_socket_with_1001_keeps_every_ack_and_exits_0() {
