@@ -37,6 +37,7 @@ pub fn apply(port: u16) -> usize {
         // only for its duration. If another thread closes the fd meanwhile (and the number is
         // reused), those calls fail or touch an unrelated socket's Nagle setting: no memory is
         // involved and nothing is owned or closed here.
+        #[allow(unsafe_code)]
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let sock = socket2::SockRef::from(&fd);
         let peer_port = sock
