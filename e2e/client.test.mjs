@@ -174,6 +174,42 @@ test('presence diffs are set operations; errors fail or retry sends; fatal close
   assert.equal(FakeSocket.all.length, 1, 'no reconnect after 1008 with a fixed token');
 });
 
+test('big rooms: a truncated joined keeps the count through diffs, pages are requested, counts-only joins ask for counts', async () => {
+  const { c, seen } = client();
+  const counts = [];
+  c.on('presenceCount', (p) => counts.push(p));
+  c.connect();
+  await tick();
+  const ws = await nextSocket(1);
+  ws.accept();
+  const joined = c.join('big');
+  const [j] = ws.take('join');
+  assert.equal(j.presence, undefined, 'the default join asks for diffs');
+  ws.push({
+    type: 'joined', ref: j.ref, room: 'big', seq: 0, read: 0,
+    presence: [{ user: 'alice', name: 'alice' }], presence_count: 1500, presence_truncated: true,
+  });
+  const info = await joined;
+  assert.equal(info.presenceCount, 1500);
+  assert.equal(info.presenceTruncated, true);
+  ws.push({ type: 'presence', room: 'big', joins: [{ user: 'zed', name: 'Zed' }], leaves: [{ user: 'bob' }, { user: 'cy' }] });
+  assert.equal(seen.presence.at(-1).count, 1499, 'one in, two out');
+  assert.equal(seen.presence.at(-1).truncated, true);
+
+  const page = c.presencePage('big', { after: 'alice', limit: 2 });
+  const [q] = ws.take('presence');
+  assert.deepEqual({ room: q.room, after: q.after, limit: q.limit }, { room: 'big', after: 'alice', limit: 2 });
+  ws.push({ type: 'presence_page', ref: q.ref, room: 'big', users: [{ user: 'b', name: 'B' }, { user: 'c', name: 'C' }], next: 'c' });
+  assert.deepEqual(await page, { users: [{ user: 'b', name: 'B' }, { user: 'c', name: 'C' }], next: 'c' });
+
+  c.join('huge', { presence: 'count' });
+  const [h] = ws.take('join');
+  assert.equal(h.presence, 'count');
+  ws.push({ type: 'joined', ref: h.ref, room: 'huge', seq: 0, read: 0, presence: [{ user: 'alice', name: 'alice' }], presence_count: 9000, presence_truncated: true });
+  ws.push({ type: 'presence_count', room: 'huge', count: 9001 });
+  assert.deepEqual(counts, [{ room: 'huge', count: 9001 }]);
+});
+
 test('removed forgets the room and fails its sends; moderation requests carry the reply; 4003 stops', async () => {
   const { c, seen } = client();
   const removed = [];

@@ -69,10 +69,13 @@ function start(token, user) {
   client.on('message', (m) => addMessage(m));
   client.on('ack', onAck);
   client.on('failed', onFailed);
-  client.on('presence', ({ room, users }) => {
+  client.on('presence', ({ room, users, count, truncated }) => {
     const v = views.get(room);
     if (!v) return;
     v.presence = users;
+    // A big room lists only part of who is present (the server says how many).
+    v.count = count ?? users.length;
+    v.truncated = !!truncated;
     if (room === active) renderPresence();
     renderRoomMeta();
   });
@@ -217,13 +220,15 @@ function showRoom(room) {
   }
 }
 
-async function onJoined({ room, seq, read, presence, rejoin, reset, role }) {
+async function onJoined({ room, seq, read, presence, presenceCount, presenceTruncated, rejoin, reset, role }) {
   const v = views.get(room);
   if (!v) return;
   v.joined = true;
   v.role = role;
   v.read = Math.max(v.read, read);
   v.presence = presence;
+  v.count = presenceCount ?? presence.length;
+  v.truncated = !!presenceTruncated;
   if (reset) {
     // The server's room is not the one we saw (a wiped dev database): start over.
     v.list.replaceChildren();
@@ -465,7 +470,15 @@ function renderPresence() {
       return li;
     }),
   );
-  $('presence-count').textContent = users.length ? String(users.length) : '';
+  const count = v?.count ?? users.length;
+  $('presence-count').textContent = count ? String(count) : '';
+  if (v?.truncated) {
+    const more = document.createElement('li');
+    more.className = 'presence-more';
+    more.dataset.testid = 'presence-more';
+    more.textContent = `and ${Math.max(0, count - users.length)} more`;
+    $('presence').append(more);
+  }
 }
 
 function modButton(p, ban) {
@@ -486,7 +499,7 @@ function modButton(p, ban) {
 
 function renderRoomMeta() {
   const v = views.get(active);
-  $('room-meta').textContent = v ? `${v.presence.length} online` : '';
+  $('room-meta').textContent = v ? `${v.count ?? v.presence.length} online` : '';
 }
 
 function renderUnread(v) {

@@ -272,13 +272,18 @@ export class ChattyClient {
   // ---- rooms --------------------------------------------------------------------------
 
   /**
-   * Join a room. Resolves with the first `joined` ({room, seq, read, presence}); the client
-   * rejoins by itself after every reconnect (a `joined` event with rejoin: true).
+   * Join a room. Resolves with the first `joined` ({room, seq, read, presence, presenceCount,
+   * presenceTruncated}); the client rejoins by itself after every reconnect (a `joined` event
+   * with rejoin: true). `{presence: 'count'}`: no presence diffs for this room, only
+   * `presenceCount` events (at most one a second) — for big rooms that show a number.
    */
-  join(room) {
+  join(room, { presence = 'full' } = {}) {
     let r = this.rooms.get(room);
     if (!r) {
       r = {
+        mode: presence,
+        count: 0, // users present, as the server last said or the diffs since imply
+        truncated: false, // `presence` holds only part of the room (page the rest)
         since: null, // null until the first `joined`: then the last seq delivered
         joined: false,
         joinRef: null,
@@ -300,6 +305,7 @@ export class ChattyClient {
     r.joinRef = this.ref();
     const frame = { type: 'join', ref: r.joinRef, room };
     if (r.since !== null) frame.since = r.since;
+    if (r.mode === 'count') frame.presence = 'count';
     this.raw(frame);
   }
 
@@ -339,6 +345,19 @@ export class ChattyClient {
     if (before != null) frame.before = before;
     const h = await this.request(frame);
     return { messages: h.messages.map((m) => ({ ...m, room })), more: h.more };
+  }
+
+  /**
+   * One page of who is present in a joined room, in user id order: resolves {users, next};
+   * pass `next` as `after` for the following page (absent on the last). For rooms whose
+   * `joined` said presenceTruncated.
+   */
+  async presencePage(room, { after, limit } = {}) {
+    const frame = { type: 'presence', room };
+    if (after != null) frame.after = after;
+    if (limit != null) frame.limit = limit;
+    const p = await this.request(frame);
+    return { users: p.users, next: p.next ?? null };
   }
 
   /** Move the read marker (it never moves backwards). Resolves with the marker as stored. */
@@ -441,6 +460,14 @@ export class ChattyClient {
         return this.onAck(f);
       case 'presence':
         return this.onPresence(f);
+      case 'presence_count': {
+        const r = this.rooms.get(f.room);
+        if (r) {
+          r.count = f.count;
+          this.emit('presenceCount', { room: f.room, count: f.count });
+        }
+        return;
+      }
       case 'typing':
         if (f.user !== this.user && this.rooms.has(f.room)) this.emit('typing', { room: f.room, user: f.user });
         return;
@@ -480,12 +507,16 @@ export class ChattyClient {
     r.gap = f.replay_truncated && !reset ? { after: r.since } : null;
     r.joined = true;
     r.presence = new Map(f.presence.map((p) => [p.user, p.name]));
+    r.count = f.presence_count ?? f.presence.length;
+    r.truncated = !!f.presence_truncated;
     this.attempt = 0;
     const info = {
       room: f.room,
       seq: f.seq,
       read: f.read,
       presence: presenceList(r.presence),
+      presenceCount: r.count,
+      presenceTruncated: r.truncated,
       rejoin,
       reset,
       replayTruncated: !!f.replay_truncated,
@@ -494,7 +525,14 @@ export class ChattyClient {
     r.info = info;
     for (const w of r.waiters.splice(0)) w.resolve(info);
     this.emit('joined', info);
-    this.emit('presence', { room: f.room, users: info.presence, joins: [], leaves: [] });
+    this.emit('presence', {
+      room: f.room,
+      users: info.presence,
+      joins: [],
+      leaves: [],
+      count: r.count,
+      truncated: r.truncated,
+    });
     for (const p of this.pending.values()) if (p.room === f.room) this.transmit(p);
   }
 
@@ -561,10 +599,25 @@ export class ChattyClient {
   onPresence(f) {
     const r = this.rooms.get(f.room);
     if (!r) return;
-    // Diffs are set operations: they may repeat what `joined` already said.
-    for (const l of f.leaves) r.presence.delete(l.user);
-    for (const j of f.joins) r.presence.set(j.user, j.name);
-    this.emit('presence', { room: f.room, users: presenceList(r.presence), joins: f.joins, leaves: f.leaves });
+    // Diffs are set operations: they may repeat what `joined` already said. In a truncated
+    // room the map is partial, so the count follows the diffs instead (a rename, which shows
+    // as a join of a present user, is the one thing it cannot tell apart).
+    for (const l of f.leaves) {
+      if (r.presence.delete(l.user) || r.truncated) r.count = Math.max(0, r.count - 1);
+    }
+    for (const j of f.joins) {
+      if (!r.presence.has(j.user)) r.count += 1;
+      if (!r.truncated) r.presence.set(j.user, j.name);
+    }
+    if (!r.truncated) r.count = r.presence.size;
+    this.emit('presence', {
+      room: f.room,
+      users: presenceList(r.presence),
+      joins: f.joins,
+      leaves: f.leaves,
+      count: r.count,
+      truncated: r.truncated,
+    });
   }
 
   onError(f) {

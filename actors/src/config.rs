@@ -7,6 +7,9 @@ use std::time::Duration;
 /// the defaults live in `chatty::settings`.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// Most users `joined.presence` lists and a `presence_page` holds; past it `joined` lists
+    /// only the joiner and says `presence_truncated`.
+    pub presence_list_max: usize,
     /// Rooms one connection may have joined at once (`room_limit` past it).
     pub rooms_per_connection: usize,
     /// Sustained client frames per second per connection (`rate_limited` past it).
@@ -50,6 +53,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
+            presence_list_max: 1000,
             rooms_per_connection: 100,
             messages_per_second: 50.0,
             message_burst: 100,

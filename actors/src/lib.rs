@@ -42,7 +42,7 @@ pub use ports::{
     StoreError,
 };
 pub use protocol::{
-    Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, Ref, RemoveReason,
-    ServerFrame, StoredMessage,
+    Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, PresenceMode, Ref,
+    RemoveReason, ServerFrame, StoredMessage,
 };
 pub use writer::{writer_lane, Ack, WriteError};

@@ -37,6 +37,7 @@ pub(super) const DEFAULTS: &[(&str, &str)] = &[
     ("limits.writer_queue", "20000"),
     ("limits.replay_max", "1000"),
     ("limits.history_max", "200"),
+    ("limits.presence_list_max", "1000"),
     ("limits.max_connections", "19000"),
     ("limits.max_connections_per_ip", "2000"),
     ("limits.max_connections_per_user", "50"),

@@ -159,6 +159,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_ip: u32,
     pub max_connections_per_user: u32,
+    /// Most users `joined.presence` lists and a `presence_page` holds.
+    pub presence_list_max: usize,
 }
 
 /// Most writer lanes (each holds a database connection while it commits).
@@ -254,6 +256,7 @@ impl Settings {
     pub fn node_config(&self) -> NodeConfig {
         let l = &self.limits;
         NodeConfig {
+            presence_list_max: l.presence_list_max,
             rooms_per_connection: l.rooms_per_connection,
             messages_per_second: l.messages_per_second,
             message_burst: l.message_burst,

@@ -63,6 +63,11 @@ impl Settings {
         );
         need(l.replay_max >= 1, "limits.replay_max", "must be >= 1");
         need(
+            (1..=10_000).contains(&l.presence_list_max),
+            "limits.presence_list_max",
+            "must be 1..10000",
+        );
+        need(
             l.max_connections >= 1,
             "limits.max_connections",
             "must be >= 1",

@@ -89,3 +89,131 @@ async fn two_connections_of_one_user_count_once_and_the_grace_period_hides_flaps
         .unwrap();
     assert_eq!(users(&body["users"]), vec!["carol", "wendy"]);
 }
+
+fn names(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["user"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_big_room_lists_only_the_joiner_and_pages_the_rest_in_both_encodings() {
+    let (mut s, _) = test_settings().await;
+    s.limits.presence_list_max = 3;
+    let app = spawn_with(s).await;
+    let mut clients = Vec::new();
+    for i in 1..=3 {
+        let mut c = app.connect(&format!("u{i}")).await;
+        let joined = c.join("big").await;
+        assert_eq!(joined["presence_count"], i, "{joined}");
+        assert_eq!(
+            users(&joined["presence"]).len(),
+            i,
+            "up to the cap, everyone is listed"
+        );
+        assert!(joined.get("presence_truncated").is_none(), "{joined}");
+        clients.push(c);
+    }
+    let mut u4 = app.connect("u4").await;
+    let joined = u4.join("big").await;
+    assert_eq!(joined["presence_count"], 4);
+    assert_eq!(joined["presence_truncated"], true);
+    assert_eq!(
+        users(&joined["presence"]),
+        vec!["u4"],
+        "past the cap, only the joiner"
+    );
+
+    // The rest is paged, in user id order, here over MessagePack.
+    let mut u5 = app.connect_msgpack("u5").await;
+    let joined = u5.join("big").await;
+    assert_eq!(joined["presence_count"], 5);
+    assert_eq!(joined["presence_truncated"], true);
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for page in 0.. {
+        assert!(page < 5, "paging never ends");
+        let mut q = json!({"type":"presence","ref":format!("p{page}"),"room":"big","limit":2});
+        if let Some(a) = &after {
+            q["after"] = json!(a);
+        }
+        let p = u5.call(q).await;
+        assert_eq!(p["type"], "presence_page", "{p}");
+        let got = names(&p["users"]);
+        assert!(got.len() <= 2);
+        seen.extend(got);
+        match p.get("next").and_then(|n| n.as_str()) {
+            Some(n) => after = Some(n.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["u1", "u2", "u3", "u4", "u5"]);
+
+    // Without a limit the page holds up to the cap.
+    let p = u4
+        .call(json!({"type":"presence","ref":"all","room":"big"}))
+        .await;
+    assert_eq!(names(&p["users"]), vec!["u1", "u2", "u3"]);
+    assert_eq!(p["next"], "u3");
+    // A room not joined, and a bad limit, are refused.
+    let e = u4
+        .call(json!({"type":"presence","ref":"nj","room":"elsewhere"}))
+        .await;
+    assert_eq!(e["code"], "not_joined", "{e}");
+    let e = u4
+        .call(json!({"type":"presence","ref":"bad","room":"big","limit":0}))
+        .await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    let e = u4
+        .call(json!({"type":"join","ref":"badmode","room":"big2","presence":"some"}))
+        .await;
+    assert_eq!(e["code"], "bad_request", "{e}");
+}
+
+#[tokio::test]
+async fn a_member_that_joined_for_counts_gets_counts_and_no_diffs() {
+    let app = spawn_app().await;
+    let mut counter = app.connect("counter").await;
+    let joined = counter
+        .call(json!({"type":"join","ref":"j","room":"r","presence":"count"}))
+        .await;
+    assert_eq!(joined["type"], "joined");
+    assert_eq!(joined["presence_count"], 1);
+    let mut lister = app.connect("lister").await;
+    lister.join("r").await;
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let mut c = app.connect(&format!("o{i}")).await;
+        c.join("r").await;
+        others.push(c);
+    }
+    // The lister hears the joins as diffs.
+    let mut listed = std::collections::BTreeSet::new();
+    while listed.len() < 3 {
+        let d = lister.next_of("presence").await;
+        listed.extend(
+            names(&d["joins"])
+                .into_iter()
+                .filter(|u| u.starts_with('o')),
+        );
+    }
+    // The counter hears counts until it reaches 5 (counter, lister, three others), no diffs.
+    let mut last = 0;
+    while last != 5 {
+        let v = counter.next().await.expect("socket open");
+        assert_ne!(
+            v["type"], "presence",
+            "a counting member gets no diffs: {v}"
+        );
+        if v["type"] == "presence_count" {
+            assert_eq!(v["room"], "r");
+            last = v["count"].as_u64().unwrap();
+        }
+    }
+    // Nothing changes, so nothing more is sent.
+    counter
+        .assert_quiet(Duration::from_millis(1500), &["presence_count_never"])
+        .await;
+}

@@ -154,6 +154,7 @@ impl Actor for ConnectionActor {
 fn cmd_ref(cmd: &Command) -> Option<&str> {
     match cmd {
         Command::Join { r#ref, .. }
+        | Command::Presence { r#ref, .. }
         | Command::Leave { r#ref, .. }
         | Command::Send { r#ref, .. }
         | Command::History { r#ref, .. }
@@ -253,7 +254,12 @@ impl ConnState {
             Command::Ping { r#ref } => self.push(ServerFrame::Pong {
                 r#ref: r#ref.as_deref(),
             }),
-            Command::Join { r#ref, room, since } => {
+            Command::Join {
+                r#ref,
+                room,
+                since,
+                presence,
+            } => {
                 let r = r#ref.as_deref();
                 self.forget_if_revoked(&room);
                 let limit = ctx.config.rooms_per_connection;
@@ -289,6 +295,7 @@ impl ConnState {
                     name: self.args.identity.name.clone(),
                     encoding: self.args.encoding,
                     membership: membership.clone(),
+                    presence,
                 });
                 if h.cast(RoomMsg::Join {
                     member,
@@ -308,6 +315,22 @@ impl ConnState {
                     h.join_abandoned();
                     self.error(r, ErrorCode::Unavailable, "try again later");
                 }
+            }
+            Command::Presence {
+                r#ref,
+                room,
+                after,
+                limit,
+            } => {
+                let Some(h) = self.joined(r#ref.as_deref(), &room) else {
+                    return;
+                };
+                h.cast(RoomMsg::PresencePage {
+                    conn: self.args.outbox.conn(),
+                    r#ref,
+                    after,
+                    limit,
+                });
             }
             Command::Leave { r#ref, room } => match self
                 .rooms

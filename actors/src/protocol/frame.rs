@@ -27,8 +27,15 @@ pub enum ServerFrame<'a> {
         seq: Seq,
         /// The user's read marker in the room (0 if none).
         read: Seq,
-        /// Everyone present after this join, the joiner included.
+        /// Everyone present after this join, the joiner included; only the joiner when more
+        /// than `limits.presence_list_max` are present (then `presence_truncated`).
         presence: &'a [PresenceEntry],
+        /// v1.1: how many users are present, the joiner included.
+        presence_count: usize,
+        /// v1.1: `presence` lists only the joiner; page the rest with `presence`. Omitted when
+        /// false.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        presence_truncated: bool,
         /// More than `replay_max` messages were missed: only the newest were replayed, the client
         /// pages the rest with `history`. Omitted when false.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -97,6 +104,27 @@ pub enum ServerFrame<'a> {
         joins: &'a [PresenceEntry],
         /// Users who are no longer present (their last connection left, after a grace period).
         leaves: &'a [PresenceLeave],
+    },
+    /// v1.1: reply to `presence`: one page of who is present, in user id order.
+    PresencePage {
+        /// The `presence`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room.
+        room: &'a RoomId,
+        /// Up to `limit` users after the requested one.
+        users: &'a [PresenceEntry],
+        /// Ask again with `after: next` for the following page; omitted on the last page.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<&'a UserId>,
+    },
+    /// v1.1: the number of users present, to members that joined with `presence: "count"`;
+    /// at most once a second, and only when it changed.
+    PresenceCount {
+        /// The room.
+        room: &'a RoomId,
+        /// Users present.
+        count: usize,
     },
     /// Someone else in the room is typing (never sent to the typing user's own sockets).
     Typing {

@@ -32,6 +32,17 @@ impl Encoding {
 /// A client-chosen request reference, echoed on every reply (at most 32 bytes).
 pub type Ref = Option<Box<str>>;
 
+/// What a member hears of a room's presence (`join`'s `presence`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PresenceMode {
+    /// `joined.presence` and every `presence` diff (the v1 behaviour).
+    #[default]
+    Full,
+    /// No diffs: only `presence_count` frames, at most once a second when the count changed.
+    /// For big rooms where a client shows a number, not a list.
+    Count,
+}
+
 /// A validated client command.
 #[derive(Debug, Clone)]
 pub enum Command {
@@ -46,6 +57,20 @@ pub enum Command {
         /// before any live one (only the newest `replay_max`; past that `joined.replay_truncated`
         /// is set). `None`: no replay, live messages only.
         since: Option<Seq>,
+        /// v1.1: what this socket wants to hear of the room's presence.
+        presence: PresenceMode,
+    },
+    /// `presence` (v1.1): a page of who is present, for rooms whose `joined.presence` was
+    /// truncated. Answered with `presence_page`.
+    Presence {
+        /// Echoed on the `presence_page` or `error` reply.
+        r#ref: Ref,
+        /// A room this socket has joined.
+        room: RoomId,
+        /// Start after this user id (the previous page's `next`); from the first when `None`.
+        after: Option<UserId>,
+        /// Users per page; capped by `limits.presence_list_max`.
+        limit: Option<u32>,
     },
     /// `leave`: stop being a member of the room. Answered with `left`.
     Leave {
@@ -147,6 +172,7 @@ impl Command {
     pub fn kind(&self) -> &'static str {
         match self {
             Command::Join { .. } => "join",
+            Command::Presence { .. } => "presence",
             Command::Leave { .. } => "leave",
             Command::Send { .. } => "send",
             Command::History { .. } => "history",

@@ -14,7 +14,7 @@ use super::replay::{Hold, Offer};
 use crate::ids::{ConnId, DisplayName, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::outbox::{close, Outbox};
-use crate::protocol::{EncodeOnce, Encoding, ServerFrame, StoredMessage};
+use crate::protocol::{EncodeOnce, Encoding, PresenceMode, ServerFrame, StoredMessage};
 
 /// A connection in a room.
 #[derive(Clone)]
@@ -25,6 +25,8 @@ pub struct Member {
     pub encoding: Encoding,
     /// Shared with the connection: the room marks it when it takes the socket out.
     pub membership: Arc<Membership>,
+    /// Presence diffs, or only the count.
+    pub presence: PresenceMode,
 }
 
 /// One socket's membership of one room, shared by the room and the connection. The room
@@ -99,17 +101,17 @@ impl RoomCore {
         self.members.is_empty() && self.presence.is_empty()
     }
 
-    /// Encode `frame` once per encoding and queue it to every member except `except_user`.
-    /// Members in the middle of a replay get it after the replay, like live messages.
+    /// Encode `frame` once per encoding and queue it to every member `to` accepts. Members in
+    /// the middle of a replay get it after the replay, like live messages.
     pub(crate) fn broadcast(
         &mut self,
         frame: ServerFrame<'_>,
-        except_user: Option<&UserId>,
+        to: impl Fn(&Member) -> bool,
         hold_cap: usize,
     ) {
         let mut enc = EncodeOnce::new(frame);
         for m in self.members.values_mut() {
-            if Some(&m.member.user) == except_user {
+            if !to(&m.member) {
                 continue;
             }
             let bytes = enc.get(m.member.encoding);

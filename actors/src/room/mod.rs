@@ -83,6 +83,15 @@ pub enum RoomMsg {
     /// The cluster-wide presence just read.
     PresenceSnapshot(Option<Vec<PresenceEntry>>),
     FlushPresence,
+    /// Send `presence_count` to the members that joined with `presence: "count"`.
+    FlushCount,
+    /// A member asked for a page of who is present.
+    PresencePage {
+        conn: ConnId,
+        r#ref: Ref,
+        after: Option<UserId>,
+        limit: Option<u32>,
+    },
     GraceExpired {
         user: UserId,
         epoch: u64,
@@ -122,6 +131,10 @@ pub struct RoomState {
     flush_armed: bool,
     resync_inflight: bool,
     resync_again: bool,
+    count_armed: bool,
+    /// The count the counting members were last sent, and when.
+    count_sent: Option<usize>,
+    count_sent_at: Instant,
     _alive: Alive,
 }
 
@@ -154,6 +167,12 @@ impl Actor for RoomActor {
             flush_armed: false,
             resync_inflight: false,
             resync_again: false,
+            count_armed: false,
+            count_sent: None,
+            // "Long ago": the first count goes out without waiting.
+            count_sent_at: Instant::now()
+                .checked_sub(std::time::Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
         })
     }
 
@@ -274,7 +293,14 @@ async fn handle_room(
                 state.presence_resync(&myself);
             }
         }
-        RoomMsg::FlushPresence => state.flush_presence(),
+        RoomMsg::FlushPresence => state.flush_presence(&myself),
+        RoomMsg::FlushCount => state.flush_count(),
+        RoomMsg::PresencePage {
+            conn,
+            r#ref,
+            after,
+            limit,
+        } => state.presence_page(conn, r#ref, after, limit),
         RoomMsg::GraceExpired { user, epoch } => {
             state.grace_expired(&myself, user, epoch);
             state.maybe_idle(&myself);

@@ -107,6 +107,33 @@ impl RoomPresence {
         Some((joins, leaves))
     }
 
+    /// How many users are present, without building the list.
+    pub fn count(&self) -> usize {
+        self.users.len()
+            + self
+                .remote
+                .keys()
+                .filter(|u| !self.users.contains_key(*u))
+                .count()
+    }
+
+    /// Up to `limit` present users after `after`, in user id order, and whether more follow.
+    pub fn page(&self, after: Option<&UserId>, limit: usize) -> (Vec<PresenceEntry>, bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let view = self.view();
+        let from = after.map_or(Unbounded, Excluded);
+        let mut it = view.range((from, Unbounded));
+        let users: Vec<PresenceEntry> = it
+            .by_ref()
+            .take(limit)
+            .map(|(user, name)| PresenceEntry {
+                user: user.clone(),
+                name: name.clone(),
+            })
+            .collect();
+        (users, it.next().is_some())
+    }
+
     /// True when nobody is present through this node, grace periods included.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
@@ -241,6 +268,43 @@ mod tests {
             name: n("Zed"),
         }]);
         assert_eq!(p.list().len(), 1);
+    }
+
+    #[test]
+    fn count_and_pages_cover_local_and_remote_users_once() {
+        let mut p = RoomPresence::default();
+        for name in ["a", "c", "e"] {
+            p.connect(&u(name), &n(name));
+        }
+        p.set_remote(vec![
+            PresenceEntry {
+                user: u("b"),
+                name: n("b"),
+            },
+            PresenceEntry {
+                user: u("c"),
+                name: n("c"),
+            },
+            PresenceEntry {
+                user: u("d"),
+                name: n("d"),
+            },
+        ]);
+        assert_eq!(p.count(), 5);
+        assert_eq!(p.count(), p.list().len());
+        let names = |v: &[PresenceEntry]| {
+            v.iter()
+                .map(|e| e.user.as_str().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let (first, more) = p.page(None, 2);
+        assert_eq!((names(&first), more), (vec!["a".into(), "b".into()], true));
+        let (second, more) = p.page(Some(&u("b")), 2);
+        assert_eq!((names(&second), more), (vec!["c".into(), "d".into()], true));
+        let (last, more) = p.page(Some(&u("d")), 2);
+        assert_eq!((names(&last), more), (vec!["e".into()], false));
+        let (none, more) = p.page(Some(&u("e")), 2);
+        assert!(none.is_empty() && !more);
     }
 
     #[test]

@@ -11,7 +11,10 @@ use super::{Member, RoomMsg, RoomState};
 use crate::access::RoomRole;
 use crate::ids::{ConnId, DisplayName, Seq, UserId};
 use crate::ports::BusEvent;
-use crate::protocol::{Ref, RemoveReason, ServerFrame, StoredMessage};
+use crate::protocol::{PresenceEntry, PresenceMode, Ref, RemoveReason, ServerFrame, StoredMessage};
+
+/// Members that asked for counts get one at most this often.
+const COUNT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// At most this many messages per gap-fill read; a larger gap takes several checks.
 const GAP_FILL_PAGE: u32 = 1000;
@@ -48,7 +51,19 @@ impl RoomState {
             self.args.metrics.presence_entries.inc();
             self.local_presence_changed(myself, &member.user, &member.name, true);
         }
-        let presence = core.presence.list();
+        // A big room lists only the joiner: listing everyone to every joiner made a join storm
+        // cost members² entries. The rest is paged with `presence` on demand.
+        let list_max = self.args.config.presence_list_max;
+        let presence_count = core.presence.count();
+        let presence_truncated = presence_count > list_max;
+        let presence = if presence_truncated {
+            vec![PresenceEntry {
+                user: member.user.clone(),
+                name: member.name.clone(),
+            }]
+        } else {
+            core.presence.list()
+        };
 
         let (replay_from, truncated) = match since {
             Some(s) if s < head => {
@@ -67,6 +82,8 @@ impl RoomState {
             seq: head,
             read,
             presence: &presence,
+            presence_count,
+            presence_truncated,
             replay_truncated: truncated,
             role,
         }
@@ -247,8 +264,9 @@ impl RoomState {
         });
     }
 
-    /// Tell the local members what changed since they were last told: one diff per window.
-    pub(super) fn flush_presence(&mut self) {
+    /// Tell the local members what changed since they were last told: one diff per window
+    /// to those who want diffs; those who want the count get it at most once a second.
+    pub(super) fn flush_presence(&mut self, myself: &ActorRef<RoomMsg>) {
         self.flush_armed = false;
         let mut core = self.args.shared.core.lock();
         let Some((joins, leaves)) = core.presence.take_diff() else {
@@ -259,7 +277,66 @@ impl RoomState {
             joins: &joins,
             leaves: &leaves,
         };
-        core.broadcast(frame, None, self.args.config.outbound_queue);
+        core.broadcast(
+            frame,
+            |m| m.presence == PresenceMode::Full,
+            self.args.config.outbound_queue,
+        );
+        let counting = core
+            .members
+            .values()
+            .any(|m| m.member.presence == PresenceMode::Count);
+        drop(core);
+        if counting && !self.count_armed {
+            self.count_armed = true;
+            let wait = COUNT_INTERVAL.saturating_sub(self.count_sent_at.elapsed());
+            myself.send_after(wait, || RoomMsg::FlushCount);
+        }
+    }
+
+    /// Send the count to the members that asked for counts, if it changed since the last one.
+    pub(super) fn flush_count(&mut self) {
+        self.count_armed = false;
+        let mut core = self.args.shared.core.lock();
+        let count = core.presence.count();
+        if self.count_sent == Some(count) {
+            return;
+        }
+        self.count_sent = Some(count);
+        self.count_sent_at = Instant::now();
+        let frame = ServerFrame::PresenceCount {
+            room: &self.args.room,
+            count,
+        };
+        core.broadcast(
+            frame,
+            |m| m.presence == PresenceMode::Count,
+            self.args.config.outbound_queue,
+        );
+    }
+
+    /// Answer a `presence` page to one member.
+    pub(super) fn presence_page(
+        &self,
+        conn: ConnId,
+        r#ref: Ref,
+        after: Option<UserId>,
+        limit: Option<u32>,
+    ) {
+        let core = self.args.shared.core.lock();
+        let Some(m) = core.members.get(&conn) else {
+            return;
+        };
+        let max = self.args.config.presence_list_max;
+        let limit = limit.map_or(max, |l| (l as usize).min(max));
+        let (users, more) = core.presence.page(after.as_ref(), limit);
+        let frame = ServerFrame::PresencePage {
+            r#ref: r#ref.as_deref(),
+            room: &self.args.room,
+            users: &users,
+            next: more.then(|| users.last().map(|e| &e.user)).flatten(),
+        };
+        m.member.outbox.push(frame.encode(m.member.encoding));
     }
 
     pub(super) fn typing(&self, user: &UserId) {
@@ -268,7 +345,7 @@ impl RoomState {
             room: &self.args.room,
             user,
         };
-        core.broadcast(frame, Some(user), self.args.config.outbound_queue);
+        core.broadcast(frame, |m| m.user != *user, self.args.config.outbound_queue);
     }
 
     /// Take committed messages in, deliver what is next in order, buffer the rest.

@@ -198,6 +198,7 @@ impl Rooms {
             name: DisplayName::sanitize(socket.shared.user.as_str()),
             encoding: Encoding::Json,
             membership: Default::default(),
+            presence: Default::default(),
         };
         assert!(h.cast(RoomMsg::Join {
             member: Box::new(member),
@@ -312,6 +313,7 @@ impl Client {
             r#ref: Some("j".into()),
             room: room(r),
             since,
+            presence: Default::default(),
         })
         .await;
         settle().await;

@@ -146,6 +146,7 @@ async fn a_room_with_a_join_pending_is_not_retired() {
             name: crate::ids::DisplayName::sanitize("bob"),
             encoding: crate::protocol::Encoding::Json,
             membership: Default::default(),
+            presence: Default::default(),
         }),
         r#ref: None,
         since: None,

@@ -4,7 +4,8 @@
 //! nesting depth is bounded by the decoders (JSON 128, MessagePack 32).
 
 use chatty_actors::{
-    Body, BodyError, Cid, Command, Encoding, ErrorCode, Identity, RoomId, RoomRole, UserId,
+    Body, BodyError, Cid, Command, Encoding, ErrorCode, Identity, PresenceMode, RoomId, RoomRole,
+    UserId,
 };
 use serde::Deserialize;
 
@@ -49,6 +50,8 @@ struct RawFrame {
     ban: Option<bool>,
     role: Option<String>,
     token: Option<String>,
+    presence: Option<String>,
+    after: Option<String>,
 }
 
 /// Checks the token of a `refresh` (the edge's `Authenticator`); `None` when it is not valid.
@@ -242,6 +245,24 @@ fn validate(raw: RawFrame, max_body: usize, verify: Verify<'_>) -> Result<Comman
         "join" => Command::Join {
             room: room()?,
             since: raw.since,
+            presence: match raw.presence.as_deref() {
+                None | Some("full") => PresenceMode::Full,
+                Some("count") => PresenceMode::Count,
+                Some(_) => return Err(bad("presence must be \"full\" or \"count\"")),
+            },
+            r#ref: boxed(),
+        },
+        "presence" => Command::Presence {
+            room: room()?,
+            after: match raw.after.as_deref() {
+                None => None,
+                Some(u) => Some(UserId::parse(u).map_err(|_| bad("after must be a user id"))?),
+            },
+            limit: match raw.limit {
+                None => None,
+                Some(n @ 1..=10_000) => Some(n as u32),
+                Some(_) => return Err(bad("limit must be 1..10000")),
+            },
             r#ref: boxed(),
         },
         "leave" => Command::Leave {
