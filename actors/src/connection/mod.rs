@@ -140,7 +140,7 @@ impl Actor for ConnectionActor {
         if !state.bucket.take() {
             state.args.ctx.metrics.rate_limited.inc();
             state.error(
-                cmd_ref(&cmd),
+                cmd.r#ref(),
                 ErrorCode::RateLimited,
                 "too many frames; slow down",
             );
@@ -148,23 +148,6 @@ impl Actor for ConnectionActor {
         }
         state.command(cmd).await;
         Ok(())
-    }
-}
-
-fn cmd_ref(cmd: &Command) -> Option<&str> {
-    match cmd {
-        Command::Join { r#ref, .. }
-        | Command::Presence { r#ref, .. }
-        | Command::Leave { r#ref, .. }
-        | Command::Send { r#ref, .. }
-        | Command::History { r#ref, .. }
-        | Command::Read { r#ref, .. }
-        | Command::Ping { r#ref }
-        | Command::Kick { r#ref, .. }
-        | Command::Unban { r#ref, .. }
-        | Command::SetRole { r#ref, .. }
-        | Command::Refresh { r#ref, .. } => r#ref.as_deref(),
-        Command::Typing { .. } => None,
     }
 }
 

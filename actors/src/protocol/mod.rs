@@ -168,6 +168,24 @@ pub enum Command {
 }
 
 impl Command {
+    /// The `ref` the answer echoes (`typing` has none).
+    pub fn r#ref(&self) -> Option<&str> {
+        match self {
+            Command::Join { r#ref, .. }
+            | Command::Presence { r#ref, .. }
+            | Command::Leave { r#ref, .. }
+            | Command::Send { r#ref, .. }
+            | Command::History { r#ref, .. }
+            | Command::Read { r#ref, .. }
+            | Command::Ping { r#ref }
+            | Command::Kick { r#ref, .. }
+            | Command::Unban { r#ref, .. }
+            | Command::SetRole { r#ref, .. }
+            | Command::Refresh { r#ref, .. } => r#ref.as_deref(),
+            Command::Typing { .. } => None,
+        }
+    }
+
     /// The frame type, as a bounded metric label.
     pub fn kind(&self) -> &'static str {
         match self {
