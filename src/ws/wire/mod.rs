@@ -258,10 +258,12 @@ fn validate(raw: RawFrame, max_body: usize, verify: Verify<'_>) -> Result<Comman
                 None => None,
                 Some(u) => Some(UserId::parse(u).map_err(|_| bad("after must be a user id"))?),
             },
+            // As for `history`: 0 is refused, anything larger is clamped (by the room, to
+            // `limits.presence_list_max`).
             limit: match raw.limit {
                 None => None,
-                Some(n @ 1..=10_000) => Some(n as u32),
-                Some(_) => return Err(bad("limit must be 1..10000")),
+                Some(0) => return Err(bad("limit must be at least 1")),
+                Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
             },
             r#ref: boxed(),
         },

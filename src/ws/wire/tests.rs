@@ -215,3 +215,51 @@ fn refresh_carries_the_verdict_never_the_token() {
     let e = json(r#"{"type":"refresh","ref":"f"}"#).unwrap_err();
     assert_eq!(e.message, "missing token");
 }
+
+#[test]
+fn join_takes_a_presence_mode_and_refuses_others() {
+    let mode = |extra: &str| {
+        json(&format!(r#"{{"type":"join","ref":"j","room":"r"{extra}}}"#)).map(|c| match c {
+            Command::Join { presence, .. } => presence,
+            other => panic!("{other:?}"),
+        })
+    };
+    assert_eq!(mode("").unwrap(), PresenceMode::Full);
+    assert_eq!(mode(r#","presence":"full""#).unwrap(), PresenceMode::Full);
+    assert_eq!(mode(r#","presence":"count""#).unwrap(), PresenceMode::Count);
+    for bad in [
+        r#","presence":"all""#,
+        r#","presence":1"#,
+        r#","presence":null"#,
+    ] {
+        if let Err(e) = mode(bad) {
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+        } else if bad != r#","presence":null"# {
+            panic!("{bad} was accepted");
+        }
+    }
+}
+
+#[test]
+fn presence_pages_refuse_a_zero_limit_and_clamp_a_huge_one() {
+    let page = |extra: &str| {
+        json(&format!(
+            r#"{{"type":"presence","ref":"p","room":"r"{extra}}}"#
+        ))
+    };
+    assert_eq!(
+        page(r#","limit":0"#).unwrap_err().code,
+        ErrorCode::BadRequest
+    );
+    match page(r#","limit":18446744073709551615,"after":"bob""#).unwrap() {
+        Command::Presence { limit, after, .. } => {
+            assert_eq!(limit, Some(u32::MAX));
+            assert_eq!(after.unwrap().as_str(), "bob");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        page(r#","after":"""#).is_err(),
+        "an empty cursor is not a user id"
+    );
+}

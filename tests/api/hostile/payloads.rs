@@ -535,6 +535,60 @@ async fn absurd_history_limits_and_sequence_numbers_are_refused_or_clamped() {
     calm.still_talk().await;
 }
 
+#[tokio::test]
+async fn absurd_presence_pages_are_refused_or_clamped() {
+    let (mut s, _) = test_settings().await;
+    s.limits.presence_list_max = 2;
+    let app = spawn_with(s).await;
+    let mut calm = Bystanders::new(&app).await;
+    let mut cs = Vec::new();
+    for u in ["pa", "pb", "pc"] {
+        let mut c = app.connect(u).await;
+        c.join("pages").await;
+        cs.push(c);
+    }
+    let c = &mut cs[0];
+    let ask = |r: &'static str, extra: &'static str| {
+        let frame = format!(r#"{{"type":"presence","ref":"{r}","room":"pages"{extra}}}"#);
+        (r, frame)
+    };
+    for (r, extra) in [
+        ("l0", r#","limit":0"#),
+        ("lneg", r#","limit":-1"#),
+        ("lbig", r#","limit":18446744073709551616"#),
+        ("lhuge", r#","limit":1e400"#),
+        ("lstr", r#","limit":"10""#),
+        (
+            "along",
+            r#","after":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#,
+        ),
+        ("anum", r#","after":7"#),
+    ] {
+        let (r, frame) = ask(r, extra);
+        c.send_raw(Message::Text(frame.into())).await;
+        let v = c.skip_to_ref(r).await;
+        assert_eq!(
+            (v["type"].as_str(), v["code"].as_str()),
+            (Some("error"), Some("bad_request")),
+            "{extra}: {v}"
+        );
+    }
+    // u64::MAX: clamped to presence_list_max, with a cursor to the rest.
+    let (r, frame) = ask("lmax", r#","limit":18446744073709551615"#);
+    c.send_raw(Message::Text(frame.into())).await;
+    let v = c.skip_to_ref(r).await;
+    assert_eq!(v["type"], "presence_page", "{v}");
+    assert_eq!(v["users"].as_array().unwrap().len(), 2);
+    assert_eq!(v["next"], "pb");
+    // A cursor past everyone: an empty last page.
+    let (r, frame) = ask("zzz", r#","after":"zzzz""#);
+    c.send_raw(Message::Text(frame.into())).await;
+    let v = c.skip_to_ref(r).await;
+    assert_eq!(v["users"], json!([]), "{v}");
+    assert!(v.get("next").is_none(), "{v}");
+    calm.still_talk().await;
+}
+
 /// A `since` beyond the room's head cannot be "the last seq you saw": nothing past the head
 /// exists. `joined` reports the head; the live messages that follow it must then arrive (the
 /// contract: "the messages after `since`, **then live ones**"). Otherwise a client holding a

@@ -162,7 +162,7 @@ impl Client {
         }
     }
 
-    async fn skip_to_ref(&mut self, r: &str) -> Value {
+    pub async fn skip_to_ref(&mut self, r: &str) -> Value {
         if let Some(i) = self.backlog.iter().position(|v| v["ref"] == r) {
             return self.backlog.remove(i).unwrap();
         }
