@@ -288,6 +288,39 @@ async fn presence_is_the_same_from_every_node_and_a_user_on_two_nodes_counts_onc
     cluster.stop().await;
 }
 
+/// Read-your-writes: once a user's `joined` arrived on one node, a join of the same room on
+/// another node lists them, whether the room is new to that node or already open there.
+#[tokio::test]
+async fn a_joined_user_is_listed_by_the_next_join_on_any_node() {
+    let cluster = Cluster::start(2, &redis_url(), &[]).await;
+    // The room is already open on node 1 (a member there), and brand new on node 1.
+    let mut keeper = cluster.connect(1, "keeper").await;
+    for round in 0..10 {
+        for open_on_b in [true, false] {
+            let room = unique_room(&format!("ryw{round}{open_on_b}"));
+            if open_on_b {
+                keeper.join(&room).await;
+            }
+            let mut a = cluster.connect(0, &format!("a{round}")).await;
+            a.join(&room).await;
+            let mut b = cluster.connect(1, &format!("b{round}")).await;
+            let joined = b.join(&room).await;
+            let listed: Vec<&str> = joined["presence"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["user"].as_str().unwrap())
+                .collect();
+            assert!(
+                listed.contains(&format!("a{round}").as_str()),
+                "round {round} (room open on node 1: {open_on_b}): {listed:?}"
+            );
+            a.close().await;
+            b.close().await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_node_killed_under_traffic_leaves_presence_and_its_clients_recover_elsewhere() {
     let mut cluster = Cluster::start(3, &redis_url(), &[]).await;

@@ -9,11 +9,13 @@
 //!   itself within `gap_wait` is filled from the store, the source of truth);
 //! - `replay`: replay-then-live for a member that joins with `since`;
 //! - `presence`: who is present, grace periods, and the coalesced diffs members are told;
+//! - `presence_io`: the presence handlers (store writes before `joined`, reads, counts, pages);
 //! - `state`: the actor's handlers, which tie those to the ports and timers.
 
 mod core;
 mod order;
 mod presence;
+mod presence_io;
 mod replay;
 mod state;
 
@@ -83,6 +85,12 @@ pub enum RoomMsg {
     /// The cluster-wide presence just read.
     PresenceSnapshot(Option<Vec<PresenceEntry>>),
     FlushPresence,
+    /// A joiner's presence is in the PresenceStore: send its held `joined` (then its replay).
+    Announce {
+        conn: ConnId,
+        joined: bytes::Bytes,
+        replay: Option<(Seq, Seq)>,
+    },
     /// Send `presence_count` to the members that joined with `presence: "count"`.
     FlushCount,
     /// A member asked for a page of who is present.
@@ -218,6 +226,7 @@ async fn handle_room(
                 }
                 _ => None,
             };
+            state.read_cluster_presence().await;
             state.join(
                 &myself,
                 *member,
@@ -295,6 +304,11 @@ async fn handle_room(
         }
         RoomMsg::FlushPresence => state.flush_presence(&myself),
         RoomMsg::FlushCount => state.flush_count(),
+        RoomMsg::Announce {
+            conn,
+            joined,
+            replay,
+        } => state.announce(&myself, conn, joined, replay),
         RoomMsg::PresencePage {
             conn,
             r#ref,

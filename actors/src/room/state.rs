@@ -1,7 +1,7 @@
 //! The RoomActor's handlers: they tie the plain parts (`core`, `order`, `replay`,
 //! `presence`) to the ports (store, bus, presence store) and to the actor's timers.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ractor::ActorRef;
 
@@ -9,12 +9,8 @@ use super::core::MemberState;
 use super::replay::{spawn_replay, Hold};
 use super::{Member, RoomMsg, RoomState};
 use crate::access::RoomRole;
-use crate::ids::{ConnId, DisplayName, Seq, UserId};
-use crate::ports::BusEvent;
-use crate::protocol::{PresenceEntry, PresenceMode, Ref, RemoveReason, ServerFrame, StoredMessage};
-
-/// Members that asked for counts get one at most this often.
-const COUNT_INTERVAL: Duration = Duration::from_secs(1);
+use crate::ids::{ConnId, Seq, UserId};
+use crate::protocol::{PresenceEntry, Ref, RemoveReason, ServerFrame, StoredMessage};
 
 /// At most this many messages per gap-fill read; a larger gap takes several checks.
 const GAP_FILL_PAGE: u32 = 1000;
@@ -47,10 +43,14 @@ impl RoomState {
 
         // Presence: the first connection of a user makes them present (or cancels their
         // pending leave, which then never shows).
-        if !core.members.contains_key(&conn) && core.presence.connect(&member.user, &member.name) {
+        let became_present =
+            !core.members.contains_key(&conn) && core.presence.connect(&member.user, &member.name);
+        if became_present {
             self.args.metrics.presence_entries.inc();
-            self.local_presence_changed(myself, &member.user, &member.name, true);
         }
+        // In cluster mode a new presence is written to the PresenceStore before `joined` goes
+        // out (see `local_presence_changed`); meanwhile the member's frames wait in its hold.
+        let write_first = became_present && self.args.presence_store.is_some();
         // A big room lists only the joiner: listing everyone to every joiner made a join storm
         // cost members² entries. The rest is paged with `presence` on demand.
         let list_max = self.args.config.presence_list_max;
@@ -88,9 +88,22 @@ impl RoomState {
             role,
         }
         .encode(member.encoding);
-        member.outbox.push(joined);
-
         let replaying = replay_from < head;
+        let replay = replaying.then_some((replay_from, head));
+        if write_first {
+            let announce = RoomMsg::Announce {
+                conn,
+                joined,
+                replay,
+            };
+            self.local_presence_changed(myself, &member.user, &member.name, true, Some(announce));
+        } else {
+            if became_present {
+                self.local_presence_changed(myself, &member.user, &member.name, true, None);
+            }
+            member.outbox.push(joined);
+        }
+
         // A `since` beyond what this room has delivered may be real (another node is ahead of
         // this one) or not (a restored database): the store decides. Its head, read just
         // before this join, caps what the member can have seen; what lies between this room's
@@ -101,23 +114,15 @@ impl RoomState {
         if skip_through > head || store_head.is_some_and(|h| h > head) {
             let _ = myself.cast(RoomMsg::CheckHead);
         }
-        if replaying {
-            spawn_replay(
-                self.args.store.clone(),
-                myself.clone(),
-                member.clone(),
-                room.clone(),
-                replay_from,
-                head,
-                self.args.metrics.clone(),
-            );
+        if let (Some((from, upto)), false) = (replay, write_first) {
+            self.replay(myself, member.clone(), from, upto);
         }
         core.members.insert(
             conn,
             MemberState {
                 member,
                 skip_through,
-                hold: Hold::new(replaying),
+                hold: Hold::new(replaying || write_first),
             },
         );
         let first_member = core.members.len() == 1;
@@ -126,6 +131,42 @@ impl RoomState {
             self.args.bus.subscribe(&room);
         }
         self.arm_presence_flush(myself);
+    }
+
+    fn replay(&self, myself: &ActorRef<RoomMsg>, member: Member, from: Seq, upto: Seq) {
+        spawn_replay(
+            self.args.store.clone(),
+            myself.clone(),
+            member,
+            self.args.room.clone(),
+            from,
+            upto,
+            self.args.metrics.clone(),
+        );
+    }
+
+    /// A held join's presence is written: send its `joined`, then its replay, or let the live
+    /// frames that waited follow.
+    pub(super) fn announce(
+        &self,
+        myself: &ActorRef<RoomMsg>,
+        conn: ConnId,
+        joined: bytes::Bytes,
+        replay: Option<(Seq, Seq)>,
+    ) {
+        let mut core = self.args.shared.core.lock();
+        let Some(m) = core.members.get_mut(&conn) else {
+            return; // gone meanwhile
+        };
+        m.member.outbox.push(joined);
+        match replay {
+            Some((from, upto)) => self.replay(myself, m.member.clone(), from, upto),
+            None => {
+                for frame in m.hold.release() {
+                    m.member.outbox.push(frame);
+                }
+            }
+        }
     }
 
     pub(super) fn remove_member(
@@ -177,166 +218,6 @@ impl RoomState {
                 self.args.metrics.removals.inc();
             }
         }
-    }
-
-    pub(super) fn grace_expired(&mut self, myself: &ActorRef<RoomMsg>, user: UserId, epoch: u64) {
-        let Some(name) = self
-            .args
-            .shared
-            .core
-            .lock()
-            .presence
-            .grace_expired(&user, epoch)
-        else {
-            return;
-        };
-        self.args.metrics.presence_entries.dec();
-        // In cluster mode the user stays in the remote view (the store's last word) until the
-        // store has forgotten this node's entry: if another node still has them, no leave
-        // shows.
-        self.local_presence_changed(myself, &user, &name, false);
-        self.arm_presence_flush(myself);
-    }
-
-    /// Record a change of this node's presence: in the node's index and, in cluster mode,
-    /// in the PresenceStore (off the room's mailbox, so a stalled Redis never stalls a room),
-    /// then tell the other nodes to re-read it.
-    fn local_presence_changed(
-        &self,
-        myself: &ActorRef<RoomMsg>,
-        user: &UserId,
-        name: &DisplayName,
-        present: bool,
-    ) {
-        self.args.presence.set(&self.args.room, user, name, present);
-        let Some(store) = self.args.presence_store.clone() else {
-            return;
-        };
-        let (room, user, name, bus, me) = (
-            self.args.room.clone(),
-            user.clone(),
-            name.clone(),
-            self.args.bus.clone(),
-            myself.clone(),
-        );
-        tokio::spawn(async move {
-            let write = async {
-                if present {
-                    store.add(&room, &user, &name).await
-                } else {
-                    store.remove(&room, &user).await
-                }
-            };
-            if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), write).await {
-                bus.publish(BusEvent::PresenceChanged { room });
-            }
-            let _ = me.cast(RoomMsg::PresenceResync);
-        });
-    }
-
-    /// Read the cluster-wide presence, at most one read in flight per room.
-    pub(super) fn presence_resync(&mut self, myself: &ActorRef<RoomMsg>) {
-        let Some(store) = self.args.presence_store.clone() else {
-            return;
-        };
-        if self.resync_inflight {
-            self.resync_again = true;
-            return;
-        }
-        self.resync_inflight = true;
-        let (room, me) = (self.args.room.clone(), myself.clone());
-        tokio::spawn(async move {
-            let list = match tokio::time::timeout(Duration::from_secs(2), store.list(&room)).await {
-                Ok(Ok(l)) => Some(l),
-                _ => None,
-            };
-            let _ = me.cast(RoomMsg::PresenceSnapshot(list));
-        });
-    }
-
-    pub(super) fn arm_presence_flush(&mut self, myself: &ActorRef<RoomMsg>) {
-        if self.flush_armed {
-            return;
-        }
-        self.flush_armed = true;
-        myself.send_after(self.args.config.presence_coalesce, || {
-            RoomMsg::FlushPresence
-        });
-    }
-
-    /// Tell the local members what changed since they were last told: one diff per window
-    /// to those who want diffs; those who want the count get it at most once a second.
-    pub(super) fn flush_presence(&mut self, myself: &ActorRef<RoomMsg>) {
-        self.flush_armed = false;
-        let mut core = self.args.shared.core.lock();
-        let Some((joins, leaves)) = core.presence.take_diff() else {
-            return;
-        };
-        let frame = ServerFrame::Presence {
-            room: &self.args.room,
-            joins: &joins,
-            leaves: &leaves,
-        };
-        core.broadcast(
-            frame,
-            |m| m.presence == PresenceMode::Full,
-            self.args.config.outbound_queue,
-        );
-        let counting = core
-            .members
-            .values()
-            .any(|m| m.member.presence == PresenceMode::Count);
-        drop(core);
-        if counting && !self.count_armed {
-            self.count_armed = true;
-            let wait = COUNT_INTERVAL.saturating_sub(self.count_sent_at.elapsed());
-            myself.send_after(wait, || RoomMsg::FlushCount);
-        }
-    }
-
-    /// Send the count to the members that asked for counts, if it changed since the last one.
-    pub(super) fn flush_count(&mut self) {
-        self.count_armed = false;
-        let mut core = self.args.shared.core.lock();
-        let count = core.presence.count();
-        if self.count_sent == Some(count) {
-            return;
-        }
-        self.count_sent = Some(count);
-        self.count_sent_at = Instant::now();
-        let frame = ServerFrame::PresenceCount {
-            room: &self.args.room,
-            count,
-        };
-        core.broadcast(
-            frame,
-            |m| m.presence == PresenceMode::Count,
-            self.args.config.outbound_queue,
-        );
-    }
-
-    /// Answer a `presence` page to one member.
-    pub(super) fn presence_page(
-        &self,
-        conn: ConnId,
-        r#ref: Ref,
-        after: Option<UserId>,
-        limit: Option<u32>,
-    ) {
-        let core = self.args.shared.core.lock();
-        let Some(m) = core.members.get(&conn) else {
-            return;
-        };
-        let max = self.args.config.presence_list_max;
-        let limit = limit.map_or(max, |l| (l as usize).min(max));
-        let (users, more) = core.presence.page(after.as_ref(), limit);
-        let frame = ServerFrame::PresencePage {
-            r#ref: r#ref.as_deref(),
-            room: &self.args.room,
-            users: &users,
-            next: more.then(|| users.last().map(|e| &e.user)).flatten(),
-        };
-        m.member.outbox.push(frame.encode(m.member.encoding));
     }
 
     pub(super) fn typing(&self, user: &UserId) {
