@@ -15,10 +15,10 @@ root="$(cd "$here/.." && pwd)"
 # Ubuntu runners ship Google Chrome, and Ubuntu's chromium package is only a snap shim).
 chromium="${CHATTY_E2E_CHROMIUM:-}"
 if [ -z "$chromium" ]; then
-  chromium=/usr/bin/chromium
   for candidate in /usr/bin/chromium /usr/bin/google-chrome /usr/bin/google-chrome-stable; do
     if [ -x "$candidate" ]; then chromium=$candidate; break; fi
   done
+  chromium=${chromium:-/usr/bin/chromium} # none found: the install below provides it
 fi
 export CHATTY_E2E_CHROMIUM="$chromium"
 

@@ -108,11 +108,11 @@ install_wstest() {
 
 # The suite's own image, pinned by digest: suite 25.10.1, as requirements.txt pins for the venv.
 image="${AUTOBAHN_IMAGE:-crossbario/autobahn-testsuite@sha256:519915fb568b04c9383f70a1c405ae3ff44ab9e35835b085239c258b6fac3074}"
-has_python27() { [ -n "${AUTOBAHN_PYTHON:-}" ] || command -v python2.7 >/dev/null ||
-  compgen -G "${PYENV_ROOT:-$HOME/.pyenv}/versions/2.7*/bin/python2.7" >/dev/null; }
 runner="${AUTOBAHN_RUNNER:-auto}"
 if [ "$runner" = auto ]; then
-  if has_python27; then runner=venv
+  # find_python27 dies (ending its subshell) when there is none; a set AUTOBAHN_PYTHON always
+  # means the venv, so a wrong one is reported rather than silently replaced by docker.
+  if [ -n "${AUTOBAHN_PYTHON:-}" ] || (find_python27 >/dev/null 2>&1); then runner=venv
   elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then runner=docker
   else die "neither Python 2.7 nor a working docker: Autobahn|Testsuite runs only on Python 2.7.
     Install it with pyenv (\`pyenv install 2.7.18\`), point AUTOBAHN_PYTHON at a python2.7, or

@@ -599,17 +599,17 @@ export class ChattyClient {
   onPresence(f) {
     const r = this.rooms.get(f.room);
     if (!r) return;
-    // Diffs are set operations: they may repeat what `joined` already said. In a truncated
-    // room the map is partial, so the count follows the diffs instead (a rename, which shows
-    // as a join of a present user, is the one thing it cannot tell apart).
-    for (const l of f.leaves) {
-      if (r.presence.delete(l.user) || r.truncated) r.count = Math.max(0, r.count - 1);
+    // Diffs are set operations: they may repeat what `joined` already said.
+    for (const l of f.leaves) r.presence.delete(l.user);
+    if (r.truncated) {
+      // The map holds only part of the room, so the count follows the diffs (a rename, which
+      // shows as a join of a present user, is the one thing it cannot tell apart).
+      const arrived = f.joins.filter((j) => !r.presence.has(j.user)).length;
+      r.count = Math.max(0, r.count + arrived - f.leaves.length);
+    } else {
+      for (const j of f.joins) r.presence.set(j.user, j.name);
+      r.count = r.presence.size;
     }
-    for (const j of f.joins) {
-      if (!r.presence.has(j.user)) r.count += 1;
-      if (!r.truncated) r.presence.set(j.user, j.name);
-    }
-    if (!r.truncated) r.count = r.presence.size;
     this.emit('presence', {
       room: f.room,
       users: presenceList(r.presence),

@@ -5,6 +5,11 @@
 
 data "aws_caller_identity" "current" {}
 
+locals {
+  # The services that publish to the topic, in its key policy and its topic policy alike.
+  alarm_publishers = ["cloudwatch.amazonaws.com", "aps.amazonaws.com"]
+}
+
 # The topic is encrypted with a key of our own: CloudWatch alarms and Amazon Managed
 # Prometheus' alert manager cannot publish to a topic under the AWS-managed SNS key (its policy
 # cannot name them), so this key's policy lets exactly those two services, for this account,
@@ -26,7 +31,7 @@ data "aws_iam_policy_document" "topic_key" {
     resources = ["*"]
     principals {
       type        = "Service"
-      identifiers = ["cloudwatch.amazonaws.com", "aps.amazonaws.com"]
+      identifiers = local.alarm_publishers
     }
     condition {
       test     = "StringEquals"
@@ -58,7 +63,7 @@ data "aws_iam_policy_document" "topic" {
     resources = [aws_sns_topic.alarms.arn]
     principals {
       type        = "Service"
-      identifiers = ["cloudwatch.amazonaws.com", "aps.amazonaws.com"]
+      identifiers = local.alarm_publishers
     }
     condition {
       test     = "StringEquals"
