@@ -122,7 +122,12 @@ fn route(rooms: &RoomRegistry, conns: &ConnRegistry, ev: BusEvent) {
         },
         BusEvent::PresenceChanged { .. } => RoomMsg::PresenceResync,
         BusEvent::Typing { user, .. } => RoomMsg::Typing { user, local: false },
-        BusEvent::Resync { .. } => RoomMsg::CheckHead,
+        BusEvent::Resync { .. } => {
+            // Events may have been lost (a subscription outage, a publish dropped on another
+            // node): presence changes among them, so re-read presence too.
+            h.cast(RoomMsg::PresenceResync);
+            RoomMsg::CheckHead
+        }
         BusEvent::Remove {
             user,
             reason,

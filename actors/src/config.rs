@@ -38,8 +38,11 @@ pub struct NodeConfig {
     pub history_max: u32,
     /// A user with no connection left in a room stays present this long.
     pub presence_grace: Duration,
-    /// How often this node refreshes its presence entries in the cluster (cluster mode).
+    /// How often this node renews its registration in the cluster's presence (cluster mode).
     pub presence_heartbeat: Duration,
+    /// The least time between two presence reconciles (every local room re-reading the
+    /// cluster's presence after it changed, in case a bus event was lost).
+    pub presence_reconcile: Duration,
     /// Presence changes within this window go out as one diff.
     pub presence_coalesce: Duration,
     /// How long a room waits for a missing seq before reading it from the store.
@@ -68,6 +71,7 @@ impl Default for NodeConfig {
             history_max: 200,
             presence_grace: Duration::from_secs(3),
             presence_heartbeat: Duration::from_secs(5),
+            presence_reconcile: Duration::from_secs(300),
             presence_coalesce: Duration::from_millis(50),
             gap_wait: Duration::from_millis(30),
             fault_injection: false,

@@ -38,8 +38,8 @@ pub use moderation::ModError;
 pub use node::{Node, NodeArgs, NodeError};
 pub use outbox::{close, CloseState, CloseWatch, ConnShared, Out, Outbox};
 pub use ports::{
-    Appended, BusEvent, Cause, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceStore,
-    StoreError,
+    Appended, Beat, BusEvent, Cause, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceItem,
+    PresenceStore, StoreError,
 };
 pub use protocol::{
     Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, PresenceMode, Ref,

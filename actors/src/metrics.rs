@@ -71,6 +71,12 @@ pub struct Metrics {
     /// `chatty_presence_entries`: users present in rooms on this node, summed over rooms (a
     /// user in two rooms counts twice).
     pub presence_entries: IntGauge,
+    /// `chatty_presence_reads_total`: reads of a room's cluster-wide presence (cluster mode).
+    /// They follow change (joins, leaves, dead nodes, a reconcile after a change), so an idle
+    /// cluster makes none.
+    pub presence_reads: IntCounter,
+    /// `chatty_presence_purged_total`: rooms whose entries of a dead node this node purged.
+    pub presence_purged: IntCounter,
     /// `chatty_bus_received_total`: events received from other nodes over the cluster bus.
     pub bus_received: IntCounter,
     /// `chatty_bus_errors_total`: cluster bus trouble: dropped publishes, undecodable or
@@ -231,6 +237,14 @@ impl Metrics {
             presence_entries: gauge(
                 "chatty_presence_entries",
                 "Users present in rooms on this node.",
+            ),
+            presence_reads: counter(
+                "chatty_presence_reads_total",
+                "Reads of a room's cluster-wide presence.",
+            ),
+            presence_purged: counter(
+                "chatty_presence_purged_total",
+                "Rooms whose entries of a dead node this node purged.",
             ),
             bus_received: counter(
                 "chatty_bus_received_total",

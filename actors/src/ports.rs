@@ -226,9 +226,10 @@ impl BusEvent {
     }
 }
 
-/// Cluster-wide presence: which users are present in a room on any node. Entries carry an
-/// expiry refreshed by each node's heartbeat, so the entries of a node that dies silently
-/// disappear within the TTL.
+/// Cluster-wide presence: which users are present in a room on any node. Each node writes
+/// only its changes; a node stays registered by a heartbeat whose cost does not grow with its
+/// rooms or users, and the entries of a node whose registration lapsed (it died silently) are
+/// purged by the next live node's heartbeat.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
     /// This node has `user` present in `room`.
@@ -236,10 +237,32 @@ pub trait PresenceStore: Send + Sync + 'static {
         -> Result<(), StoreError>;
     /// This node no longer has `user` present in `room`.
     async fn remove(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
-    /// Extend the expiry of every entry this node holds (the heartbeat).
-    async fn refresh(&self, entries: &[(RoomId, UserId, DisplayName)]) -> Result<(), StoreError>;
-    /// Users present in `room` on any node (expired entries are dropped on the way).
+    /// Keep this node registered and purge the entries of nodes whose registration lapsed.
+    /// When the store has lost this node (first beat, Redis restarted empty, or the node was
+    /// too slow and was purged), it writes `entries()`, this node's whole presence, again.
+    async fn heartbeat(
+        &self,
+        entries: &(dyn Fn() -> Vec<PresenceItem> + Send + Sync),
+    ) -> Result<Beat, StoreError>;
+    /// Users present in `room` on any live node.
     async fn list(&self, room: &RoomId) -> Result<Vec<PresenceEntry>, StoreError>;
+}
+
+/// One (room, user, name) this node has present.
+pub type PresenceItem = (RoomId, UserId, DisplayName);
+
+/// What a presence heartbeat found.
+#[derive(Debug, Default, Clone)]
+pub struct Beat {
+    /// This node's entries were written again: every local view may be stale.
+    pub rejoined: bool,
+    /// Rooms whose entries this beat changed (a dead node's purged, or this node's written
+    /// again): every node re-reads them.
+    pub changed: Vec<RoomId>,
+    /// How many dead nodes' rooms this beat purged.
+    pub purged: usize,
+    /// Changes whenever any node's presence changes; equal values mean nothing changed.
+    pub generation: u64,
 }
 
 /// Carries events between nodes. Publishing never blocks: implementations queue (bounded)

@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch};
 use crate::access::RoomRole;
 use crate::ids::{DisplayName, RoomId, Seq, UserId};
 use crate::ports::{
-    Appended, BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceStore, StoreError,
+    Appended, Beat, BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceItem,
+    PresenceStore, StoreError,
 };
 use crate::protocol::{PresenceEntry, StoredMessage};
 
@@ -435,12 +436,12 @@ impl ClusterBus for MemBus {
     }
 }
 
-/// An in-memory `PresenceStore` (entries never expire) that records refreshes and can be
-/// told to panic in `list`.
+/// An in-memory `PresenceStore` (entries never expire) that records what this node's index
+/// held at each heartbeat and can be told to panic in `list`.
 #[derive(Default)]
 pub(crate) struct MemPresence {
     entries: Mutex<BTreeMap<(RoomId, UserId), DisplayName>>,
-    refreshes: Mutex<Vec<Vec<(RoomId, UserId, DisplayName)>>>,
+    beats: Mutex<Vec<Vec<PresenceItem>>>,
     panic_lists: Mutex<usize>,
 }
 
@@ -450,9 +451,9 @@ impl MemPresence {
         *self.panic_lists.lock() = n;
     }
 
-    /// The entries of every heartbeat refresh so far, in order.
-    pub fn refreshes(&self) -> Vec<Vec<(RoomId, UserId, DisplayName)>> {
-        self.refreshes.lock().clone()
+    /// This node's entries as each heartbeat so far saw them, in order.
+    pub fn beats(&self) -> Vec<Vec<PresenceItem>> {
+        self.beats.lock().clone()
     }
 }
 
@@ -472,9 +473,12 @@ impl PresenceStore for MemPresence {
         self.entries.lock().remove(&(room.clone(), user.clone()));
         Ok(())
     }
-    async fn refresh(&self, entries: &[(RoomId, UserId, DisplayName)]) -> Result<(), StoreError> {
-        self.refreshes.lock().push(entries.to_vec());
-        Ok(())
+    async fn heartbeat(
+        &self,
+        entries: &(dyn Fn() -> Vec<PresenceItem> + Send + Sync),
+    ) -> Result<Beat, StoreError> {
+        self.beats.lock().push(entries());
+        Ok(Beat::default())
     }
     async fn list(&self, room: &RoomId) -> Result<Vec<PresenceEntry>, StoreError> {
         {

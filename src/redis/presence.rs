@@ -1,64 +1,145 @@
-//! Cluster-wide presence in Redis. Redis 7.0 has no per-field TTL, so each room has a ZSET of
-//! entry expiry times and a HASH of entries (field `node|user`, value the display name),
-//! changed together by Lua scripts so they never disagree. Each node refreshes its own entries
-//! on a heartbeat; a node that dies stops refreshing, and its entries are dropped by the next
-//! `list` after they expire.
+//! Cluster-wide presence in Redis, written in proportion to change.
+//!
+//! Keys (one primary, as ElastiCache's replication group provides; a room's own keys share a
+//! hash tag, but the scripts also touch the node keys):
+//! - `chatty:{room}:pusers`: HASH `node|user` → display name, the room's entries;
+//! - `chatty:{room}:pcount`: HASH `node` → how many entries that node has in the room;
+//! - `chatty:pnodes`: ZSET node → registration expiry (ms, Redis' own clock);
+//! - `chatty:pnode:<node>`: SET of the rooms where the node has entries (what a purge visits);
+//! - `chatty:pgen`: a counter bumped by every change, so "did anything change?" is one read.
+//!
+//! A node registers with one call per heartbeat, whatever its size. An entry is written once,
+//! when it appears, and deleted when it goes; an `add` from a node whose registration lapsed is
+//! refused, so a purge can never miss it. Reads skip the entries of lapsed nodes, so a node
+//! that died silently vanishes from every `list` at once; the next live node's heartbeat then
+//! purges its entries for good. A node the store has lost (first beat, Redis restarted empty,
+//! too slow and purged) writes its whole presence again from the node's index.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use chatty_actors::{DisplayName, PresenceEntry, PresenceStore, RoomId, StoreError, UserId};
+use chatty_actors::{
+    Beat, DisplayName, PresenceEntry, PresenceItem, PresenceStore, RoomId, StoreError, UserId,
+};
 use prometheus::IntCounter;
 use redis::aio::ConnectionManager;
 use redis::Script;
+use tokio::sync::{Mutex, RwLock};
 
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Dead nodes purged per heartbeat (the rest wait for the next beat).
+const PURGE_PER_BEAT: usize = 8;
 
-/// KEYS: exp zset, users hash. ARGV: field, name, expiry (ms), key ttl (ms).
+const NODES: &str = "chatty:pnodes";
+const GEN: &str = "chatty:pgen";
+
+/// Redis' clock in ms, so nodes with skewed clocks agree on who has lapsed.
+const NOW: &str = r#"
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function alive(node)
+  local s = redis.call('ZSCORE', KEYS[3], node)
+  return s and tonumber(s) >= now()
+end
+"#;
+
+/// KEYS: pusers, pcount, pnodes, node's room set, gen. ARGV: node, field, name, room.
+/// 0 when the node is not registered (its next heartbeat rewrites its entries).
 const ADD: &str = r#"
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if not alive(ARGV[1]) then return 0 end
+redis.call('SADD', KEYS[4], ARGV[4])
+if redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+end
+redis.call('INCR', KEYS[5])
 return 1
 "#;
 
-/// KEYS: exp zset, users hash. ARGV: field.
+/// KEYS: pusers, pcount, pnodes, node's room set, gen. ARGV: node, field, room.
 const REMOVE: &str = r#"
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HDEL', KEYS[1], ARGV[2]) == 0 then return 0 end
+if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('SREM', KEYS[4], ARGV[3])
+end
+redis.call('INCR', KEYS[5])
 return 1
 "#;
 
-/// KEYS: exp zset, users hash. ARGV: now (ms). Drops expired entries, returns the rest as a
-/// flat field/value list.
+/// KEYS: pusers, pcount, pnodes. The entries of live nodes, as a flat
+/// field/value list.
 const LIST: &str = r#"
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-for _, f in ipairs(expired) do
-  redis.call('HDEL', KEYS[2], f)
+local flat = redis.call('HGETALL', KEYS[1])
+local live, out = {}, {}
+for i = 1, #flat, 2 do
+  local node = string.match(flat[i], '^(.-)|')
+  if node then
+    if live[node] == nil then live[node] = alive(node) or false end
+    if live[node] then
+      out[#out + 1] = flat[i]
+      out[#out + 1] = flat[i + 1]
+    end
+  end
 end
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-end
-return redis.call('HGETALL', KEYS[2])
+return out
 "#;
 
-fn keys(room: &RoomId) -> (String, String) {
-    // The hash tag keeps a room's two keys in one slot on a Redis Cluster.
+/// KEYS: pusers, pcount, pnodes, -, gen. ARGV: node, force. Drop the node's entries from one
+/// room unless it has come back (`force`: this node clearing its own earlier life).
+const PURGE: &str = r#"
+if ARGV[2] ~= '1' and alive(ARGV[1]) then return -1 end
+local prefix = ARGV[1] .. '|'
+local n = 0
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then
+    redis.call('HDEL', KEYS[1], f)
+    n = n + 1
+  end
+end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if n > 0 then redis.call('INCR', KEYS[5]) end
+return n
+"#;
+
+/// KEYS: -, -, pnodes, node's room set. ARGV: node, force. Forget a purged node.
+const FORGET: &str = r#"
+if ARGV[2] ~= '1' and alive(ARGV[1]) then return 0 end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[4])
+return 1
+"#;
+
+/// KEYS: -, -, pnodes, -, gen. ARGV: node, ttl (ms), most dead to return.
+/// Returns {was registered, generation, dead nodes...}.
+const HEARTBEAT: &str = r#"
+local t = now()
+local was = alive(ARGV[1]) and 1 or 0
+redis.call('ZADD', KEYS[3], t + tonumber(ARGV[2]), ARGV[1])
+local gen = tonumber(redis.call('GET', KEYS[5]) or '0')
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. t, 'LIMIT', 0, tonumber(ARGV[3]))
+return {was, gen, dead}
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{NOW}{body}"))
+}
+
+fn room_keys(room: &RoomId) -> (String, String) {
+    // The hash tag keeps a room's keys in one slot.
     let r = room.as_str();
     (
-        format!("chatty:{{{r}}}:pexp"),
         format!("chatty:{{{r}}}:pusers"),
+        format!("chatty:{{{r}}}:pcount"),
     )
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+fn rooms_key(node: &str) -> String {
+    format!("chatty:pnode:{node}")
 }
 
 pub struct RedisPresence {
@@ -68,6 +149,18 @@ pub struct RedisPresence {
     add: Script,
     remove: Script,
     list: Script,
+    purge: Script,
+    forget: Script,
+    heartbeat: Script,
+    /// The store does not hold this node's entries (yet, or any more): the next beat writes
+    /// them all. Cleared only once a rewrite has succeeded.
+    owed: AtomicBool,
+    /// Not yet cleared what an earlier process with this node id may have left.
+    first: AtomicBool,
+    /// Adds and removes hold it shared; a rewrite holds it alone, so a remove that raced
+    /// the rewrite's snapshot of the index lands after the rewrite, not before it.
+    writes: RwLock<()>,
+    beats: Mutex<()>,
     errors: IntCounter,
 }
 
@@ -89,9 +182,16 @@ impl RedisPresence {
             conn,
             node,
             ttl,
-            add: Script::new(ADD),
-            remove: Script::new(REMOVE),
-            list: Script::new(LIST),
+            add: script(ADD),
+            remove: script(REMOVE),
+            list: script(LIST),
+            purge: script(PURGE),
+            forget: script(FORGET),
+            heartbeat: script(HEARTBEAT),
+            owed: AtomicBool::new(true),
+            first: AtomicBool::new(true),
+            writes: RwLock::new(()),
+            beats: Mutex::new(()),
             errors,
         }))
     }
@@ -104,6 +204,105 @@ impl RedisPresence {
         self.errors.inc();
         StoreError::Unavailable(chatty_actors::Cause::of(e))
     }
+
+    /// The five keys every script takes, in order (unused ones are harmless).
+    fn keys<'a>(
+        &self,
+        script: &'a Script,
+        room: &RoomId,
+        node: &str,
+    ) -> redis::ScriptInvocation<'a> {
+        let (users, count) = room_keys(room);
+        let mut inv = script.prepare_invoke();
+        inv.key(users)
+            .key(count)
+            .key(NODES)
+            .key(rooms_key(node))
+            .key(GEN);
+        inv
+    }
+
+    /// Drop every entry of `node` (a lapsed node; or, forced, this node's earlier life) and
+    /// forget it. Returns the rooms that lost entries.
+    async fn purge_node(&self, node: &str, force: bool) -> Result<Vec<RoomId>, StoreError> {
+        let mut conn = self.conn.clone();
+        let rooms: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(rooms_key(node))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        let rooms: Vec<RoomId> = rooms.iter().filter_map(|r| RoomId::parse(r).ok()).collect();
+        let force = if force { "1" } else { "0" };
+        let mut purged = Vec::new();
+        if !rooms.is_empty() {
+            self.load(&self.purge).await?;
+            let mut pipe = redis::pipe();
+            for room in &rooms {
+                let mut inv = self.keys(&self.purge, room, node);
+                inv.arg(node).arg(force);
+                pipe.invoke_script(&inv);
+            }
+            let counts: Vec<i64> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e))?;
+            if counts.contains(&-1) {
+                return Ok(Vec::new()); // it came back: its entries are live again
+            }
+            purged = rooms
+                .into_iter()
+                .zip(counts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, _)| r)
+                .collect();
+        }
+        let mut inv = self.forget.prepare_invoke();
+        inv.key("-").key("-").key(NODES).key(rooms_key(node));
+        inv.arg(node).arg(force);
+        inv.invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(purged)
+    }
+
+    /// Write this node's whole presence (after registering). Holds off adds and removes.
+    /// Returns the rooms written.
+    async fn rewrite(
+        &self,
+        entries: &(dyn Fn() -> Vec<PresenceItem> + Send + Sync),
+    ) -> Result<Vec<RoomId>, StoreError> {
+        let _alone = self.writes.write().await;
+        let entries = entries();
+        if !entries.is_empty() {
+            self.load(&self.add).await?;
+            let mut pipe = redis::pipe();
+            for (room, user, name) in &entries {
+                let mut inv = self.keys(&self.add, room, &self.node);
+                inv.arg(&*self.node)
+                    .arg(self.field(user))
+                    .arg(name.as_str())
+                    .arg(room.as_str());
+                pipe.invoke_script(&inv).ignore();
+            }
+            pipe.query_async::<()>(&mut self.conn.clone())
+                .await
+                .map_err(|e| self.fail(e))?;
+        }
+        self.owed.store(false, Ordering::Release);
+        let mut rooms: Vec<RoomId> = entries.into_iter().map(|(room, _, _)| room).collect();
+        rooms.dedup();
+        Ok(rooms)
+    }
+
+    /// EVALSHA inside a pipeline does not fall back to EVAL: load the script first.
+    async fn load(&self, script: &Script) -> Result<(), StoreError> {
+        script
+            .prepare_invoke()
+            .load_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -114,74 +313,80 @@ impl PresenceStore for RedisPresence {
         user: &UserId,
         name: &DisplayName,
     ) -> Result<(), StoreError> {
-        let (exp, users) = keys(room);
-        let ttl = self.ttl.as_millis() as u64;
-        self.add
-            .key(exp)
-            .key(users)
+        let _shared = self.writes.read().await;
+        let mut inv = self.keys(&self.add, room, &self.node);
+        inv.arg(&*self.node)
             .arg(self.field(user))
             .arg(name.as_str())
-            .arg(now_ms() + ttl)
-            .arg(ttl * 2)
-            .invoke_async::<i64>(&mut self.conn.clone())
+            .arg(room.as_str());
+        let written: i64 = inv
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fail(e))?;
+        if written == 0 {
+            // Not registered: the next beat registers and writes this entry with the rest.
+            self.owed.store(true, Ordering::Release);
+            return Err(StoreError::Unavailable(
+                "presence: this node is not registered yet".into(),
+            ));
+        }
         Ok(())
     }
 
     async fn remove(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
-        let (exp, users) = keys(room);
-        self.remove
-            .key(exp)
-            .key(users)
+        let _shared = self.writes.read().await;
+        let mut inv = self.keys(&self.remove, room, &self.node);
+        inv.arg(&*self.node)
             .arg(self.field(user))
-            .invoke_async::<i64>(&mut self.conn.clone())
+            .arg(room.as_str());
+        inv.invoke_async::<i64>(&mut self.conn.clone())
             .await
             .map_err(|e| self.fail(e))?;
         Ok(())
     }
 
-    async fn refresh(&self, entries: &[(RoomId, UserId, DisplayName)]) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
+    async fn heartbeat(
+        &self,
+        entries: &(dyn Fn() -> Vec<PresenceItem> + Send + Sync),
+    ) -> Result<Beat, StoreError> {
+        let _one = self.beats.lock().await;
+        let mut beat = Beat::default();
+        if self.first.load(Ordering::Acquire) {
+            // An earlier process with this id may have died with entries that this one
+            // does not have: clear them before registering.
+            beat.changed = self.purge_node(&self.node, true).await?;
+            self.first.store(false, Ordering::Release);
         }
-        let ttl = self.ttl.as_millis() as u64;
-        let expiry = now_ms() + ttl;
-        // One pipeline for the whole heartbeat; each entry is the same atomic script.
-        let mut pipe = redis::pipe();
-        for (room, user, name) in entries {
-            let (exp, users) = keys(room);
-            pipe.invoke_script(
-                self.add
-                    .key(exp)
-                    .key(users)
-                    .arg(self.field(user))
-                    .arg(name.as_str())
-                    .arg(expiry)
-                    .arg(ttl * 2),
-            )
-            .ignore();
-        }
-        // Load the script first: EVALSHA inside a pipeline does not fall back to EVAL.
-        let mut conn = self.conn.clone();
-        self.add
-            .prepare_invoke()
-            .load_async(&mut conn)
+        let mut inv = self.heartbeat.prepare_invoke();
+        inv.key("-").key("-").key(NODES).key("-").key(GEN);
+        inv.arg(&*self.node)
+            .arg(self.ttl.as_millis() as u64)
+            .arg(PURGE_PER_BEAT);
+        let (was, generation, dead): (i64, u64, Vec<String>) = inv
+            .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fail(e))?;
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(())
+        beat.generation = generation;
+        if was == 0 {
+            self.owed.store(true, Ordering::Release);
+        }
+        if self.owed.load(Ordering::Acquire) {
+            beat.changed.extend(self.rewrite(entries).await?);
+            beat.rejoined = true;
+        }
+        for node in dead {
+            let rooms = self.purge_node(&node, false).await?;
+            beat.purged += rooms.len();
+            beat.changed.extend(rooms);
+        }
+        beat.changed.sort();
+        beat.changed.dedup();
+        Ok(beat)
     }
 
     async fn list(&self, room: &RoomId) -> Result<Vec<PresenceEntry>, StoreError> {
-        let (exp, users) = keys(room);
         let flat: Vec<String> = self
-            .list
-            .key(exp)
-            .key(users)
-            .arg(now_ms())
+            .keys(&self.list, room, &self.node)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fail(e))?;

@@ -47,6 +47,7 @@ pub(super) const DEFAULTS: &[(&str, &str)] = &[
     ("presence.grace_ms", "3000"),
     ("presence.ttl_ms", "15000"),
     ("presence.heartbeat_ms", "5000"),
+    ("presence.reconcile_ms", "300000"),
     ("presence.coalesce_ms", "50"),
     ("presence.gap_wait_ms", "30"),
     ("log.format", "pretty"),

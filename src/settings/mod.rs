@@ -179,10 +179,13 @@ pub struct WriterSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct PresenceSettings {
     pub grace_ms: u64,
-    /// Cluster mode: a node's presence entries expire this long after its last heartbeat.
+    /// Cluster mode: a node's presence entries are dropped this long after its last heartbeat.
     pub ttl_ms: u64,
-    /// Cluster mode: how often a node refreshes its entries and re-reads everyone's.
+    /// Cluster mode: how often a node renews its registration (one Redis call per beat).
     pub heartbeat_ms: u64,
+    /// Cluster mode: the least time between two reconciles of every local room's view, done
+    /// only when the cluster's presence changed (covers bus events lost in an outage).
+    pub reconcile_ms: u64,
     pub coalesce_ms: u64,
     pub gap_wait_ms: u64,
 }
@@ -271,6 +274,7 @@ impl Settings {
             history_max: l.history_max,
             presence_grace: Duration::from_millis(self.presence.grace_ms),
             presence_heartbeat: Duration::from_millis(self.presence.heartbeat_ms),
+            presence_reconcile: Duration::from_millis(self.presence.reconcile_ms),
             presence_coalesce: Duration::from_millis(self.presence.coalesce_ms),
             gap_wait: Duration::from_millis(self.presence.gap_wait_ms),
             fault_injection: self.debug.fault_injection,

@@ -154,6 +154,11 @@ impl Settings {
             "must be >= 50 and at most half of presence.ttl_ms",
         );
         need(
+            self.presence.reconcile_ms >= self.presence.heartbeat_ms,
+            "presence.reconcile_ms",
+            "must be at least presence.heartbeat_ms",
+        );
+        need(
             self.node.id.len() <= 64
                 && self
                     .node

@@ -382,6 +382,124 @@ async fn a_node_killed_under_traffic_leaves_presence_and_its_clients_recover_els
     cluster.stop().await;
 }
 
+/// A member that asked for presence counts only, and the last count it was told.
+struct Counter {
+    c: Client,
+    last: u64,
+}
+
+impl Counter {
+    async fn join(cluster: &Cluster, node: usize, room: &str) -> Counter {
+        let mut c = cluster.connect(node, &format!("counter{node}")).await;
+        let joined = c
+            .call(json!({"type":"join","ref":"j","room":room,"presence":"count"}))
+            .await;
+        let last = joined["presence_count"].as_u64().unwrap();
+        Counter { c, last }
+    }
+
+    /// Read `presence_count` frames (at most one a second) until the count is `want`.
+    async fn reaches(&mut self, want: u64, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+        while self.last != want {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.c.next_of("presence_count")).await {
+                Ok(v) => self.last = v["count"].as_u64().unwrap(),
+                Err(_) => panic!("{what}: the count stayed {}, not {want}", self.last),
+            }
+        }
+    }
+}
+
+/// What a new member joining `room` on `node` is told: the count and the users listed.
+async fn probe(cluster: &Cluster, node: usize, room: &str) -> (u64, Vec<String>) {
+    let mut p = cluster.connect(node, &format!("probe{node}")).await;
+    let joined = p.join(room).await;
+    p.close().await;
+    let users = joined["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user"].as_str().unwrap().to_string())
+        .filter(|u| !u.starts_with("probe"))
+        .collect();
+    (joined["presence_count"].as_u64().unwrap() - 1, users)
+}
+
+#[tokio::test]
+async fn presence_counts_converge_on_every_node_after_joins_leaves_a_node_sigkill_and_a_redis_restart(
+) {
+    let mut redis = OwnRedis::start();
+    let mut cluster = Cluster::start(
+        3,
+        &redis.url(),
+        &[("CHATTY__PRESENCE__RECONCILE_MS", "1000")],
+    )
+    .await;
+    let room = unique_room("converge");
+    let mut counters = Vec::new();
+    for n in 0..3 {
+        counters.push(Counter::join(&cluster, n, &room).await);
+    }
+    // Nine users, three on each node: u0, u3, u6 on node 0 and so on.
+    let mut users = BTreeMap::new();
+    for i in 0..9 {
+        let mut u = cluster.connect(i % 3, &format!("u{i}")).await;
+        u.join(&room).await;
+        users.insert(i, u);
+    }
+    for (n, c) in counters.iter_mut().enumerate() {
+        c.reaches(12, &format!("node {n} after the joins")).await;
+    }
+    // Two leave (from nodes 0 and 1).
+    users.remove(&0).unwrap().close().await;
+    users.remove(&1).unwrap().close().await;
+    for (n, c) in counters.iter_mut().enumerate() {
+        c.reaches(10, &format!("node {n} after the leaves")).await;
+    }
+    // Node 2 dies silently with its counter and u2, u5, u8: they leave everywhere.
+    let pid = cluster.nodes[2].0.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    let _ = cluster.nodes[2].0.wait().await;
+    cluster.nodes.remove(2);
+    counters.truncate(2);
+    for (n, c) in counters.iter_mut().enumerate() {
+        c.reaches(6, &format!("node {n} after node 2 died")).await;
+    }
+    let expected: Vec<String> = ["counter0", "counter1", "u3", "u4", "u6", "u7"]
+        .map(String::from)
+        .to_vec();
+    // Redis loses everything: each node writes its presence again, and a new member on
+    // either node is told everyone on both (the store itself holds them again).
+    redis.restart_empty();
+    // Long enough for several heartbeats: the nodes must write their presence again because
+    // the beat found them gone, not because a new member's write was refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for n in 0..2 {
+        let c = &cluster;
+        let (room, expected) = (room.as_str(), &expected);
+        eventually(
+            "a join after the Redis restart lists every node's users",
+            || async move { probe(c, n, room).await == (6, expected.clone()) },
+        )
+        .await;
+    }
+    for (n, c) in counters.iter_mut().enumerate() {
+        c.reaches(6, &format!("node {n} after the Redis restart"))
+            .await;
+    }
+    // And the counts still follow change: one more leave reaches both nodes.
+    users.remove(&3).unwrap().close().await;
+    for (n, c) in counters.iter_mut().enumerate() {
+        c.reaches(5, &format!("node {n} after a leave past the restart"))
+            .await;
+    }
+    cluster.stop().await;
+}
+
 /// A throwaway Redis the test can restart and pause.
 pub(crate) struct OwnRedis {
     port: u16,
@@ -678,7 +796,10 @@ async fn an_idle_cluster_keeps_its_redis_subscriptions_and_reloads_nothing_for_a
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut before = Vec::new();
     for n in 0..3 {
-        before.push(cluster.metric(n, "chatty_room_head_checks_total").await);
+        before.push((
+            cluster.metric(n, "chatty_room_head_checks_total").await,
+            cluster.metric(n, "chatty_presence_reads_total").await,
+        ));
     }
     // A minute with no traffic but the clients' own pings (which keep the sockets, and so the
     // subscriptions, alive: a silent client is closed after ping_interval + pong_timeout).
@@ -704,8 +825,14 @@ async fn an_idle_cluster_keeps_its_redis_subscriptions_and_reloads_nothing_for_a
         );
         assert_eq!(
             cluster.metric(n, "chatty_room_head_checks_total").await,
-            *before,
+            before.0,
             "node {n}: rooms reloaded their head while idle"
+        );
+        // Presence work follows change: heartbeats renew the node, rooms read nothing.
+        assert_eq!(
+            cluster.metric(n, "chatty_presence_reads_total").await,
+            before.1,
+            "node {n}: rooms re-read presence while idle"
         );
     }
     cluster.stop().await;

@@ -12,8 +12,10 @@ use crate::connections::{
     ConnRegistry, ConnSupArgs, ConnectionSupervisor, ConnectionSupervisorMsg,
 };
 use crate::metrics::{Alive, Metrics};
-use crate::ports::{ClusterBus, MessageStore, PresenceStore};
-use crate::presence::{PresenceArgs, PresenceIndex, PresenceKeeper, PresenceKeeperMsg};
+use crate::ports::{BusEvent, ClusterBus, MessageStore, PresenceStore};
+use crate::presence::{
+    PresenceArgs, PresenceChange, PresenceIndex, PresenceKeeper, PresenceKeeperMsg,
+};
 use crate::room::RoomMsg;
 use crate::rooms::{RoomRegistry, RoomSupervisor, RoomSupervisorArgs};
 use crate::writer::{Writer, WriterArgs, WriterHandle};
@@ -92,15 +94,26 @@ impl NodeState {
                     index: a.presence_index.clone(),
                     metrics: a.metrics.clone(),
                     store: a.presence_store.clone(),
-                    after_heartbeat: {
-                        let rooms = a.rooms.clone();
-                        Arc::new(move || {
-                            for h in rooms.all() {
-                                h.cast(RoomMsg::PresenceResync);
+                    on_change: {
+                        let (rooms, bus) = (a.rooms.clone(), a.bus.clone());
+                        Arc::new(move |change| match change {
+                            PresenceChange::All => {
+                                for h in rooms.all() {
+                                    h.cast(RoomMsg::PresenceResync);
+                                }
+                            }
+                            PresenceChange::Rooms(changed) => {
+                                for room in changed {
+                                    if let Some(h) = rooms.get(&room) {
+                                        h.cast(RoomMsg::PresenceResync);
+                                    }
+                                    bus.publish(BusEvent::PresenceChanged { room });
+                                }
                             }
                         })
                     },
                     heartbeat: a.config.presence_heartbeat,
+                    reconcile: a.config.presence_reconcile,
                 };
                 let (p, _) = Actor::spawn_linked(None, PresenceKeeper, args, cell).await?;
                 *a.presence.write() = Some(p.clone());

@@ -92,6 +92,7 @@ impl RoomState {
         if count > self.args.config.presence_list_max {
             return;
         }
+        self.args.metrics.presence_reads.inc();
         let read = tokio::time::timeout(Duration::from_secs(2), store.list(&self.args.room));
         if let Ok(Ok(list)) = read.await {
             self.args.shared.core.lock().presence.set_remote(list);
@@ -108,6 +109,7 @@ impl RoomState {
             return;
         }
         self.resync_inflight = true;
+        self.args.metrics.presence_reads.inc();
         let (room, me) = (self.args.room.clone(), myself.clone());
         tokio::spawn(async move {
             let list = match tokio::time::timeout(Duration::from_secs(2), store.list(&room)).await {

@@ -154,8 +154,9 @@ impl Rooms {
                 index: index.clone(),
                 metrics: metrics.clone(),
                 store: presence_store.clone(),
-                after_heartbeat: Arc::new(|| {}),
+                on_change: Arc::new(|_| {}),
                 heartbeat: config.presence_heartbeat,
+                reconcile: config.presence_reconcile,
             },
         )
         .await

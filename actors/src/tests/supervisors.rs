@@ -71,15 +71,15 @@ async fn the_node_restarts_a_failed_presence_keeper_and_repoints_its_handle() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_restarted_presence_keeper_keeps_refreshing_this_nodes_entries() {
+async fn a_restarted_presence_keeper_keeps_beating_with_this_nodes_entries() {
     let c = config();
     let presence = Arc::new(MemPresence::default());
     let n = TestNode::start_with(c.clone(), MemStore::new(), Some(presence.clone())).await;
     let ann = n.connect("ann").await;
     ann.join("r", None).await;
     tokio::time::sleep(c.presence_heartbeat + Duration::from_millis(100)).await;
-    let last = |p: &MemPresence| p.refreshes().last().cloned().unwrap_or_default();
-    assert_eq!(last(&presence).len(), 1, "ann's entry is refreshed");
+    let last = |p: &MemPresence| p.beats().last().cloned().unwrap_or_default();
+    assert_eq!(last(&presence).len(), 1, "the beat sees ann's entry");
     presence.panic_next_lists(1);
     let _ = n.node.presence(&room("r")).await;
     settle().await;
@@ -88,7 +88,7 @@ async fn a_restarted_presence_keeper_keeps_refreshing_this_nodes_entries() {
     assert_eq!(
         last(&presence).len(),
         1,
-        "ann is still here: keep her entry alive"
+        "ann is still here: a rejoin would write her entry"
     );
 }
 
