@@ -286,6 +286,7 @@ impl ConnState {
                     since,
                     read: info.read,
                     role: info.role,
+                    asked: std::time::Instant::now(),
                 }) {
                     self.rooms.insert(
                         room,

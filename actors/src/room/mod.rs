@@ -49,6 +49,8 @@ pub enum RoomMsg {
         since: Option<Seq>,
         read: Seq,
         role: RoomRole,
+        /// When the join was asked: a cluster presence read started later covers it.
+        asked: Instant,
     },
     Leave {
         conn: ConnId,
@@ -138,6 +140,8 @@ pub struct RoomState {
     gap_timer_armed: bool,
     flush_armed: bool,
     resync_inflight: bool,
+    /// When the last successful pre-join read of the cluster's presence started.
+    presence_read_at: Option<Instant>,
     resync_again: bool,
     count_armed: bool,
     /// The count the counting members were last sent, and when.
@@ -174,6 +178,7 @@ impl Actor for RoomActor {
             gap_timer_armed: false,
             flush_armed: false,
             resync_inflight: false,
+            presence_read_at: None,
             resync_again: false,
             count_armed: false,
             count_sent: None,
@@ -208,6 +213,7 @@ async fn handle_room(
             since,
             read,
             role,
+            asked,
         } => {
             state
                 .args
@@ -226,7 +232,7 @@ async fn handle_room(
                 }
                 _ => None,
             };
-            state.read_cluster_presence().await;
+            state.read_cluster_presence(asked).await;
             state.join(
                 &myself,
                 *member,

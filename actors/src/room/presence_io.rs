@@ -84,18 +84,26 @@ impl RoomState {
     /// `joined` lists everyone whose own `joined` has gone out anywhere (their presence was
     /// written before it, see `join`). Only while the list is short enough to be sent whole; a
     /// truncated room's joiner pages it anyway. A failed read keeps the last view.
-    pub(super) async fn read_cluster_presence(&mut self) {
+    ///
+    /// A read that started after the join was asked already covers it: in a join storm the
+    /// joins queued behind one read share the next, instead of one read each.
+    pub(super) async fn read_cluster_presence(&mut self, asked: Instant) {
         let Some(store) = self.args.presence_store.clone() else {
             return;
         };
+        if self.presence_read_at.is_some_and(|at| at >= asked) {
+            return;
+        }
         let count = self.args.shared.core.lock().presence.count();
         if count > self.args.config.presence_list_max {
             return;
         }
         self.args.metrics.presence_reads.inc();
+        let started = Instant::now();
         let read = tokio::time::timeout(Duration::from_secs(2), store.list(&self.args.room));
         if let Ok(Ok(list)) = read.await {
             self.args.shared.core.lock().presence.set_remote(list);
+            self.presence_read_at = Some(started);
         }
     }
 

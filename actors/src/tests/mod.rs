@@ -207,6 +207,7 @@ impl Rooms {
             since,
             read: 0,
             role: RoomRole::Member,
+            asked: std::time::Instant::now(),
         }));
         settle().await;
     }

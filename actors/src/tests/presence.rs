@@ -152,6 +152,7 @@ async fn a_room_with_a_join_pending_is_not_retired() {
         since: None,
         read: 0,
         role: crate::access::RoomRole::Member,
+        asked: std::time::Instant::now(),
     });
     settle().await;
     assert_eq!(
