@@ -114,6 +114,7 @@ where
             },
             || shared.touch(),
         );
+        // `next` is cancel-safe: a close that wins the race loses no half-read frame.
         let message = tokio::select! {
             biased;
             _ = close.changed() => return None,
