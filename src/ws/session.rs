@@ -28,7 +28,8 @@ where
     metrics.connections_opened.inc();
     metrics.connections_active.inc();
     let (r, w) = tokio::io::split(stream);
-    // fastwebsockets reads; our writer task frames and writes (so it can coalesce).
+    // Our parser reads (no buffer while idle); the writer task frames and writes (so it can
+    // coalesce).
     let s = &state.settings;
     let mut reader = MessageReader::new(r, s.limits.max_frame_bytes, s.limits.max_message_bytes);
 
@@ -113,6 +114,7 @@ where
             },
             || shared.touch(),
         );
+        // `next` is cancel-safe: a close that wins the race loses no half-read frame.
         let message = tokio::select! {
             biased;
             _ = close.changed() => return None,
