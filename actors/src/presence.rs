@@ -19,11 +19,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::ids::{DisplayName, RoomId, UserId};
 use crate::metrics::{Alive, Metrics};

@@ -103,6 +103,16 @@ impl Cluster {
         }
     }
 
+    /// Kill node `i` with SIGKILL (no drain, no goodbye) and reap it.
+    async fn sigkill(&mut self, i: usize) {
+        let pid = self.nodes[i].0.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap();
+        let _ = self.nodes[i].0.wait().await;
+    }
+
     /// One sample of a node's metrics (0 if absent).
     async fn metric(&self, node: usize, series: &str) -> f64 {
         let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics[node]))
@@ -336,12 +346,7 @@ async fn a_node_killed_under_traffic_leaves_presence_and_its_clients_recover_els
     let mut last_seen = 0;
     for i in 0..40 {
         if i == 20 {
-            let pid = cluster.nodes[2].0.id().unwrap().to_string();
-            std::process::Command::new("kill")
-                .args(["-KILL", &pid])
-                .status()
-                .unwrap();
-            let _ = cluster.nodes[2].0.wait().await;
+            cluster.sigkill(2).await;
         }
         let cid = format!("k{i}");
         let ack = sender.send_msg(&room, &cid, "x").await;
@@ -458,12 +463,7 @@ async fn presence_counts_converge_on_every_node_after_joins_leaves_a_node_sigkil
         c.reaches(10, &format!("node {n} after the leaves")).await;
     }
     // Node 2 dies silently with its counter and u2, u5, u8: they leave everywhere.
-    let pid = cluster.nodes[2].0.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status()
-        .unwrap();
-    let _ = cluster.nodes[2].0.wait().await;
+    cluster.sigkill(2).await;
     cluster.nodes.remove(2);
     counters.truncate(2);
     for (n, c) in counters.iter_mut().enumerate() {

@@ -161,3 +161,127 @@ async fn a_room_with_a_join_pending_is_not_retired() {
         "the join still lands"
     );
 }
+
+/// A PresenceStore whose heartbeats answer from a script, one `Beat` per beat (then empty
+/// ones with the last generation).
+struct ScriptedBeats(parking_lot::Mutex<std::collections::VecDeque<crate::ports::Beat>>);
+
+#[async_trait::async_trait]
+impl crate::ports::PresenceStore for ScriptedBeats {
+    async fn add(
+        &self,
+        _: &crate::ids::RoomId,
+        _: &crate::ids::UserId,
+        _: &crate::ids::DisplayName,
+    ) -> Result<(), crate::ports::StoreError> {
+        Ok(())
+    }
+    async fn remove(
+        &self,
+        _: &crate::ids::RoomId,
+        _: &crate::ids::UserId,
+    ) -> Result<(), crate::ports::StoreError> {
+        Ok(())
+    }
+    async fn heartbeat(
+        &self,
+        _: &(dyn Fn() -> Vec<crate::ports::PresenceItem> + Send + Sync),
+    ) -> Result<crate::ports::Beat, crate::ports::StoreError> {
+        let mut q = self.0.lock();
+        let next = q.pop_front().unwrap_or_default();
+        if q.is_empty() {
+            q.push_back(crate::ports::Beat {
+                generation: next.generation,
+                ..Default::default()
+            });
+        }
+        Ok(next)
+    }
+    async fn list(
+        &self,
+        _: &crate::ids::RoomId,
+    ) -> Result<Vec<crate::protocol::PresenceEntry>, crate::ports::StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_keeper_acts_on_what_beats_find_and_reconciles_once_a_period_after_a_change() {
+    use crate::ports::Beat;
+    use crate::presence::{PresenceArgs, PresenceChange, PresenceKeeper};
+    use std::sync::Arc;
+    let beats = [
+        // The first beat: this node (re)joined and wrote its entries in room a.
+        Beat {
+            rejoined: true,
+            changed: vec![room("a")],
+            purged: 0,
+            generation: 1,
+        },
+        // Nothing changed anywhere.
+        Beat {
+            generation: 1,
+            ..Beat::default()
+        },
+        // A dead node's entries were purged from room b.
+        Beat {
+            rejoined: false,
+            changed: vec![room("b")],
+            purged: 1,
+            generation: 2,
+        },
+        // Something changed elsewhere (a bus event could have been lost).
+        Beat {
+            generation: 3,
+            ..Beat::default()
+        },
+    ];
+    let log = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let l = log.clone();
+    let on_change = Arc::new(move |c: PresenceChange| {
+        l.lock().push(match c {
+            PresenceChange::All => "all".into(),
+            PresenceChange::Rooms(r) => r.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+        })
+    });
+    let metrics = crate::metrics::Metrics::new(&prometheus::Registry::new());
+    let (keeper, _) = ractor::Actor::spawn(
+        None,
+        PresenceKeeper,
+        PresenceArgs {
+            index: Default::default(),
+            metrics: metrics.clone(),
+            store: Some(Arc::new(ScriptedBeats(parking_lot::Mutex::new(
+                beats.into(),
+            )))),
+            on_change,
+            heartbeat: std::time::Duration::from_secs(1),
+            reconcile: std::time::Duration::from_secs(10),
+        },
+    )
+    .await
+    .unwrap();
+    let start = tokio::time::Instant::now();
+    let at = |secs: u64| tokio::time::sleep_until(start + std::time::Duration::from_secs(secs));
+    at(5).await;
+    settle().await;
+    // The rejoin re-reads everything; the purge only room b (and tells the other nodes);
+    // the generation moved, but a reconcile is not due before 10 s.
+    assert_eq!(*log.lock(), names(&["a", "all", "b"]));
+    assert_eq!(metrics.presence_purged.get(), 1);
+    at(12).await;
+    settle().await;
+    assert_eq!(
+        *log.lock(),
+        names(&["a", "all", "b", "all"]),
+        "one reconcile"
+    );
+    at(40).await;
+    settle().await;
+    assert_eq!(
+        log.lock().len(),
+        4,
+        "nothing changed since: no more reconciles"
+    );
+    keeper.stop(None);
+}
