@@ -3,7 +3,7 @@
 //! present on other nodes (the PresenceStore's last word), and the diff since the last
 //! announcement. Plain data: the room actor owns the timers and sends the frames.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::ids::{DisplayName, UserId};
 use crate::protocol::{PresenceEntry, PresenceLeave};
@@ -22,6 +22,12 @@ pub(crate) struct RoomPresence {
     users: HashMap<UserId, UserPresence>,
     /// Users present on any node, as last read from the PresenceStore (cluster mode).
     remote: BTreeMap<UserId, DisplayName>,
+    /// Everyone present: `remote` and `users` once each (a local name wins). Kept up to date
+    /// with every change, so the list, a count or a page never rebuilds it: in a join storm
+    /// that rebuild, once per join, was most of the room's work.
+    view: BTreeMap<UserId, DisplayName>,
+    /// Users whose entry in `view` may differ from `announced`: a diff looks at these only.
+    dirty: BTreeSet<UserId>,
     /// The presence the local members have been told about.
     announced: BTreeMap<UserId, DisplayName>,
     epoch: u64,
@@ -46,6 +52,9 @@ impl RoomPresence {
             });
         p.conns += 1;
         p.epoch = self.epoch;
+        if !was_present {
+            self.refresh(user);
+        }
         !was_present
     }
 
@@ -66,63 +75,98 @@ impl RoomPresence {
             Some(p) if p.conns == 0 && p.epoch == epoch => {}
             _ => return None,
         }
-        self.users.remove(user).map(|p| p.name)
+        let name = self.users.remove(user).map(|p| p.name);
+        self.refresh(user);
+        name
+    }
+
+    /// Bring `user`'s entry in the view in line with `users` and `remote`, and mark it for the
+    /// next diff if it changed.
+    fn refresh(&mut self, user: &UserId) {
+        let now = self
+            .users
+            .get(user)
+            .map(|p| &p.name)
+            .or_else(|| self.remote.get(user))
+            .cloned();
+        let changed = match now {
+            Some(name) => self.view.insert(user.clone(), name.clone()).as_ref() != Some(&name),
+            None => self.view.remove(user).is_some(),
+        };
+        if changed {
+            self.dirty.insert(user.clone());
+        }
     }
 
     /// The cluster-wide presence just read from the store.
     pub fn set_remote(&mut self, list: Vec<PresenceEntry>) {
-        self.remote = list.into_iter().map(|e| (e.user, e.name)).collect();
+        let new: BTreeMap<UserId, DisplayName> =
+            list.into_iter().map(|e| (e.user, e.name)).collect();
+        let old = std::mem::replace(&mut self.remote, new);
+        let mut touched: Vec<UserId> = old
+            .keys()
+            .filter(|u| !self.remote.contains_key(*u))
+            .cloned()
+            .collect();
+        touched.extend(
+            self.remote
+                .iter()
+                .filter(|(u, n)| old.get(*u) != Some(*n))
+                .map(|(u, _)| u.clone()),
+        );
+        for user in &touched {
+            self.refresh(user);
+        }
     }
 
     /// Everyone present: this node's users and other nodes', once each.
     pub fn list(&self) -> Vec<PresenceEntry> {
-        self.view()
-            .into_iter()
-            .map(|(user, name)| PresenceEntry { user, name })
+        self.view
+            .iter()
+            .map(|(user, name)| PresenceEntry {
+                user: user.clone(),
+                name: name.clone(),
+            })
             .collect()
     }
 
     /// What changed since the members were last told, marked as told; `None` when nothing
     /// did (several changes within one coalescing window make one diff).
     pub fn take_diff(&mut self) -> Option<Diff> {
-        let view = self.view();
-        let joins: Vec<PresenceEntry> = view
-            .iter()
-            .filter(|(u, n)| self.announced.get(*u) != Some(*n))
-            .map(|(u, n)| PresenceEntry {
-                user: u.clone(),
-                name: n.clone(),
-            })
-            .collect();
-        let leaves: Vec<PresenceLeave> = self
-            .announced
-            .keys()
-            .filter(|u| !view.contains_key(*u))
-            .map(|u| PresenceLeave { user: u.clone() })
-            .collect();
+        let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+        // In user id order, as the sets are sorted.
+        for user in std::mem::take(&mut self.dirty) {
+            match (self.view.get(&user), self.announced.get(&user)) {
+                (Some(name), told) if told != Some(name) => {
+                    self.announced.insert(user.clone(), name.clone());
+                    joins.push(PresenceEntry {
+                        user,
+                        name: name.clone(),
+                    });
+                }
+                (None, Some(_)) => {
+                    self.announced.remove(&user);
+                    leaves.push(PresenceLeave { user });
+                }
+                _ => {}
+            }
+        }
         if joins.is_empty() && leaves.is_empty() {
             return None;
         }
-        self.announced = view;
         Some((joins, leaves))
     }
 
-    /// How many users are present, without building the list.
+    /// How many users are present.
     pub fn count(&self) -> usize {
-        self.users.len()
-            + self
-                .remote
-                .keys()
-                .filter(|u| !self.users.contains_key(*u))
-                .count()
+        self.view.len()
     }
 
     /// Up to `limit` present users after `after`, in user id order, and whether more follow.
     pub fn page(&self, after: Option<&UserId>, limit: usize) -> (Vec<PresenceEntry>, bool) {
         use std::ops::Bound::{Excluded, Unbounded};
-        let view = self.view();
         let from = after.map_or(Unbounded, Excluded);
-        let mut it = view.range((from, Unbounded));
+        let mut it = self.view.range((from, Unbounded));
         let users: Vec<PresenceEntry> = it
             .by_ref()
             .take(limit)
@@ -137,14 +181,6 @@ impl RoomPresence {
     /// True when nobody is present through this node, grace periods included.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
-    }
-
-    fn view(&self) -> BTreeMap<UserId, DisplayName> {
-        let mut v = self.remote.clone();
-        for (user, p) in &self.users {
-            v.insert(user.clone(), p.name.clone());
-        }
-        v
     }
 }
 
@@ -322,5 +358,91 @@ mod tests {
         let (joins, leaves) = p.take_diff().unwrap();
         assert_eq!(joins[0].name, n("Anna"));
         assert!(leaves.is_empty());
+    }
+
+    /// Random joins, leaves, grace expiries and remote reads: the kept view always equals
+    /// one rebuilt from scratch (local names win), and the diffs, applied in order, tell the
+    /// members exactly that view.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Connect(u8, u8),
+            Disconnect(u8),
+            Expire(u8),
+            Remote(Vec<(u8, u8)>),
+            Diff,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0..6u8, 0..2u8).prop_map(|(u, n)| Op::Connect(u, n)),
+                (0..6u8).prop_map(Op::Disconnect),
+                (0..6u8).prop_map(Op::Expire),
+                proptest::collection::vec((0..6u8, 0..2u8), 0..6).prop_map(Op::Remote),
+                Just(Op::Diff),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn the_view_and_the_diffs_match_a_rebuilt_view(ops in proptest::collection::vec(op(), 0..60)) {
+                let mut p = RoomPresence::default();
+                let mut told: BTreeMap<UserId, DisplayName> = BTreeMap::new();
+                let mut epochs: HashMap<u8, u64> = HashMap::new();
+                for op in ops {
+                    match op {
+                        Op::Connect(user, name) => {
+                            p.connect(&u(&format!("u{user}")), &n(&format!("n{name}")));
+                        }
+                        Op::Disconnect(user) => {
+                            if let Some(e) = p.disconnect(&u(&format!("u{user}"))) {
+                                epochs.insert(user, e);
+                            }
+                        }
+                        Op::Expire(user) => {
+                            if let Some(e) = epochs.get(&user) {
+                                p.grace_expired(&u(&format!("u{user}")), *e);
+                            }
+                        }
+                        Op::Remote(list) => p.set_remote(
+                            list.iter()
+                                .map(|(user, name)| PresenceEntry {
+                                    user: u(&format!("u{user}")),
+                                    name: n(&format!("r{name}")),
+                                })
+                                .collect(),
+                        ),
+                        Op::Diff => {
+                            if let Some((joins, leaves)) = p.take_diff() {
+                                for j in joins {
+                                    told.insert(j.user, j.name);
+                                }
+                                for l in leaves {
+                                    told.remove(&l.user);
+                                }
+                            }
+                        }
+                    }
+                    let mut rebuilt = p.remote.clone();
+                    for (user, up) in &p.users {
+                        rebuilt.insert(user.clone(), up.name.clone());
+                    }
+                    prop_assert_eq!(&p.view, &rebuilt);
+                    prop_assert_eq!(p.count(), rebuilt.len());
+                }
+                if let Some((joins, leaves)) = p.take_diff() {
+                    for j in joins {
+                        told.insert(j.user, j.name);
+                    }
+                    for l in leaves {
+                        told.remove(&l.user);
+                    }
+                }
+                prop_assert_eq!(&told, &p.view);
+            }
+        }
     }
 }
