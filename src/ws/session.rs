@@ -249,8 +249,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     return shared.close_state().code().unwrap_or(close::NORMAL);
                 }
                 frames_out.inc_by(n);
-                if buf.capacity() > 64 * 1024 {
-                    buf = BytesMut::new(); // an idle connection should not keep a big buffer
+                if rx.is_empty() || buf.capacity() > 64 * 1024 {
+                    // Nothing more queued: a socket that goes idle now keeps no buffer (one
+                    // allocation per burst, not per batch, under load).
+                    buf = BytesMut::new();
                 }
             }
             _ = &mut timer => {
