@@ -205,20 +205,36 @@ impl RedisPresence {
         StoreError::Unavailable(chatty_actors::Cause::of(e))
     }
 
-    /// The five keys every script takes, in order (unused ones are harmless).
+    /// The five keys every script takes, in order: a script that touches no room gets
+    /// placeholders for the room's two.
     fn keys<'a>(
         &self,
         script: &'a Script,
-        room: &RoomId,
+        room: Option<&RoomId>,
         node: &str,
     ) -> redis::ScriptInvocation<'a> {
-        let (users, count) = room_keys(room);
+        let (users, count) = room.map_or(("-".into(), "-".into()), room_keys);
         let mut inv = script.prepare_invoke();
         inv.key(users)
             .key(count)
             .key(NODES)
             .key(rooms_key(node))
             .key(GEN);
+        inv
+    }
+
+    /// This node's ADD of one entry (a join's, or one of a rewrite's).
+    fn add_entry<'a>(
+        &'a self,
+        room: &RoomId,
+        user: &UserId,
+        name: &DisplayName,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = self.keys(&self.add, Some(room), &self.node);
+        inv.arg(&*self.node)
+            .arg(self.field(user))
+            .arg(name.as_str())
+            .arg(room.as_str());
         inv
     }
 
@@ -238,7 +254,7 @@ impl RedisPresence {
             self.load(&self.purge).await?;
             let mut pipe = redis::pipe();
             for room in &rooms {
-                let mut inv = self.keys(&self.purge, room, node);
+                let mut inv = self.keys(&self.purge, Some(room), node);
                 inv.arg(node).arg(force);
                 pipe.invoke_script(&inv);
             }
@@ -256,8 +272,7 @@ impl RedisPresence {
                 .map(|(r, _)| r)
                 .collect();
         }
-        let mut inv = self.forget.prepare_invoke();
-        inv.key("-").key("-").key(NODES).key(rooms_key(node));
+        let mut inv = self.keys(&self.forget, None, node);
         inv.arg(node).arg(force);
         inv.invoke_async::<i64>(&mut conn)
             .await
@@ -277,12 +292,8 @@ impl RedisPresence {
             self.load(&self.add).await?;
             let mut pipe = redis::pipe();
             for (room, user, name) in &entries {
-                let mut inv = self.keys(&self.add, room, &self.node);
-                inv.arg(&*self.node)
-                    .arg(self.field(user))
-                    .arg(name.as_str())
-                    .arg(room.as_str());
-                pipe.invoke_script(&inv).ignore();
+                pipe.invoke_script(&self.add_entry(room, user, name))
+                    .ignore();
             }
             pipe.query_async::<()>(&mut self.conn.clone())
                 .await
@@ -314,12 +325,8 @@ impl PresenceStore for RedisPresence {
         name: &DisplayName,
     ) -> Result<(), StoreError> {
         let _shared = self.writes.read().await;
-        let mut inv = self.keys(&self.add, room, &self.node);
-        inv.arg(&*self.node)
-            .arg(self.field(user))
-            .arg(name.as_str())
-            .arg(room.as_str());
-        let written: i64 = inv
+        let written: i64 = self
+            .add_entry(room, user, name)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fail(e))?;
@@ -335,7 +342,7 @@ impl PresenceStore for RedisPresence {
 
     async fn remove(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
         let _shared = self.writes.read().await;
-        let mut inv = self.keys(&self.remove, room, &self.node);
+        let mut inv = self.keys(&self.remove, Some(room), &self.node);
         inv.arg(&*self.node)
             .arg(self.field(user))
             .arg(room.as_str());
@@ -357,8 +364,7 @@ impl PresenceStore for RedisPresence {
             beat.changed = self.purge_node(&self.node, true).await?;
             self.first.store(false, Ordering::Release);
         }
-        let mut inv = self.heartbeat.prepare_invoke();
-        inv.key("-").key("-").key(NODES).key("-").key(GEN);
+        let mut inv = self.keys(&self.heartbeat, None, &self.node);
         inv.arg(&*self.node)
             .arg(self.ttl.as_millis() as u64)
             .arg(PURGE_PER_BEAT);
@@ -386,7 +392,7 @@ impl PresenceStore for RedisPresence {
 
     async fn list(&self, room: &RoomId) -> Result<Vec<PresenceEntry>, StoreError> {
         let flat: Vec<String> = self
-            .keys(&self.list, room, &self.node)
+            .keys(&self.list, Some(room), &self.node)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.fail(e))?;
