@@ -120,6 +120,7 @@ fn route(rooms: &RoomRegistry, conns: &ConnRegistry, ev: BusEvent) {
             msgs,
             committed: None::<Instant>,
         },
+        BusEvent::Updates(updates) => RoomMsg::Updates(updates),
         BusEvent::PresenceChanged { .. } => RoomMsg::PresenceResync,
         BusEvent::Typing { user, .. } => RoomMsg::Typing { user, local: false },
         BusEvent::Resync { .. } => {

@@ -32,8 +32,11 @@ pub struct NodeConfig {
     pub writer_retry_max: Duration,
     /// Room-bound commands (joins, typing) waiting per room (`unavailable` past it).
     pub room_queue: usize,
-    /// Most messages replayed on a join with `since`; more sets `replay_truncated`.
+    /// Most messages replayed on a join with `since`; more sets `replay_truncated`. Also the
+    /// most changes replayed for `since_rev` (more sets `rev_truncated`).
     pub replay_max: u32,
+    /// Most reaction keys one user may have on one message (v1.1).
+    pub max_reaction_keys: u32,
     /// Largest `history` page.
     pub history_max: u32,
     /// A user with no connection left in a room stays present this long.
@@ -68,6 +71,7 @@ impl Default for NodeConfig {
             writer_retry_max: Duration::from_secs(10),
             room_queue: 10_000,
             replay_max: 1000,
+            max_reaction_keys: 20,
             history_max: 200,
             presence_grace: Duration::from_secs(3),
             presence_heartbeat: Duration::from_secs(5),

@@ -157,10 +157,153 @@ impl Body {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The empty body of a deleted message (a tombstone), the one body that is not 1.. bytes.
+    pub fn tombstone() -> Self {
+        Self(Arc::from(""))
+    }
 }
 
 /// A per-room sequence number. 0 means "nothing yet".
 pub type Seq = u64;
+
+/// A per-room revision: the count of committed changes (edits, deletes, reactions) of the
+/// room's messages. 0 means "never changed"; gap-free from 1, independent of `Seq`.
+pub type Rev = u64;
+
+/// A message's metadata (`send.meta`): a JSON object, bounded in size and depth, with no NUL
+/// anywhere (PostgreSQL's `jsonb` refuses `\u0000`). Kept both as a value (encoded into either
+/// encoding on the way out) and as its JSON text (what the store keeps).
+#[derive(Clone, PartialEq)]
+pub struct Meta {
+    value: Arc<serde_json::Value>,
+    text: Arc<str>,
+}
+
+/// Why a `meta` was refused; `TooLarge` maps to `too_large`, the rest to `bad_request`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaError {
+    /// Not a JSON object (a MessagePack map with string keys).
+    NotObject,
+    /// More than the allowed bytes once encoded as JSON.
+    TooLarge,
+    /// Containers nested deeper than `Meta::MAX_DEPTH`.
+    TooDeep,
+    /// A NUL in a key or a string.
+    Nul,
+}
+
+impl MetaError {
+    /// What the client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            MetaError::NotObject => "meta must be an object",
+            MetaError::TooLarge => "meta larger than max_meta_bytes",
+            MetaError::TooDeep => "meta nested deeper than 4",
+            MetaError::Nul => "meta must not contain NUL",
+        }
+    }
+}
+
+impl Meta {
+    /// Deepest nesting: the object itself is depth 1, each container inside adds one.
+    pub const MAX_DEPTH: usize = 4;
+
+    /// `value` as metadata, if it is an object of at most `max_bytes` (JSON-encoded) within
+    /// the depth limit and without NUL.
+    pub fn parse(value: serde_json::Value, max_bytes: usize) -> Result<Self, MetaError> {
+        if !value.is_object() {
+            return Err(MetaError::NotObject);
+        }
+        check_meta(&value, 1)?;
+        let text = serde_json::to_string(&value).map_err(|_| MetaError::NotObject)?;
+        if text.len() > max_bytes {
+            return Err(MetaError::TooLarge);
+        }
+        Ok(Self {
+            value: Arc::new(value),
+            text: Arc::from(text),
+        })
+    }
+
+    /// Metadata read back from the store (checked when it was stored).
+    pub fn from_stored(text: &str) -> Option<Self> {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        value.is_object().then(|| Self {
+            value: Arc::new(value),
+            text: Arc::from(text),
+        })
+    }
+
+    /// The JSON text, as stored.
+    pub fn as_json(&self) -> &str {
+        &self.text
+    }
+
+    /// The value.
+    pub fn value(&self) -> &serde_json::Value {
+        &self.value
+    }
+}
+
+/// Depth and NUL check without recursion past the limit (the decoders bound the input's
+/// depth already; this bounds what we accept).
+fn check_meta(v: &serde_json::Value, depth: usize) -> Result<(), MetaError> {
+    use serde_json::Value;
+    let nul = |s: &str| s.as_bytes().contains(&0);
+    match v {
+        Value::String(s) if nul(s) => Err(MetaError::Nul),
+        Value::Array(_) | Value::Object(_) if depth > Meta::MAX_DEPTH => Err(MetaError::TooDeep),
+        Value::Array(items) => items.iter().try_for_each(|i| check_meta(i, depth + 1)),
+        Value::Object(map) => map.iter().try_for_each(|(k, i)| {
+            if nul(k) {
+                return Err(MetaError::Nul);
+            }
+            check_meta(i, depth + 1)
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Serialize for Meta {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
+}
+
+impl fmt::Debug for Meta {
+    // Like bodies, metadata never reaches logs: only its size does.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Meta({} bytes)", self.text.len())
+    }
+}
+
+/// A reaction key (`react.key`): an emoji or a short name, 1-32 bytes of UTF-8 without
+/// control characters.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ReactionKey(Arc<str>);
+
+impl ReactionKey {
+    /// Longest key, in bytes.
+    pub const MAX_LEN: usize = 32;
+
+    /// `s` as a reaction key; the error is fit for a `bad_request`.
+    pub fn parse(s: &str) -> Result<Self, InvalidId> {
+        if s.is_empty() || s.len() > Self::MAX_LEN || s.chars().any(char::is_control) {
+            Err(InvalidId(
+                "reaction key must be 1-32 bytes without control characters",
+            ))
+        } else {
+            Ok(Self(Arc::from(s)))
+        }
+    }
+
+    /// The key as on the wire.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// A connection id, unique within one node's lifetime.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
@@ -180,7 +323,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(RoomId, UserId, Cid, DisplayName);
+display_as_str!(RoomId, UserId, Cid, DisplayName, ReactionKey);
 
 impl fmt::Debug for Body {
     // Bodies never reach logs: only their size does.
@@ -232,6 +375,42 @@ mod tests {
         assert_eq!(Body::parse("", 10), Err(BodyError::Empty));
         assert_eq!(Body::parse("12345", 4), Err(BodyError::TooLarge));
         assert!(Body::parse("1234", 4).is_ok());
+    }
+
+    #[test]
+    fn meta_is_an_object_bounded_in_size_and_depth_without_nul() {
+        use serde_json::json;
+        assert!(Meta::parse(json!({"reply_to": 3, "a": [{"b": [1]}]}), 100).is_ok());
+        assert_eq!(Meta::parse(json!([1]), 100), Err(MetaError::NotObject));
+        assert_eq!(Meta::parse(json!("x"), 100), Err(MetaError::NotObject));
+        assert_eq!(
+            Meta::parse(json!({"a": {"b": {"c": {"d": 1}}}}), 100).map(|m| m.as_json().len()),
+            Ok(25)
+        );
+        assert_eq!(
+            Meta::parse(json!({"a": {"b": {"c": {"d": {}}}}}), 100),
+            Err(MetaError::TooDeep)
+        );
+        assert_eq!(
+            Meta::parse(json!({"a": "x".repeat(100)}), 100),
+            Err(MetaError::TooLarge)
+        );
+        assert_eq!(
+            Meta::parse(json!({"a": "x\u{0}"}), 100),
+            Err(MetaError::Nul)
+        );
+        assert_eq!(Meta::parse(json!({"\u{0}": 1}), 100), Err(MetaError::Nul));
+        let m = Meta::parse(json!({"k": [1, "two"]}), 100).unwrap();
+        assert_eq!(Meta::from_stored(m.as_json()), Some(m));
+    }
+
+    #[test]
+    fn reaction_keys_are_short_and_printable() {
+        assert!(ReactionKey::parse("👍").is_ok());
+        assert!(ReactionKey::parse(&"k".repeat(32)).is_ok());
+        assert!(ReactionKey::parse(&"k".repeat(33)).is_err());
+        assert!(ReactionKey::parse("").is_err());
+        assert!(ReactionKey::parse("a\u{0}").is_err());
     }
 
     #[test]

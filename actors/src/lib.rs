@@ -13,6 +13,7 @@ mod connections;
 mod expiry;
 mod handle;
 mod ids;
+pub mod lifecycle;
 mod metrics;
 mod moderation;
 mod node;
@@ -32,17 +33,21 @@ pub use access::{Identity, RoomRole};
 pub use bus::LocalBus;
 pub use config::NodeConfig;
 pub use handle::{ConnHandle, Connection, SubmitError};
-pub use ids::{Body, BodyError, Cid, ConnId, DisplayName, InvalidId, RoomId, Seq, UserId};
+pub use ids::{
+    Body, BodyError, Cid, ConnId, DisplayName, InvalidId, Meta, MetaError, ReactionKey, Rev,
+    RoomId, Seq, UserId,
+};
 pub use metrics::{Metrics, LATENCY_BUCKETS};
 pub use moderation::ModError;
 pub use node::{Node, NodeArgs, NodeError};
 pub use outbox::{close, CloseState, CloseWatch, ConnShared, Out, Outbox};
 pub use ports::{
-    Appended, Beat, BusEvent, Cause, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceItem,
-    PresenceStore, StoreError,
+    Appended, Beat, BusEvent, Cause, ChangeOutcome, ClusterBus, Heads, JoinInfo, MessageStore,
+    NewChange, NewMessage, PresenceItem, PresenceStore, StoreError,
 };
 pub use protocol::{
-    Command, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, PresenceMode, Ref,
-    RemoveReason, ServerFrame, StoredMessage,
+    ChangeKind, ChangeOp, Command, Encoding, ErrorCode, HistoryItem, MessageState, PresenceEntry,
+    PresenceLeave, PresenceMode, Reaction, Ref, RemoveReason, ServerFrame, StoredMessage,
+    StoredUpdate,
 };
-pub use writer::{writer_lane, Ack, WriteError};
+pub use writer::{writer_lane, Ack, ChangeAck, WriteError};

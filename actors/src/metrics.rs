@@ -40,6 +40,9 @@ pub struct Metrics {
     /// `chatty_messages_persisted_total`: new messages committed to the store (repeated cids
     /// not counted).
     pub messages_persisted: IntCounter,
+    /// `chatty_changes_committed_total{change}`: edits, deletes and reactions committed (v1.1;
+    /// changes that changed nothing are not counted).
+    pub changes_committed: IntCounterVec,
     /// `chatty_messages_duplicate_total`: sends answered with the original seq of an already
     /// stored cid.
     pub messages_duplicate: IntCounter,
@@ -175,6 +178,11 @@ impl Metrics {
                 "chatty_messages_persisted_total",
                 "Messages committed to the store.",
             ),
+            changes_committed: counter_vec(
+                "chatty_changes_committed_total",
+                "Message changes committed, by kind (edit, delete, react).",
+                &["change"],
+            ),
             messages_duplicate: counter(
                 "chatty_messages_duplicate_total",
                 "Sends answered with the original seq of an already stored cid.",
@@ -303,8 +311,12 @@ impl Metrics {
             "rate_limited",
             "unavailable",
             "internal",
+            "not_found",
         ] {
             m.errors_sent.with_label_values(&[code]);
+        }
+        for change in ["edit", "delete", "react"] {
+            m.changes_committed.with_label_values(&[change]);
         }
         for action in [
             "kick",

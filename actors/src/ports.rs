@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::access::RoomRole;
-use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
-use crate::protocol::{PresenceEntry, RemoveReason, StoredMessage};
+use crate::ids::{Body, Cid, DisplayName, Meta, Rev, RoomId, Seq, UserId};
+use crate::protocol::{ChangeOp, PresenceEntry, RemoveReason, StoredMessage, StoredUpdate};
 
 /// A message to persist. Within one `append` call, (room, from, cid) keys are unique: the
 /// Writer collapses duplicates of one batch before it reaches the store.
@@ -23,8 +23,50 @@ pub struct NewMessage {
     pub cid: Cid,
     /// The text.
     pub body: Body,
+    /// v1.1: the metadata, stored as JSON.
+    pub meta: Option<Meta>,
 }
 
+/// A change of a stored message to commit (v1.1): edit, delete or react.
+#[derive(Debug, Clone)]
+pub struct NewChange {
+    /// The message's room.
+    pub room: RoomId,
+    /// The message.
+    pub seq: Seq,
+    /// Who asks: an edit must be the author's; a delete the author's unless `moderator`.
+    pub by: UserId,
+    /// The caller decided that `by` may delete anyone's message in the room (a moderator or
+    /// owner of it, an admin, or the backend).
+    pub moderator: bool,
+    /// What to do.
+    pub op: ChangeOp,
+}
+
+/// What the store did with one change of a batch.
+#[derive(Debug, Clone)]
+pub enum ChangeOutcome {
+    /// Committed with the next revision of the room: deliver it.
+    Changed(Box<StoredUpdate>),
+    /// Nothing to change (the same body, a reaction already on or off, a message already
+    /// deleted): the message's current revision; nothing is broadcast.
+    Unchanged(Rev),
+    /// No message with that seq in the room.
+    NotFound,
+    /// Not the author (nor, for a delete, a moderator), or the message is deleted.
+    Forbidden,
+    /// The user already has `max_reaction_keys` keys on the message.
+    TooManyReactions,
+}
+
+/// The room's two counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Heads {
+    /// The last message's seq (0 for a room never written to).
+    pub seq: Seq,
+    /// The last change's revision (0 when nothing ever changed).
+    pub rev: Rev,
+}
 /// What the store did with one message of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -119,7 +161,29 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Persist a batch in one transaction; results are in input order.
     async fn append(&self, batch: &[NewMessage]) -> Result<Vec<Appended>, StoreError>;
     /// The room's head seq (0 for a room never written to).
-    async fn head(&self, room: &RoomId) -> Result<Seq, StoreError>;
+    async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {
+        Ok(self.heads(room).await?.seq)
+    }
+    /// The room's head seq and revision, read together.
+    async fn heads(&self, room: &RoomId) -> Result<Heads, StoreError>;
+    /// Commit a batch of changes in one transaction, in order, each taking the next revision
+    /// of its room when it changes something; results are in input order. A user has at most
+    /// `max_reaction_keys` reaction keys on one message.
+    async fn change(
+        &self,
+        batch: &[NewChange],
+        max_reaction_keys: u32,
+    ) -> Result<Vec<ChangeOutcome>, StoreError>;
+    /// The messages with seq <= `max_seq` whose last change has a revision > `after`, in their
+    /// current state, oldest revision first, at most `limit`; and the room's revision as of
+    /// the same read (what a caller that got fewer than `limit` has caught up to).
+    async fn changes(
+        &self,
+        room: &RoomId,
+        after: Rev,
+        max_seq: Seq,
+        limit: u32,
+    ) -> Result<(Vec<StoredUpdate>, Rev), StoreError>;
     /// Messages with seq > `after`, oldest first, at most `limit`.
     async fn after(
         &self,
@@ -128,12 +192,14 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError>;
     /// The page of at most `limit` messages before `before` (or the newest), oldest first,
-    /// and whether older ones exist.
+    /// and whether older ones exist. With a `viewer`, each message's `state.mine` holds the
+    /// viewer's reaction keys.
     async fn before(
         &self,
         room: &RoomId,
         before: Option<Seq>,
         limit: u32,
+        viewer: Option<&UserId>,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError>;
     /// What the store knows of `user` in `room`. A room it never heard of is public, with no
     /// ban, role or read marker.
@@ -164,6 +230,8 @@ pub trait MessageStore: Send + Sync + 'static {
 pub enum BusEvent {
     /// Committed messages of one room, ascending seq.
     Messages(Arc<[StoredMessage]>),
+    /// Committed changes of one room's messages, ascending rev (v1.1).
+    Updates(Arc<[StoredUpdate]>),
     /// Some node changed the room's presence: re-read it from the PresenceStore.
     PresenceChanged {
         /// The room whose presence changed.
@@ -216,6 +284,7 @@ impl BusEvent {
     pub fn room(&self) -> Option<&RoomId> {
         match self {
             BusEvent::Messages(m) => m.first().map(|m| &m.room),
+            BusEvent::Updates(u) => u.first().map(|u| &u.message.room),
             BusEvent::PresenceChanged { room }
             | BusEvent::Typing { room, .. }
             | BusEvent::Resync { room }

@@ -103,6 +103,16 @@ impl RoomRegistry {
         }
     }
 
+    /// Hand committed changes of one room to its local actor, if this node has one.
+    pub fn deliver_updates(&self, updates: Arc<[crate::protocol::StoredUpdate]>) {
+        let Some(room) = updates.first().map(|u| u.message.room.clone()) else {
+            return;
+        };
+        if let Some(h) = self.get(&room) {
+            h.cast(RoomMsg::Updates(updates));
+        }
+    }
+
     /// Ask the room (if it has local members) to compare what it delivered with the store's
     /// head and fill what it missed.
     pub fn check_head(&self, room: &RoomId) {

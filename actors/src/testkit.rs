@@ -16,17 +16,20 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use crate::access::RoomRole;
-use crate::ids::{DisplayName, RoomId, Seq, UserId};
+use crate::ids::{DisplayName, ReactionKey, Rev, RoomId, Seq, UserId};
+use crate::lifecycle::{self, Decision, RowEffect};
 use crate::ports::{
-    Appended, Beat, BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage, PresenceItem,
-    PresenceStore, StoreError,
+    Appended, Beat, BusEvent, ChangeOutcome, ClusterBus, Heads, JoinInfo, MessageStore, NewChange,
+    NewMessage, PresenceItem, PresenceStore, StoreError,
 };
+use crate::protocol::{ChangeKind, ChangeOp, StoredUpdate};
 use crate::protocol::{PresenceEntry, StoredMessage};
 
 /// The operations of `MessageStore`, to count and to make misbehave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Op {
     Append,
+    Change,
     Head,
     After,
     Before,
@@ -58,6 +61,25 @@ struct Room {
     members: HashMap<UserId, RoomRole>,
     bans: HashSet<UserId>,
     read: HashMap<UserId, Seq>,
+    /// v1.1: the room's revision and every (seq, user, key) reaction row.
+    rev: Rev,
+    reactions: HashSet<(Seq, UserId, ReactionKey)>,
+    /// Each changed message's last change and who made it (the stores' `change`, `changed_by`).
+    last_change: HashMap<Seq, (ChangeKind, UserId)>,
+}
+
+impl Room {
+    /// A user's reaction keys on one message.
+    fn mine(&self, seq: Seq, user: &UserId) -> Vec<ReactionKey> {
+        let mut keys: Vec<ReactionKey> = self
+            .reactions
+            .iter()
+            .filter(|(s, u, _)| *s == seq && u == user)
+            .map(|(_, _, k)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
 }
 
 /// An in-memory `MessageStore` with fault injection.
@@ -174,6 +196,8 @@ impl MemStore {
                         cid: m.cid.clone(),
                         body: m.body.clone(),
                         ts,
+                        meta: m.meta.clone(),
+                        state: Default::default(),
                     },
                 );
                 Appended {
@@ -237,9 +261,103 @@ impl MessageStore for MemStore {
         Ok(out)
     }
 
-    async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {
+    async fn heads(&self, room: &RoomId) -> Result<Heads, StoreError> {
         self.enter(Op::Head).await?;
-        Ok(self.read_room(room, |r| r.map_or(0, |r| r.head)))
+        Ok(self.read_room(room, |r| {
+            r.map_or(Heads::default(), |r| Heads {
+                seq: r.head,
+                rev: r.rev,
+            })
+        }))
+    }
+
+    async fn change(
+        &self,
+        batch: &[NewChange],
+        max_reaction_keys: u32,
+    ) -> Result<Vec<ChangeOutcome>, StoreError> {
+        let lie = self.enter(Op::Change).await?;
+        let now = {
+            let mut c = self.clock.lock();
+            *c += 1;
+            *c
+        };
+        let mut rooms = self.rooms.lock();
+        let out = batch
+            .iter()
+            .map(|c| {
+                let room = rooms.entry(c.room.clone()).or_default();
+                let mine = room.mine(c.seq, &c.by);
+                let stored = room.messages.get(&c.seq);
+                match lifecycle::decide(stored, &mine, c, max_reaction_keys, now) {
+                    Decision::Answer(o) => o,
+                    Decision::Apply { message, effect } => {
+                        room.rev += 1;
+                        let key = match &c.op {
+                            ChangeOp::React { key, .. } => Some(key.clone()),
+                            _ => None,
+                        };
+                        match (effect, key) {
+                            (RowEffect::AddReaction, Some(k)) => {
+                                room.reactions.insert((c.seq, c.by.clone(), k));
+                            }
+                            (RowEffect::RemoveReaction, Some(k)) => {
+                                room.reactions.remove(&(c.seq, c.by.clone(), k));
+                            }
+                            (RowEffect::ClearReactions, _) => {
+                                room.reactions.retain(|(s, _, _)| *s != c.seq);
+                            }
+                            _ => {}
+                        }
+                        let u = lifecycle::commit(message, c, room.rev);
+                        room.messages.insert(c.seq, u.message.clone());
+                        room.last_change.insert(c.seq, (u.change, u.by.clone()));
+                        ChangeOutcome::Changed(Box::new(u))
+                    }
+                }
+            })
+            .collect();
+        if lie {
+            return Err(StoreError::Unavailable(
+                "connection lost after commit".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    async fn changes(
+        &self,
+        room: &RoomId,
+        after: Rev,
+        max_seq: Seq,
+        limit: u32,
+    ) -> Result<(Vec<StoredUpdate>, Rev), StoreError> {
+        self.enter(Op::After).await?;
+        Ok(self.read_room(room, |r| {
+            let Some(r) = r else {
+                return (Vec::new(), 0);
+            };
+            let mut changed: Vec<&StoredMessage> = r
+                .messages
+                .range(..=max_seq)
+                .map(|(_, m)| m)
+                .filter(|m| m.state.rev > after)
+                .collect();
+            changed.sort_by_key(|m| m.state.rev);
+            let ups = changed
+                .into_iter()
+                .take(limit as usize)
+                .filter_map(|m| {
+                    let (change, by) = r.last_change.get(&m.seq)?.clone();
+                    Some(StoredUpdate {
+                        change,
+                        by,
+                        message: m.clone(),
+                    })
+                })
+                .collect();
+            (ups, r.rev)
+        }))
     }
 
     async fn after(
@@ -266,6 +384,7 @@ impl MessageStore for MemStore {
         room: &RoomId,
         before: Option<Seq>,
         limit: u32,
+        viewer: Option<&UserId>,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
         self.enter(Op::Before).await?;
         Ok(self.read_room(room, |r| {
@@ -283,6 +402,11 @@ impl MessageStore for MemStore {
             let more = rows.len() > limit as usize;
             rows.truncate(limit as usize);
             rows.reverse();
+            if let Some(v) = viewer {
+                for m in &mut rows {
+                    m.state.mine = r.mine(m.seq, v);
+                }
+            }
             (rows, more)
         }))
     }

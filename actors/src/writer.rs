@@ -28,7 +28,7 @@ use crate::config::NodeConfig;
 use crate::ids::RoomId;
 use crate::metrics::{Alive, Metrics};
 use crate::outbox::Outbox;
-use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage};
+use crate::ports::{Appended, ChangeOutcome, ClusterBus, MessageStore, NewChange, NewMessage};
 use crate::protocol::{Encoding, ErrorCode, Ref, ServerFrame};
 use crate::rooms::RoomRegistry;
 use lane::{Lane, LaneDone, LaneItem};
@@ -112,6 +112,105 @@ impl Drop for AckGuard {
             ack.send(None, Err(WriteError::Unavailable))
         }
     }
+}
+
+/// Who hears the outcome of a change (v1.1). The Writer answers each change exactly once.
+pub enum ChangeAck {
+    /// A socket: `updated`, or the error, goes to its outbox.
+    Socket {
+        /// The asking socket.
+        outbox: Outbox,
+        /// Its encoding.
+        encoding: Encoding,
+        /// The request's `ref`, echoed in the answer.
+        r#ref: Ref,
+        /// `chatty_errors_sent_total`, by code.
+        errors: prometheus::IntCounterVec,
+    },
+    /// A caller waiting for the outcome (the HTTP API).
+    Reply(oneshot::Sender<Result<ChangeOutcome, WriteError>>),
+}
+
+/// Guarantees a change an answer, as `AckGuard` does a send: dropped unanswered, it says
+/// `unavailable` (safe: a change states where the message should end up, so a retry of one
+/// that did commit changes nothing).
+struct ChangeGuard(Option<ChangeAck>);
+
+impl ChangeGuard {
+    fn answer(mut self, c: &NewChange, r: Result<ChangeOutcome, WriteError>) {
+        let Some(ack) = self.0.take() else { return };
+        let (outbox, encoding, r#ref, errors) = match ack {
+            ChangeAck::Reply(tx) => {
+                let _ = tx.send(r);
+                return;
+            }
+            ChangeAck::Socket {
+                outbox,
+                encoding,
+                r#ref,
+                errors,
+            } => (outbox, encoding, r#ref, errors),
+        };
+        let rev = match &r {
+            Ok(ChangeOutcome::Changed(u)) => Some(u.rev()),
+            Ok(ChangeOutcome::Unchanged(rev)) => Some(*rev),
+            _ => None,
+        };
+        let frame = match (rev, r) {
+            (Some(rev), _) => ServerFrame::Updated {
+                r#ref: r#ref.as_deref(),
+                room: &c.room,
+                seq: c.seq,
+                rev,
+            },
+            (None, r) => {
+                let (code, message) = match r {
+                    Ok(ChangeOutcome::NotFound) => (ErrorCode::NotFound, "no such message"),
+                    Ok(ChangeOutcome::Forbidden) => {
+                        (ErrorCode::Forbidden, "not yours to change, or deleted")
+                    }
+                    Ok(ChangeOutcome::TooManyReactions) => (
+                        ErrorCode::TooLarge,
+                        "too many reaction keys on this message",
+                    ),
+                    _ => (ErrorCode::Unavailable, "not stored; retry"),
+                };
+                errors.with_label_values(&[code.as_str()]).inc();
+                ServerFrame::error(r#ref.as_deref(), code, message)
+            }
+        };
+        outbox.push(frame.encode(encoding));
+    }
+}
+
+impl Drop for ChangeGuard {
+    fn drop(&mut self) {
+        if let Some(ack) = self.0.take() {
+            match ack {
+                ChangeAck::Reply(tx) => {
+                    let _ = tx.send(Err(WriteError::Unavailable));
+                }
+                ChangeAck::Socket {
+                    outbox,
+                    encoding,
+                    r#ref,
+                    errors,
+                } => {
+                    let code = ErrorCode::Unavailable;
+                    errors.with_label_values(&[code.as_str()]).inc();
+                    let f = ServerFrame::error(r#ref.as_deref(), code, "not stored; retry");
+                    outbox.push(f.encode(encoding));
+                }
+            }
+        }
+    }
+}
+
+/// A change waiting in a lane.
+pub(crate) struct PendingChange {
+    change: NewChange,
+    ack: ChangeGuard,
+    _slot: Slot,
 }
 
 /// Counts a send as waiting for the Writer until it is answered or dropped (the queue-depth
@@ -306,6 +405,27 @@ impl WriterHandle {
             // guard answers `unavailable` as it drops.
             self.metrics.writer_unavailable.inc();
             drop(e);
+        }
+    }
+
+    /// Queue a change (v1.1) in its room's lane, behind the room's sends. `ack` is answered
+    /// exactly once, as for a send.
+    pub fn change(&self, change: NewChange, ack: ChangeAck) {
+        let ack = ChangeGuard(Some(ack));
+        let lanes = self.lanes.read().clone();
+        if lanes.is_empty() {
+            self.metrics.writer_unavailable.inc();
+            return; // dropping the guard answers `unavailable`
+        }
+        let lane = &lanes[lane_of(change.room.as_str(), lanes.len())];
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let pending = PendingChange {
+            change,
+            ack,
+            _slot: Slot(self.in_flight.clone()),
+        };
+        if lane.tx.try_send(LaneItem::Change(pending)).is_err() {
+            self.metrics.writer_unavailable.inc();
         }
     }
 

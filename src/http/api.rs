@@ -7,8 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use chatty_actors::{
-    Body, BodyError, Cid, DisplayName, HistoryItem, ModError, NodeError, PresenceEntry, RoomId,
-    RoomRole, UserId, WriteError,
+    Body, BodyError, ChangeOp, ChangeOutcome, Cid, DisplayName, HistoryItem, Meta, MetaError,
+    ModError, NewChange, NodeError, PresenceEntry, RoomId, RoomRole, UserId, WriteError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -26,6 +26,8 @@ pub enum ApiError {
     TooLarge,
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error("no such message")]
+    NotFound,
     #[error("try again later")]
     Unavailable,
     #[error("internal error: {0}")]
@@ -39,6 +41,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -133,6 +136,8 @@ pub struct PublishBody {
     name: Option<String>,
     cid: String,
     body: String,
+    /// v1.1: metadata, as on a socket's `send`.
+    meta: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -154,13 +159,10 @@ pub async fn publish(
     let room = room_id(&room)?;
     let from = UserId::parse(&b.from).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let cid = Cid::parse(&b.cid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let body = Body::parse(&b.body, state.settings.limits.max_body_bytes).map_err(|e| match e {
-        BodyError::TooLarge => ApiError::TooLarge,
-        BodyError::Empty => ApiError::BadRequest("body must not be empty".into()),
-        BodyError::Nul => ApiError::BadRequest("body must not contain NUL".into()),
-    })?;
+    let body = body(&state, &b.body)?;
+    let meta = meta(&state, b.meta)?;
     let name = DisplayName::sanitize(b.name.as_deref().unwrap_or(from.as_str()));
-    match state.node.publish(room, from, name, cid, body).await {
+    match state.node.publish(room, from, name, cid, body, meta).await {
         Ok(a) => Ok((
             StatusCode::CREATED,
             Json(Published {
@@ -172,6 +174,99 @@ pub async fn publish(
             .into_response()),
         Err(WriteError::Unavailable) => Err(ApiError::Unavailable),
     }
+}
+
+/// A body, checked as a socket's is.
+fn body(state: &AppState, b: &str) -> Result<Body, ApiError> {
+    Body::parse(b, state.settings.limits.max_body_bytes).map_err(|e| match e {
+        BodyError::TooLarge => ApiError::TooLarge,
+        BodyError::Empty => ApiError::BadRequest("body must not be empty".into()),
+        BodyError::Nul => ApiError::BadRequest("body must not contain NUL".into()),
+    })
+}
+
+/// Metadata, checked as a socket's is.
+fn meta(state: &AppState, m: Option<serde_json::Value>) -> Result<Option<Meta>, ApiError> {
+    let Some(m) = m else { return Ok(None) };
+    Meta::parse(m, state.settings.limits.max_meta_bytes)
+        .map(Some)
+        .map_err(|e| match e {
+            MetaError::TooLarge => ApiError::TooLarge,
+            e => ApiError::BadRequest(e.message().into()),
+        })
+}
+
+/// Commit a change made through the API and answer `{rev}`.
+async fn change(state: &AppState, change: NewChange) -> Result<Response, ApiError> {
+    match state.node.change(change).await {
+        Ok(ChangeOutcome::Changed(u)) => Ok(Json(json!({ "rev": u.rev() })).into_response()),
+        Ok(ChangeOutcome::Unchanged(rev)) => Ok(Json(json!({ "rev": rev })).into_response()),
+        Ok(ChangeOutcome::NotFound) => Err(ApiError::NotFound),
+        Ok(ChangeOutcome::Forbidden) => Err(ApiError::Forbidden(
+            "not the author's message, or it is deleted",
+        )),
+        Ok(ChangeOutcome::TooManyReactions) => {
+            Err(ApiError::BadRequest("too many reaction keys".into()))
+        }
+        Err(WriteError::Unavailable) => Err(ApiError::Unavailable),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeleteQuery {
+    /// Who deletes, as `update.by` shows it; `backend` when not given.
+    by: Option<String>,
+}
+
+/// `DELETE /api/v1/rooms/{room}/messages/{seq}`: a moderation delete (any message).
+pub async fn delete_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((room, seq)): Path<(String, u64)>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Response, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    let by = UserId::parse(q.by.as_deref().unwrap_or("backend"))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let c = NewChange {
+        room,
+        seq,
+        by,
+        moderator: true,
+        op: ChangeOp::Delete,
+    };
+    change(&state, c).await
+}
+
+#[derive(Deserialize)]
+pub struct EditBody {
+    from: String,
+    body: String,
+    meta: Option<serde_json::Value>,
+}
+
+/// `PATCH /api/v1/rooms/{room}/messages/{seq}`: an edit on behalf of the author (`from`).
+pub async fn edit_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((room, seq)): Path<(String, u64)>,
+    Json(b): Json<EditBody>,
+) -> Result<Response, ApiError> {
+    check_key(&state, &headers)?;
+    let room = room_id(&room)?;
+    let by = UserId::parse(&b.from).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let c = NewChange {
+        room,
+        seq,
+        by,
+        moderator: false,
+        op: ChangeOp::Edit {
+            body: body(&state, &b.body)?,
+            meta: meta(&state, b.meta)?,
+        },
+    };
+    change(&state, c).await
 }
 
 #[derive(Deserialize)]

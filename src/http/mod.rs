@@ -28,6 +28,10 @@ pub fn public(state: AppState) -> Router {
             "/api/v1/rooms/{room}/messages",
             post(api::publish).get(api::history),
         )
+        .route(
+            "/api/v1/rooms/{room}/messages/{seq}",
+            axum::routing::delete(api::delete_message).patch(api::edit_message),
+        )
         .route("/api/v1/rooms/{room}/presence", get(api::presence))
         .route("/api/v1/rooms/{room}", put(api::put_room))
         .route(

@@ -4,7 +4,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chatty_actors::{
-    Body, BusEvent, Cid, DisplayName, RemoveReason, RoomId, StoredMessage, UserId,
+    Body, BusEvent, ChangeKind, Cid, DisplayName, MessageState, Meta, Reaction, ReactionKey,
+    RemoveReason, RoomId, StoredMessage, StoredUpdate, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,11 @@ pub(super) enum WireEvent {
         committed_us: u64,
         msgs: Vec<WireMessage>,
     },
+    /// v1.1: committed changes, ascending rev.
+    Updates {
+        room: String,
+        updates: Vec<WireUpdate>,
+    },
     PresenceChanged {
         room: String,
     },
@@ -73,6 +79,8 @@ pub(super) enum WireEvent {
     },
 }
 
+/// A message on the wire. The v1.1 fields are optional and omitted while default, so a fresh
+/// message is encoded as before and nodes of either version read each other's.
 #[derive(Serialize, Deserialize)]
 pub(super) struct WireMessage {
     pub(super) seq: u64,
@@ -81,6 +89,89 @@ pub(super) struct WireMessage {
     pub(super) cid: String,
     pub(super) body: String,
     pub(super) ts: i64,
+    /// The metadata's JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) meta: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(super) rev: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) edited_ts: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) deleted: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) reactions: Vec<(String, u32)>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A committed change: the message's whole new state, what changed and who changed it.
+#[derive(Serialize, Deserialize)]
+pub(super) struct WireUpdate {
+    pub(super) change: String,
+    pub(super) by: String,
+    pub(super) msg: WireMessage,
+}
+
+impl WireMessage {
+    fn of(m: &StoredMessage) -> Self {
+        WireMessage {
+            seq: m.seq,
+            from: m.from.as_str().to_owned(),
+            name: m.name.as_str().to_owned(),
+            cid: m.cid.as_str().to_owned(),
+            body: m.body.as_str().to_owned(),
+            ts: m.ts,
+            meta: m.meta.as_ref().map(|m| m.as_json().to_owned()),
+            rev: m.state.rev,
+            edited_ts: m.state.edited_ts,
+            deleted: m.state.deleted,
+            reactions: m
+                .state
+                .reactions
+                .iter()
+                .map(|r| (r.key.as_str().to_owned(), r.count))
+                .collect(),
+        }
+    }
+
+    /// Validated like client input: another node's bytes are not trusted either.
+    fn into_message(self, room: &RoomId) -> Option<StoredMessage> {
+        Some(StoredMessage {
+            room: room.clone(),
+            seq: self.seq,
+            from: UserId::parse(&self.from).ok()?,
+            name: DisplayName::sanitize(&self.name),
+            cid: Cid::parse(&self.cid).ok()?,
+            body: if self.deleted {
+                Body::tombstone()
+            } else {
+                Body::parse(&self.body, usize::MAX).ok()?
+            },
+            ts: self.ts,
+            meta: match self.meta {
+                None => None,
+                Some(m) => Some(Meta::from_stored(&m)?),
+            },
+            state: MessageState {
+                rev: self.rev,
+                edited_ts: self.edited_ts,
+                deleted: self.deleted,
+                reactions: self
+                    .reactions
+                    .into_iter()
+                    .map(|(k, count)| {
+                        Some(Reaction {
+                            key: ReactionKey::parse(&k).ok()?,
+                            count,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()?,
+                mine: Vec::new(),
+            },
+        })
+    }
 }
 
 pub(super) fn now_us() -> u64 {
@@ -97,15 +188,20 @@ pub(super) fn to_wire(ev: &BusEvent) -> Option<(Target, WireEvent)> {
             let wire = WireEvent::Messages {
                 room: room.as_str().to_owned(),
                 committed_us: now_us(),
-                msgs: msgs
+                msgs: msgs.iter().map(WireMessage::of).collect(),
+            };
+            (Target::Room(room), wire)
+        }
+        BusEvent::Updates(ups) => {
+            let room = ups.first()?.message.room.clone();
+            let wire = WireEvent::Updates {
+                room: room.as_str().to_owned(),
+                updates: ups
                     .iter()
-                    .map(|m| WireMessage {
-                        seq: m.seq,
-                        from: m.from.as_str().to_owned(),
-                        name: m.name.as_str().to_owned(),
-                        cid: m.cid.as_str().to_owned(),
-                        body: m.body.as_str().to_owned(),
-                        ts: m.ts,
+                    .map(|u| WireUpdate {
+                        change: u.change.as_str().to_owned(),
+                        by: u.by.as_str().to_owned(),
+                        msg: WireMessage::of(&u.message),
                     })
                     .collect(),
             };
@@ -172,19 +268,23 @@ pub(super) fn from_wire(ev: WireEvent) -> Option<(BusEvent, Option<u64>)> {
             let room = RoomId::parse(&room).ok()?;
             let msgs = msgs
                 .into_iter()
-                .map(|m| {
-                    Some(StoredMessage {
-                        room: room.clone(),
-                        seq: m.seq,
-                        from: UserId::parse(&m.from).ok()?,
-                        name: DisplayName::sanitize(&m.name),
-                        cid: Cid::parse(&m.cid).ok()?,
-                        body: Body::parse(&m.body, usize::MAX).ok()?,
-                        ts: m.ts,
+                .map(|m| m.into_message(&room))
+                .collect::<Option<Vec<_>>>()?;
+            (BusEvent::Messages(msgs.into()), Some(committed_us))
+        }
+        WireEvent::Updates { room, updates } => {
+            let room = RoomId::parse(&room).ok()?;
+            let ups = updates
+                .into_iter()
+                .map(|u| {
+                    Some(StoredUpdate {
+                        change: ChangeKind::parse(&u.change)?,
+                        by: UserId::parse(&u.by).ok()?,
+                        message: u.msg.into_message(&room)?,
                     })
                 })
                 .collect::<Option<Vec<_>>>()?;
-            (BusEvent::Messages(msgs.into()), Some(committed_us))
+            (BusEvent::Updates(ups.into()), None)
         }
         WireEvent::PresenceChanged { room } => (
             BusEvent::PresenceChanged {

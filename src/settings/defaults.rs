@@ -28,6 +28,8 @@ pub(super) const DEFAULTS: &[(&str, &str)] = &[
     ("limits.max_frame_bytes", "65536"),
     ("limits.max_message_bytes", "65536"),
     ("limits.max_body_bytes", "4096"),
+    ("limits.max_meta_bytes", "2048"),
+    ("limits.max_reaction_keys", "20"),
     ("limits.rooms_per_connection", "100"),
     ("limits.messages_per_second", "50"),
     ("limits.message_burst", "100"),

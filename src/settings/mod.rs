@@ -147,6 +147,10 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
     pub max_body_bytes: usize,
+    /// v1.1: largest `meta` of a send or edit, JSON-encoded.
+    pub max_meta_bytes: usize,
+    /// v1.1: most reaction keys one user may have on one message.
+    pub max_reaction_keys: u32,
     pub rooms_per_connection: usize,
     pub messages_per_second: f64,
     pub message_burst: u32,
@@ -271,6 +275,7 @@ impl Settings {
             writer_retry_max: Duration::from_millis(self.writer.retry_max_ms),
             room_queue: l.room_queue,
             replay_max: l.replay_max,
+            max_reaction_keys: l.max_reaction_keys,
             history_max: l.history_max,
             presence_grace: Duration::from_millis(self.presence.grace_ms),
             presence_heartbeat: Duration::from_millis(self.presence.heartbeat_ms),

@@ -39,6 +39,18 @@ impl Settings {
             "must be >= 1 and leave 512 B of room under limits.max_message_bytes",
         );
         need(
+            (2..=65536).contains(&l.max_meta_bytes)
+                && l.max_body_bytes + l.max_meta_bytes + 512 <= l.max_message_bytes,
+            "limits.max_meta_bytes",
+            "must be 2..=65536 and, with limits.max_body_bytes, leave 512 B of room under \
+             limits.max_message_bytes",
+        );
+        need(
+            (1..=1000).contains(&l.max_reaction_keys),
+            "limits.max_reaction_keys",
+            "must be 1..=1000",
+        );
+        need(
             l.rooms_per_connection >= 1,
             "limits.rooms_per_connection",
             "must be >= 1",

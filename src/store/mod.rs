@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use chatty_actors::lifecycle;
 use chatty_actors::{
-    Body, Cause, Cid, DisplayName, JoinInfo, MessageStore, RoomId, RoomRole, Seq, StoreError,
-    StoredMessage, UserId,
+    Body, Cause, ChangeKind, Cid, DisplayName, JoinInfo, MessageState, MessageStore, Meta,
+    ReactionKey, Rev, RoomId, RoomRole, Seq, StoreError, StoredMessage, StoredUpdate, UserId,
 };
 pub use postgres::PgStore;
 pub use roles::AppRole;
@@ -222,14 +223,18 @@ pub(crate) fn nodelay(port: u16) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Rebuild a message from a row of either store. Rows were validated on the way in; a row
-/// that no longer parses (edited by hand) is reported rather than delivered.
+/// Rebuild a message from a row of either store (the columns of `MESSAGE_COLUMNS`). Rows
+/// were validated on the way in; a row that no longer parses (edited by hand) is reported
+/// rather than delivered.
 pub(crate) fn row_to_message<'r, R>(room: &RoomId, r: &'r R) -> Result<StoredMessage, StoreError>
 where
     R: Row,
     &'static str: ColumnIndex<R>,
     i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database>,
+    Option<String>: Decode<'r, R::Database>,
 {
     let bad =
         |what: &str| StoreError::Other(format!("stored message has an invalid {what}").into());
@@ -239,15 +244,80 @@ where
     let cid: String = r.try_get("cid").map_err(store_err)?;
     let body: String = r.try_get("body").map_err(store_err)?;
     let ts: i64 = r.try_get("ts").map_err(store_err)?;
+    let meta: Option<String> = r.try_get("meta").map_err(store_err)?;
+    let rev: i64 = r.try_get("rev").map_err(store_err)?;
+    let edited_ts: Option<i64> = r.try_get("edited_ts").map_err(store_err)?;
+    let deleted: bool = r.try_get("deleted").map_err(store_err)?;
+    let reactions: Option<String> = r.try_get("reactions").map_err(store_err)?;
     Ok(StoredMessage {
         room: room.clone(),
         seq: seq as Seq,
         from: UserId::parse(&user).map_err(|_| bad("user"))?,
         name: DisplayName::sanitize(&name),
         cid: Cid::parse(&cid).map_err(|_| bad("cid"))?,
-        body: Body::parse(&body, usize::MAX).map_err(|_| bad("body"))?,
+        body: if deleted {
+            Body::tombstone()
+        } else {
+            Body::parse(&body, usize::MAX).map_err(|_| bad("body"))?
+        },
         ts,
+        meta: match meta.as_deref() {
+            None => None,
+            Some(m) => Some(Meta::from_stored(m).ok_or_else(|| bad("meta"))?),
+        },
+        state: MessageState {
+            rev: rev.max(0) as Rev,
+            edited_ts,
+            deleted,
+            reactions: lifecycle::reactions_from_json(reactions.as_deref()),
+            mine: Vec::new(),
+        },
     })
+}
+
+/// A changed message as a change replayed or filled: its row plus `change` and `changed_by`.
+pub(crate) fn row_to_update<'r, R>(room: &RoomId, r: &'r R) -> Result<StoredUpdate, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    bool: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<i64>: Decode<'r, R::Database>,
+    Option<String>: Decode<'r, R::Database>,
+{
+    let bad =
+        |what: &str| StoreError::Other(format!("changed message has an invalid {what}").into());
+    let change: Option<String> = r.try_get("change").map_err(store_err)?;
+    let by: Option<String> = r.try_get("changed_by").map_err(store_err)?;
+    Ok(StoredUpdate {
+        change: change
+            .as_deref()
+            .and_then(ChangeKind::parse)
+            .ok_or_else(|| bad("change"))?,
+        by: UserId::parse(by.as_deref().unwrap_or_default()).map_err(|_| bad("changed_by"))?,
+        message: row_to_message(room, r)?,
+    })
+}
+
+/// Fill each message's `state.mine` from (seq, key) rows of one user's reactions.
+pub(crate) fn with_mine(msgs: &mut [StoredMessage], rows: Vec<(i64, String)>) {
+    for (seq, key) in rows {
+        let Ok(key) = ReactionKey::parse(&key) else {
+            continue;
+        };
+        if let Some(m) = msgs.iter_mut().find(|m| m.seq == seq as Seq) {
+            m.state.mine.push(key);
+        }
+    }
+}
+
+/// The seq range of a page's messages that have reactions (none: no need to ask whose).
+pub(crate) fn reacted_range(msgs: &[StoredMessage]) -> Option<(i64, i64)> {
+    let mut it = msgs.iter().filter(|m| !m.state.reactions.is_empty());
+    let first = it.next()?.seq as i64;
+    let last = it.next_back().map_or(first, |m| m.seq as i64);
+    Some((first, last))
 }
 
 /// Build a `JoinInfo` from the columns both stores read. A role the table's check
@@ -278,7 +348,10 @@ where
     R: Row,
     &'static str: ColumnIndex<R>,
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<i64>: Decode<'r, R::Database>,
+    for<'r> Option<String>: Decode<'r, R::Database>,
 {
     let more = rows.len() > limit as usize;
     let mut msgs = rows

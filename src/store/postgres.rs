@@ -7,15 +7,31 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use std::collections::HashMap;
+
+use chatty_actors::lifecycle::{self, Decision, RowEffect};
 use chatty_actors::{
-    Appended, JoinInfo, MessageStore, NewMessage, RoomId, RoomRole, Seq, StoreError, StoredMessage,
-    UserId,
+    Appended, ChangeOp, ChangeOutcome, Heads, JoinInfo, MessageStore, NewChange, NewMessage,
+    ReactionKey, Rev, RoomId, RoomRole, Seq, StoreError, StoredMessage, StoredUpdate, UserId,
 };
 use sqlx::postgres::PgPool;
 use sqlx::Row;
 
 use super::conns::Conns;
-use super::{join_info, page, row_to_message, store_err};
+use super::{join_info, page, reacted_range, row_to_message, row_to_update, store_err, with_mine};
+
+/// The columns `row_to_message` reads, JSON as text (a macro, so statements stay `&'static`
+/// strings, which sqlx requires of SQL).
+macro_rules! message_columns {
+    () => {
+        "seq, user_id, name, cid, body, ts, meta::text as meta, rev, edited_ts, deleted, \
+         reactions::text as reactions"
+    };
+}
+
+fn clamp(n: u64) -> i64 {
+    n.min(i64::MAX as u64) as i64
+}
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -52,9 +68,10 @@ pub(crate) fn now_ms() -> i64 {
 const APPEND: &str = r#"
 with k as (
     select t.i, t.r collate "C" as room_id, t.u collate "C" as user_id, t.nm as name,
-           t.c collate "C" as cid, t.b as body, m.seq as old_seq, m.ts as old_ts
-      from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-           with ordinality as t(r, u, nm, c, b, i)
+           t.c collate "C" as cid, t.b as body, t.mt::jsonb as meta, m.seq as old_seq,
+           m.ts as old_ts
+      from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $7::text[])
+           with ordinality as t(r, u, nm, c, b, mt, i)
       left join lateral (
         select seq, ts from messages m
          where m.room_id = t.r collate "C" and m.user_id = t.u collate "C"
@@ -71,11 +88,12 @@ with k as (
     on conflict (id) do update set last_seq = r.last_seq + excluded.last_seq
     returning id, last_seq
 ), seqs as (
-    select f.i, f.room_id, f.user_id, f.name, f.cid, f.body, h.last_seq - f.c + f.n as seq
+    select f.i, f.room_id, f.user_id, f.name, f.cid, f.body, f.meta,
+           h.last_seq - f.c + f.n as seq
       from fresh f join heads h on h.id = f.room_id
 ), ins as (
-    insert into messages (room_id, seq, user_id, name, cid, body, ts)
-    select room_id, seq, user_id, name, cid, body, $6 from seqs
+    insert into messages (room_id, seq, user_id, name, cid, body, meta, ts)
+    select room_id, seq, user_id, name, cid, body, meta, $6 from seqs
 )
 select i, seq, $6::bigint as ts, false as dup from seqs
 union all
@@ -119,12 +137,14 @@ impl MessageStore for PgStore {
         let mut names = Vec::with_capacity(n);
         let mut cids = Vec::with_capacity(n);
         let mut bodies = Vec::with_capacity(n);
+        let mut metas: Vec<Option<&str>> = Vec::with_capacity(n);
         for m in batch {
             rooms.push(m.room.as_str());
             users.push(m.from.as_str());
             names.push(m.name.as_str());
             cids.push(m.cid.as_str());
             bodies.push(m.body.as_str());
+            metas.push(m.meta.as_ref().map(|m| m.as_json()));
         }
         // The arrays are one bind parameter each, so the 65,535-parameter limit never applies.
         let mut lease = self.writes.lease().await?;
@@ -135,6 +155,7 @@ impl MessageStore for PgStore {
             .bind(&cids)
             .bind(&bodies)
             .bind(now_ms())
+            .bind(&metas)
             .fetch_all(lease.conn())
             .await
             .map_err(store_err)?;
@@ -160,15 +181,196 @@ impl MessageStore for PgStore {
             .collect()
     }
 
-    async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {
+    async fn heads(&self, room: &RoomId) -> Result<Heads, StoreError> {
         let mut lease = self.reads.lease().await?;
-        let h: Option<i64> = sqlx::query_scalar("select last_seq from rooms where id = $1")
-            .bind(room.as_str())
-            .fetch_optional(lease.conn())
+        let h: Option<(i64, i64)> =
+            sqlx::query_as("select last_seq, last_rev from rooms where id = $1")
+                .bind(room.as_str())
+                .fetch_optional(lease.conn())
+                .await
+                .map_err(store_err)?;
+        lease.done();
+        let (seq, rev) = h.unwrap_or((0, 0));
+        Ok(Heads {
+            seq: seq as Seq,
+            rev: rev as Rev,
+        })
+    }
+
+    async fn change(
+        &self,
+        batch: &[NewChange],
+        max_reaction_keys: u32,
+    ) -> Result<Vec<ChangeOutcome>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut lease = self.writes.lease().await?;
+        let conn = lease.conn();
+        let mut tx = sqlx::Connection::begin(conn).await.map_err(store_err)?;
+        // The rooms' rows, locked in room-id order like an append's, so changes and appends
+        // on any node queue on the same locks in the same order and never deadlock.
+        let mut ids: Vec<&str> = batch.iter().map(|c| c.room.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let locked: Vec<(String, i64)> = sqlx::query_as(
+            "select id, last_rev from rooms where id = any($1::text[]) order by id for update",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_err)?;
+        let mut revs: HashMap<String, (i64, bool)> =
+            locked.into_iter().map(|(id, r)| (id, (r, false))).collect();
+        let now = now_ms();
+        let mut out = Vec::with_capacity(batch.len());
+        for c in batch {
+            let Some((rev, touched)) = revs.get_mut(c.room.as_str()) else {
+                out.push(ChangeOutcome::NotFound); // no room row: no message either
+                continue;
+            };
+            let row = sqlx::query(concat!(
+                "select ",
+                message_columns!(),
+                " from messages where room_id = $1 and seq = $2"
+            ))
+            .bind(c.room.as_str())
+            .bind(clamp(c.seq))
+            .fetch_optional(&mut *tx)
             .await
             .map_err(store_err)?;
+            let stored = row.map(|r| row_to_message(&c.room, &r)).transpose()?;
+            let mine: Vec<String> = match (&c.op, &stored) {
+                (ChangeOp::React { .. }, Some(_)) => sqlx::query_scalar(
+                    "select key from reactions where room_id = $1 and seq = $2 and user_id = $3",
+                )
+                .bind(c.room.as_str())
+                .bind(clamp(c.seq))
+                .bind(c.by.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_err)?,
+                _ => Vec::new(),
+            };
+            let mine: Vec<ReactionKey> = mine
+                .iter()
+                .filter_map(|k| ReactionKey::parse(k).ok())
+                .collect();
+            let (message, effect) =
+                match lifecycle::decide(stored.as_ref(), &mine, c, max_reaction_keys, now) {
+                    Decision::Answer(o) => {
+                        out.push(o);
+                        continue;
+                    }
+                    Decision::Apply { message, effect } => (message, effect),
+                };
+            *rev += 1;
+            *touched = true;
+            let u = lifecycle::commit(message, c, *rev as Rev);
+            let m = &u.message;
+            sqlx::query(
+                "update messages set body = $3, meta = $4::jsonb, rev = $5, edited_ts = $6,
+                        deleted = $7, reactions = $8::jsonb, change = $9, changed_by = $10
+                  where room_id = $1 and seq = $2",
+            )
+            .bind(c.room.as_str())
+            .bind(clamp(c.seq))
+            .bind(m.body.as_str())
+            .bind(m.meta.as_ref().map(|m| m.as_json()))
+            .bind(*rev)
+            .bind(m.state.edited_ts)
+            .bind(m.state.deleted)
+            .bind(lifecycle::reactions_to_json(&m.state.reactions))
+            .bind(u.change.as_str())
+            .bind(c.by.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_err)?;
+            let key = match &c.op {
+                ChangeOp::React { key, .. } => key.as_str(),
+                _ => "",
+            };
+            let q = match effect {
+                RowEffect::None => None,
+                RowEffect::AddReaction => Some(sqlx::query(
+                    "insert into reactions (room_id, seq, user_id, key) values ($1, $2, $3, $4)",
+                )),
+                RowEffect::RemoveReaction => Some(sqlx::query(
+                    "delete from reactions
+                      where room_id = $1 and seq = $2 and user_id = $3 and key = $4",
+                )),
+                RowEffect::ClearReactions => Some(sqlx::query(
+                    "delete from reactions where room_id = $1 and seq = $2",
+                )),
+            };
+            if let Some(q) = q {
+                let q = q.bind(c.room.as_str()).bind(clamp(c.seq));
+                let q = match effect {
+                    RowEffect::ClearReactions => q,
+                    _ => q.bind(c.by.as_str()).bind(key),
+                };
+                q.execute(&mut *tx).await.map_err(store_err)?;
+            }
+            out.push(ChangeOutcome::Changed(Box::new(u)));
+        }
+        for (id, (rev, touched)) in &revs {
+            if *touched {
+                sqlx::query("update rooms set last_rev = $2 where id = $1")
+                    .bind(id)
+                    .bind(*rev)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_err)?;
+            }
+        }
+        tx.commit().await.map_err(store_err)?;
         lease.done();
-        Ok(h.unwrap_or(0) as Seq)
+        Ok(out)
+    }
+
+    async fn changes(
+        &self,
+        room: &RoomId,
+        after: Rev,
+        max_seq: Seq,
+        limit: u32,
+    ) -> Result<(Vec<StoredUpdate>, Rev), StoreError> {
+        let mut lease = self.reads.lease().await?;
+        // One statement, so the room's revision and the changes come from one snapshot: a
+        // caller that got fewer than `limit` has seen every change up to that revision.
+        let rows = sqlx::query(concat!(
+            "select h.last_rev, m.* from
+               (select coalesce((select last_rev from rooms where id = $1), 0) as last_rev) h
+               left join lateral (
+                 select ",
+            message_columns!(),
+            ", change, changed_by from messages
+                  where room_id = $1 and rev > $2 and seq <= $3
+                  order by rev limit $4
+               ) m on true"
+        ))
+        .bind(room.as_str())
+        .bind(clamp(after))
+        .bind(clamp(max_seq))
+        .bind(i64::from(limit))
+        .fetch_all(lease.conn())
+        .await
+        .map_err(store_err)?;
+        lease.done();
+        let head: i64 = match rows.first() {
+            Some(r) => r.try_get(0).map_err(store_err)?,
+            None => 0,
+        };
+        let mut ups = Vec::with_capacity(rows.len());
+        for r in &rows {
+            if r.try_get::<Option<i64>, _>("seq")
+                .map_err(store_err)?
+                .is_some()
+            {
+                ups.push(row_to_update(room, r)?);
+            }
+        }
+        Ok((ups, head.max(0) as Rev))
     }
 
     async fn after(
@@ -178,10 +380,12 @@ impl MessageStore for PgStore {
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         let mut lease = self.reads.lease().await?;
-        let rows = sqlx::query(
-            "select seq, user_id, name, cid, body, ts from messages
-              where room_id = $1 and seq > $2 order by seq limit $3",
-        )
+        let rows = sqlx::query(concat!(
+            "select ",
+            message_columns!(),
+            " from messages
+              where room_id = $1 and seq > $2 order by seq limit $3"
+        ))
         .bind(room.as_str())
         .bind(after.min(i64::MAX as u64) as i64)
         .bind(i64::from(limit))
@@ -197,24 +401,43 @@ impl MessageStore for PgStore {
         room: &RoomId,
         before: Option<Seq>,
         limit: u32,
+        viewer: Option<&UserId>,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
         let mut lease = self.reads.lease().await?;
         let before = before
             .map(|b| b.min(i64::MAX as u64) as i64)
             .unwrap_or(i64::MAX);
         // One more than asked tells whether older messages exist.
-        let rows = sqlx::query(
-            "select seq, user_id, name, cid, body, ts from messages
-              where room_id = $1 and seq < $2 order by seq desc limit $3",
-        )
+        let rows = sqlx::query(concat!(
+            "select ",
+            message_columns!(),
+            " from messages
+              where room_id = $1 and seq < $2 order by seq desc limit $3"
+        ))
         .bind(room.as_str())
         .bind(before)
         .bind(i64::from(limit) + 1)
         .fetch_all(lease.conn())
         .await
         .map_err(store_err)?;
+        let (mut msgs, more) = page(room, &rows, limit)?;
+        // The viewer's own reactions, only where the page has any.
+        if let (Some(v), Some((lo, hi))) = (viewer, reacted_range(&msgs)) {
+            let mine: Vec<(i64, String)> = sqlx::query_as(
+                "select seq, key from reactions
+                  where room_id = $1 and user_id = $2 and seq between $3 and $4 order by key",
+            )
+            .bind(room.as_str())
+            .bind(v.as_str())
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(lease.conn())
+            .await
+            .map_err(store_err)?;
+            with_mine(&mut msgs, mine);
+        }
         lease.done();
-        page(room, &rows, limit)
+        Ok((msgs, more))
     }
 
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {

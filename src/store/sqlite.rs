@@ -6,14 +6,22 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use chatty_actors::lifecycle::{self, Decision, RowEffect};
 use chatty_actors::{
-    Appended, JoinInfo, MessageStore, NewMessage, RoomId, RoomRole, Seq, StoreError, StoredMessage,
-    UserId,
+    Appended, ChangeOp, ChangeOutcome, Heads, JoinInfo, MessageStore, NewChange, NewMessage,
+    ReactionKey, Rev, RoomId, RoomRole, Seq, StoreError, StoredMessage, StoredUpdate, UserId,
 };
 use sqlx::sqlite::SqlitePool;
 
 use super::postgres::now_ms;
-use super::{join_info, page, row_to_message, store_err};
+use super::{join_info, page, reacted_range, row_to_message, row_to_update, store_err, with_mine};
+
+/// The columns `row_to_message` reads (a macro, so statements stay `&'static` strings).
+macro_rules! message_columns {
+    () => {
+        "seq, user_id, name, cid, body, ts, meta, rev, edited_ts, deleted, reactions"
+    };
+}
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -85,8 +93,8 @@ impl MessageStore for SqliteStore {
                 .ok_or_else(|| StoreError::Other("room row missing after insert".into()))?;
             head.1 += 1;
             sqlx::query(
-                "insert into messages (room_id, seq, user_id, name, cid, body, ts)
-                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "insert into messages (room_id, seq, user_id, name, cid, body, ts, meta)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .bind(m.room.as_str())
             .bind(head.1)
@@ -95,6 +103,7 @@ impl MessageStore for SqliteStore {
             .bind(m.cid.as_str())
             .bind(m.body.as_str())
             .bind(ts)
+            .bind(m.meta.as_ref().map(|m| m.as_json()))
             .execute(&mut *tx)
             .await
             .map_err(store_err)?;
@@ -118,13 +127,188 @@ impl MessageStore for SqliteStore {
         Ok(out)
     }
 
-    async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {
-        let h: Option<i64> = sqlx::query_scalar("select last_seq from rooms where id = ?1")
-            .bind(room.as_str())
-            .fetch_optional(&self.pool)
+    async fn heads(&self, room: &RoomId) -> Result<Heads, StoreError> {
+        let h: Option<(i64, i64)> =
+            sqlx::query_as("select last_seq, last_rev from rooms where id = ?1")
+                .bind(room.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store_err)?;
+        let (seq, rev) = h.unwrap_or((0, 0));
+        Ok(Heads {
+            seq: seq as Seq,
+            rev: rev as Rev,
+        })
+    }
+
+    async fn change(
+        &self,
+        batch: &[NewChange],
+        max_reaction_keys: u32,
+    ) -> Result<Vec<ChangeOutcome>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The write lock up front, as for an append: the revisions are read and advanced in it.
+        let mut tx = self
+            .pool
+            .begin_with("begin immediate")
             .await
             .map_err(store_err)?;
-        Ok(h.unwrap_or(0) as Seq)
+        let mut revs: HashMap<&str, (i64, bool)> = HashMap::new();
+        let now = now_ms();
+        let mut out = Vec::with_capacity(batch.len());
+        for c in batch {
+            let room = c.room.as_str();
+            if !revs.contains_key(room) {
+                let rev: Option<i64> =
+                    sqlx::query_scalar("select last_rev from rooms where id = ?1")
+                        .bind(room)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(store_err)?;
+                match rev {
+                    Some(r) => revs.insert(room, (r, false)),
+                    None => {
+                        out.push(ChangeOutcome::NotFound); // no room row: no message either
+                        continue;
+                    }
+                };
+            }
+            let row = sqlx::query(concat!(
+                "select ",
+                message_columns!(),
+                " from messages where room_id = ?1 and seq = ?2"
+            ))
+            .bind(room)
+            .bind(clamp(c.seq))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_err)?;
+            let stored = row.map(|r| row_to_message(&c.room, &r)).transpose()?;
+            let mine: Vec<String> = match (&c.op, &stored) {
+                (ChangeOp::React { .. }, Some(_)) => sqlx::query_scalar(
+                    "select key from reactions where room_id = ?1 and seq = ?2 and user_id = ?3",
+                )
+                .bind(room)
+                .bind(clamp(c.seq))
+                .bind(c.by.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_err)?,
+                _ => Vec::new(),
+            };
+            let mine: Vec<ReactionKey> = mine
+                .iter()
+                .filter_map(|k| ReactionKey::parse(k).ok())
+                .collect();
+            let (message, effect) =
+                match lifecycle::decide(stored.as_ref(), &mine, c, max_reaction_keys, now) {
+                    Decision::Answer(o) => {
+                        out.push(o);
+                        continue;
+                    }
+                    Decision::Apply { message, effect } => (message, effect),
+                };
+            let Some((rev, touched)) = revs.get_mut(room) else {
+                continue;
+            };
+            *rev += 1;
+            *touched = true;
+            let u = lifecycle::commit(message, c, *rev as Rev);
+            let m = &u.message;
+            sqlx::query(
+                "update messages set body = ?3, meta = ?4, rev = ?5, edited_ts = ?6,
+                        deleted = ?7, reactions = ?8, change = ?9, changed_by = ?10
+                  where room_id = ?1 and seq = ?2",
+            )
+            .bind(room)
+            .bind(clamp(c.seq))
+            .bind(m.body.as_str())
+            .bind(m.meta.as_ref().map(|m| m.as_json()))
+            .bind(*rev)
+            .bind(m.state.edited_ts)
+            .bind(m.state.deleted)
+            .bind(lifecycle::reactions_to_json(&m.state.reactions))
+            .bind(u.change.as_str())
+            .bind(c.by.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_err)?;
+            let key = match &c.op {
+                ChangeOp::React { key, .. } => key.as_str(),
+                _ => "",
+            };
+            let q = match effect {
+                RowEffect::None => None,
+                RowEffect::AddReaction => Some(sqlx::query(
+                    "insert into reactions (room_id, seq, user_id, key) values (?1, ?2, ?3, ?4)",
+                )),
+                RowEffect::RemoveReaction => Some(sqlx::query(
+                    "delete from reactions
+                      where room_id = ?1 and seq = ?2 and user_id = ?3 and key = ?4",
+                )),
+                RowEffect::ClearReactions => Some(sqlx::query(
+                    "delete from reactions where room_id = ?1 and seq = ?2",
+                )),
+            };
+            if let Some(q) = q {
+                let q = q.bind(room).bind(clamp(c.seq));
+                let q = match effect {
+                    RowEffect::ClearReactions => q,
+                    _ => q.bind(c.by.as_str()).bind(key),
+                };
+                q.execute(&mut *tx).await.map_err(store_err)?;
+            }
+            out.push(ChangeOutcome::Changed(Box::new(u)));
+        }
+        for (room, (rev, touched)) in &revs {
+            if *touched {
+                sqlx::query("update rooms set last_rev = ?2 where id = ?1")
+                    .bind(*room)
+                    .bind(*rev)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_err)?;
+            }
+        }
+        tx.commit().await.map_err(store_err)?;
+        Ok(out)
+    }
+
+    async fn changes(
+        &self,
+        room: &RoomId,
+        after: Rev,
+        max_seq: Seq,
+        limit: u32,
+    ) -> Result<(Vec<StoredUpdate>, Rev), StoreError> {
+        // One read transaction: the revision and the changes from one snapshot.
+        let mut tx = self.pool.begin().await.map_err(store_err)?;
+        let head: Option<i64> = sqlx::query_scalar("select last_rev from rooms where id = ?1")
+            .bind(room.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_err)?;
+        let rows = sqlx::query(concat!(
+            "select ",
+            message_columns!(),
+            ", change, changed_by from messages
+              where room_id = ?1 and rev > ?2 and seq <= ?3 order by rev limit ?4"
+        ))
+        .bind(room.as_str())
+        .bind(clamp(after))
+        .bind(clamp(max_seq))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_err)?;
+        tx.commit().await.map_err(store_err)?;
+        let ups = rows
+            .iter()
+            .map(|r| row_to_update(room, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((ups, head.unwrap_or(0).max(0) as Rev))
     }
 
     async fn after(
@@ -133,10 +317,11 @@ impl MessageStore for SqliteStore {
         after: Seq,
         limit: u32,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let rows = sqlx::query(
-            "select seq, user_id, name, cid, body, ts from messages
-              where room_id = ?1 and seq > ?2 order by seq limit ?3",
-        )
+        let rows = sqlx::query(concat!(
+            "select ",
+            message_columns!(),
+            " from messages where room_id = ?1 and seq > ?2 order by seq limit ?3"
+        ))
         .bind(room.as_str())
         .bind(clamp(after))
         .bind(i64::from(limit))
@@ -151,18 +336,35 @@ impl MessageStore for SqliteStore {
         room: &RoomId,
         before: Option<Seq>,
         limit: u32,
+        viewer: Option<&UserId>,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
-        let rows = sqlx::query(
-            "select seq, user_id, name, cid, body, ts from messages
-              where room_id = ?1 and seq < ?2 order by seq desc limit ?3",
-        )
+        let rows = sqlx::query(concat!(
+            "select ",
+            message_columns!(),
+            " from messages where room_id = ?1 and seq < ?2 order by seq desc limit ?3"
+        ))
         .bind(room.as_str())
         .bind(before.map(clamp).unwrap_or(i64::MAX))
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await
         .map_err(store_err)?;
-        page(room, &rows, limit)
+        let (mut msgs, more) = page(room, &rows, limit)?;
+        if let (Some(v), Some((lo, hi))) = (viewer, reacted_range(&msgs)) {
+            let mine: Vec<(i64, String)> = sqlx::query_as(
+                "select seq, key from reactions
+                  where room_id = ?1 and user_id = ?2 and seq between ?3 and ?4 order by key",
+            )
+            .bind(room.as_str())
+            .bind(v.as_str())
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_err)?;
+            with_mine(&mut msgs, mine);
+        }
+        Ok((msgs, more))
     }
 
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {

@@ -56,7 +56,10 @@ where
         &mut reader,
         &conn,
         encoding,
-        s.limits.max_body_bytes,
+        wire::Bounds {
+            body: s.limits.max_body_bytes,
+            meta: s.limits.max_meta_bytes,
+        },
         &state.auth,
         metrics,
         &state.node.metrics,
@@ -93,7 +96,7 @@ async fn read_loop<R>(
     reader: &mut MessageReader<R>,
     conn: &ConnHandle,
     encoding: Encoding,
-    max_body: usize,
+    bounds: wire::Bounds,
     auth: &crate::auth::Authenticator,
     metrics: &EdgeMetrics,
     actor_metrics: &chatty_actors::Metrics,
@@ -136,7 +139,7 @@ where
                 continue;
             }
         };
-        match wire::decode(&payload, encoding, max_body, &|t| auth.verify(t).ok()) {
+        match wire::decode(&payload, encoding, bounds, &|t| auth.verify(t).ok()) {
             Ok(cmd) => {
                 metrics
                     .frames_in

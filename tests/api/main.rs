@@ -10,6 +10,7 @@ mod handshake;
 mod hostile;
 mod http_api;
 mod lanes;
+mod lifecycle;
 mod messaging;
 mod moderation;
 mod observability;

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use chatty::store::Database;
 use chatty::Settings;
-use chatty_actors::{Body, Cid, DisplayName, MessageStore, NewMessage, RoomId, RoomRole, UserId};
+use chatty_actors::{
+    Body, ChangeOp, ChangeOutcome, Cid, DisplayName, MessageStore, Meta, NewChange, NewMessage,
+    ReactionKey, RoomId, RoomRole, UserId,
+};
 
 fn msg(room: &str, user: &str, cid: &str, body: &str) -> NewMessage {
     NewMessage {
@@ -14,6 +17,39 @@ fn msg(room: &str, user: &str, cid: &str, body: &str) -> NewMessage {
         name: DisplayName::sanitize(user),
         cid: Cid::parse(cid).unwrap(),
         body: Body::parse(body, 4096).unwrap(),
+        meta: None,
+    }
+}
+
+fn change(room: &str, seq: u64, by: &str, op: ChangeOp) -> NewChange {
+    NewChange {
+        room: RoomId::parse(room).unwrap(),
+        seq,
+        by: UserId::parse(by).unwrap(),
+        moderator: false,
+        op,
+    }
+}
+
+fn edit(body: &str) -> ChangeOp {
+    ChangeOp::Edit {
+        body: Body::parse(body, 4096).unwrap(),
+        meta: None,
+    }
+}
+
+fn react(key: &str, on: bool) -> ChangeOp {
+    ChangeOp::React {
+        key: ReactionKey::parse(key).unwrap(),
+        on,
+    }
+}
+
+/// `rev` of a change that did something; a readable panic otherwise.
+fn rev_of(o: &ChangeOutcome) -> u64 {
+    match o {
+        ChangeOutcome::Changed(u) => u.rev(),
+        other => panic!("expected a change, got {other:?}"),
     }
 }
 
@@ -66,7 +102,187 @@ contract!(
     an_empty_batch_is_a_no_op,
     roles_are_set_kept_and_removed_with_the_member_row,
     bans_keep_a_user_out_until_lifted_and_outlive_membership,
+    meta_is_stored_and_read_back_as_given,
+    changes_follow_the_rules_and_advance_a_gap_free_rev,
+    changed_messages_are_read_back_by_rev_in_their_current_state,
+    a_user_has_at_most_the_allowed_reaction_keys_and_sees_their_own,
 );
+
+async fn meta_is_stored_and_read_back_as_given(s: Arc<dyn MessageStore>) {
+    let meta = Meta::parse(
+        serde_json::json!({"reply_to": 1, "files": [{"url": "https://x/y.png"}], "é": "ü"}),
+        2048,
+    )
+    .unwrap();
+    let mut m = msg("meta", "u", "1", "x");
+    m.meta = Some(meta.clone());
+    s.append(&[m, msg("meta", "u", "2", "plain")])
+        .await
+        .unwrap();
+    let all = s.after(&room("meta"), 0, 10).await.unwrap();
+    assert_eq!(all[0].meta.as_ref().map(Meta::value), Some(meta.value()));
+    assert!(all[1].meta.is_none());
+    let (page, _) = s.before(&room("meta"), None, 10, None).await.unwrap();
+    assert_eq!(page[0].meta.as_ref().map(Meta::value), Some(meta.value()));
+}
+
+async fn changes_follow_the_rules_and_advance_a_gap_free_rev(s: Arc<dyn MessageStore>) {
+    s.append(&[msg("lc", "ann", "1", "hello"), msg("lc", "bob", "2", "hi")])
+        .await
+        .unwrap();
+    let mut by_mod = change("lc", 2, "mod", ChangeOp::Delete);
+    by_mod.moderator = true;
+    let out = s
+        .change(
+            &[
+                change("lc", 1, "ann", edit("hello!")),
+                change("lc", 1, "bob", edit("mine now")),
+                change("lc", 1, "ann", edit("hello!")),
+                change("lc", 2, "ann", react("👍", true)),
+                change("lc", 2, "ann", react("👍", true)),
+                change("lc", 2, "bob", react("👍", true)),
+                change("lc", 99, "ann", edit("x")),
+                change("lc", 2, "ann", ChangeOp::Delete),
+                by_mod.clone(),
+                by_mod,
+                change("lc", 2, "bob", edit("back")),
+                change("nowhere", 1, "ann", edit("x")),
+            ],
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rev_of(&out[0]), 1);
+    assert!(matches!(out[1], ChangeOutcome::Forbidden), "{:?}", out[1]);
+    assert!(
+        matches!(out[2], ChangeOutcome::Unchanged(1)),
+        "{:?}",
+        out[2]
+    );
+    assert_eq!(rev_of(&out[3]), 2);
+    assert!(
+        matches!(out[4], ChangeOutcome::Unchanged(2)),
+        "{:?}",
+        out[4]
+    );
+    let ChangeOutcome::Changed(two) = &out[5] else {
+        panic!("{:?}", out[5])
+    };
+    assert_eq!((two.rev(), two.message.state.reactions[0].count), (3, 2));
+    assert!(matches!(out[6], ChangeOutcome::NotFound), "{:?}", out[6]);
+    assert!(
+        matches!(out[7], ChangeOutcome::Forbidden),
+        "not the author: {:?}",
+        out[7]
+    );
+    let ChangeOutcome::Changed(gone) = &out[8] else {
+        panic!("{:?}", out[8])
+    };
+    assert_eq!(gone.rev(), 4);
+    assert!(gone.message.state.deleted && gone.message.body.as_str().is_empty());
+    assert!(gone.message.state.reactions.is_empty());
+    assert!(
+        matches!(out[9], ChangeOutcome::Unchanged(4)),
+        "{:?}",
+        out[9]
+    );
+    assert!(matches!(out[10], ChangeOutcome::Forbidden), "{:?}", out[10]);
+    assert!(matches!(out[11], ChangeOutcome::NotFound), "{:?}", out[11]);
+    let heads = s.heads(&room("lc")).await.unwrap();
+    assert_eq!((heads.seq, heads.rev), (2, 4));
+    // A later batch goes on from the stored revision.
+    let out = s
+        .change(&[change("lc", 1, "ann", edit("again"))], 20)
+        .await
+        .unwrap();
+    assert_eq!(rev_of(&out[0]), 5);
+    // Sends do not move the revision; changes do not move the seq.
+    s.append(&[msg("lc", "ann", "3", "more")]).await.unwrap();
+    let heads = s.heads(&room("lc")).await.unwrap();
+    assert_eq!((heads.seq, heads.rev), (3, 5));
+}
+
+async fn changed_messages_are_read_back_by_rev_in_their_current_state(s: Arc<dyn MessageStore>) {
+    s.append(&[
+        msg("cr", "ann", "1", "one"),
+        msg("cr", "ann", "2", "two"),
+        msg("cr", "ann", "3", "three"),
+    ])
+    .await
+    .unwrap();
+    s.change(
+        &[
+            change("cr", 2, "ann", edit("two, edited")),
+            change("cr", 1, "bob", react("x", true)),
+            change("cr", 2, "ann", ChangeOp::Delete),
+        ],
+        20,
+    )
+    .await
+    .unwrap();
+    // Revs 1 and 3 both changed seq 2: only its latest state (rev 3) is left to read.
+    let (ups, head) = s.changes(&room("cr"), 0, u64::MAX, 100).await.unwrap();
+    assert_eq!(head, 3);
+    let got: Vec<(u64, u64)> = ups.iter().map(|u| (u.message.seq, u.rev())).collect();
+    assert_eq!(got, vec![(1, 2), (2, 3)]);
+    assert_eq!(ups[0].by.as_str(), "bob");
+    assert_eq!(ups[0].change.as_str(), "react");
+    assert_eq!(ups[1].change.as_str(), "delete");
+    assert!(ups[1].message.state.deleted && ups[1].message.body.as_str().is_empty());
+    // Bounded by seq (a joiner's `since`) and by count.
+    let (ups, _) = s.changes(&room("cr"), 0, 1, 100).await.unwrap();
+    assert_eq!(ups.len(), 1);
+    let (ups, head) = s.changes(&room("cr"), 0, u64::MAX, 1).await.unwrap();
+    assert_eq!((ups.len(), head), (1, 3));
+    let (ups, head) = s.changes(&room("cr"), 3, u64::MAX, 10).await.unwrap();
+    assert!(ups.is_empty());
+    assert_eq!(head, 3);
+    let (ups, head) = s.changes(&room("none"), 0, u64::MAX, 10).await.unwrap();
+    assert!(ups.is_empty() && head == 0);
+    // Replays and history carry the current state.
+    let all = s.after(&room("cr"), 0, 10).await.unwrap();
+    assert_eq!(all[0].state.reactions.len(), 1);
+    assert!(all[1].state.deleted);
+    assert_eq!(all[2].state.rev, 0);
+}
+
+async fn a_user_has_at_most_the_allowed_reaction_keys_and_sees_their_own(s: Arc<dyn MessageStore>) {
+    s.append(&[msg("rk", "ann", "1", "one")]).await.unwrap();
+    let out = s
+        .change(
+            &[
+                change("rk", 1, "bob", react("a", true)),
+                change("rk", 1, "bob", react("b", true)),
+                change("rk", 1, "bob", react("c", true)),
+                change("rk", 1, "cat", react("c", true)),
+                change("rk", 1, "bob", react("a", false)),
+                change("rk", 1, "bob", react("c", true)),
+            ],
+            2,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(out[2], ChangeOutcome::TooManyReactions),
+        "{:?}",
+        out[2]
+    );
+    assert_eq!(rev_of(&out[3]), 3);
+    assert_eq!(rev_of(&out[5]), 5, "room for one more once one is off");
+    let bob = user("bob");
+    let (page, _) = s.before(&room("rk"), None, 10, Some(&bob)).await.unwrap();
+    let mine: Vec<&str> = page[0].state.mine.iter().map(|k| k.as_str()).collect();
+    assert_eq!(mine, vec!["b", "c"]);
+    let counts: Vec<(&str, u32)> = page[0]
+        .state
+        .reactions
+        .iter()
+        .map(|r| (r.key.as_str(), r.count))
+        .collect();
+    assert_eq!(counts, vec![("b", 1), ("c", 2)]);
+    let (page, _) = s.before(&room("rk"), None, 10, None).await.unwrap();
+    assert!(page[0].state.mine.is_empty());
+}
 
 async fn seqs_start_at_one_and_stay_gap_free_across_batches_and_rooms(s: Arc<dyn MessageStore>) {
     assert_eq!(s.head(&room("a")).await.unwrap(), 0);
@@ -121,20 +337,20 @@ async fn after_and_before_page_in_seq_order(s: Arc<dyn MessageStore>) {
         page.iter().map(|m| m.seq).collect::<Vec<_>>(),
         vec![4, 5, 6, 7]
     );
-    let (newest, more) = s.before(&room("p"), None, 3).await.unwrap();
+    let (newest, more) = s.before(&room("p"), None, 3, None).await.unwrap();
     assert_eq!(
         newest.iter().map(|m| m.seq).collect::<Vec<_>>(),
         vec![8, 9, 10]
     );
     assert!(more);
-    let (older, more) = s.before(&room("p"), Some(8), 10).await.unwrap();
+    let (older, more) = s.before(&room("p"), Some(8), 10, None).await.unwrap();
     assert_eq!(
         older.iter().map(|m| m.seq).collect::<Vec<_>>(),
         (1..=7).collect::<Vec<_>>()
     );
     assert!(!more);
     assert_eq!(older[0].body.as_str(), "b1");
-    let (none, more) = s.before(&room("nothing"), None, 10).await.unwrap();
+    let (none, more) = s.before(&room("nothing"), None, 10, None).await.unwrap();
     assert!(none.is_empty() && !more);
     assert!(s.after(&room("p"), u64::MAX, 10).await.unwrap().is_empty());
 }

@@ -18,11 +18,11 @@ use crate::ids::RoomId;
 use crate::metrics::{Alive, Metrics};
 use crate::moderation::{By, ModError, Moderation};
 use crate::outbox::Outbox;
-use crate::ports::{BusEvent, ClusterBus, JoinInfo, MessageStore, NewMessage};
-use crate::protocol::{Command, Encoding, ErrorCode, HistoryItem, ServerFrame};
+use crate::ports::{BusEvent, ClusterBus, JoinInfo, MessageStore, NewChange, NewMessage};
+use crate::protocol::{ChangeOp, Command, Encoding, ErrorCode, HistoryItem, ServerFrame};
 use crate::room::{Member, Membership, RoomMsg};
 use crate::rooms::{RoomHandle, RoomRegistry};
-use crate::writer::{Ack, WriterHandle};
+use crate::writer::{Ack, ChangeAck, WriterHandle};
 
 mod bucket;
 use bucket::TokenBucket;
@@ -242,6 +242,7 @@ impl ConnState {
                 room,
                 since,
                 presence,
+                since_rev,
             } => {
                 let r = r#ref.as_deref();
                 self.forget_if_revoked(&room);
@@ -284,6 +285,7 @@ impl ConnState {
                     member,
                     r#ref: r#ref.clone(),
                     since,
+                    since_rev,
                     read: info.read,
                     role: info.role,
                     asked: std::time::Instant::now(),
@@ -334,6 +336,7 @@ impl ConnState {
                 room,
                 cid,
                 body,
+                meta,
             } => {
                 if self.joined(r#ref.as_deref(), &room).is_none() {
                     return;
@@ -344,6 +347,7 @@ impl ConnState {
                     name: self.args.identity.name.clone(),
                     cid,
                     body,
+                    meta,
                 };
                 let ack = Ack::Socket {
                     outbox: self.args.outbox.clone(),
@@ -352,6 +356,46 @@ impl ConnState {
                     unavailable: self.unavailable.clone(),
                 };
                 ctx.writer.submit(msg, ack);
+            }
+            Command::Change {
+                r#ref,
+                room,
+                seq,
+                op,
+            } => {
+                let r = r#ref.as_deref();
+                if self.joined(r, &room).is_none() {
+                    return;
+                }
+                let user = self.args.identity.user.clone();
+                // Only a delete can act on someone else's message, and only with a role: the
+                // role is read fresh (it may have changed since the join), and only then.
+                let moderator = match op {
+                    ChangeOp::Delete if self.args.outbox.shared().is_admin() => true,
+                    ChangeOp::Delete => {
+                        match crate::ports::timed(ctx.store.join_info(&room, &user)).await {
+                            Ok(info) => info.role >= crate::access::RoomRole::Moderator,
+                            Err(_) => {
+                                return self.error(r, ErrorCode::Unavailable, "try again later")
+                            }
+                        }
+                    }
+                    _ => false,
+                };
+                let change = NewChange {
+                    room,
+                    seq,
+                    by: user,
+                    moderator,
+                    op,
+                };
+                let ack = ChangeAck::Socket {
+                    outbox: self.args.outbox.clone(),
+                    encoding: self.args.encoding,
+                    r#ref,
+                    errors: ctx.metrics.errors_sent.clone(),
+                };
+                ctx.writer.change(change, ack);
             }
             Command::History {
                 r#ref,
@@ -365,7 +409,8 @@ impl ConnState {
                     return;
                 }
                 let limit = limit.min(ctx.config.history_max);
-                match crate::ports::timed(ctx.store.before(&room, before, limit)).await {
+                let me = Some(&self.args.identity.user);
+                match crate::ports::timed(ctx.store.before(&room, before, limit, me)).await {
                     Ok((msgs, more)) => self.push(ServerFrame::History {
                         r#ref: r,
                         room: &room,

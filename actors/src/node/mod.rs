@@ -22,16 +22,19 @@ use crate::connection::{ConnArgs, ConnContext, ConnectionActor};
 use crate::connections::{ConnRegistry, ConnectionSupervisorMsg};
 use crate::expiry::Expiry;
 use crate::handle::{ConnHandle, Connection};
-use crate::ids::{Body, Cid, ConnId, DisplayName, RoomId, Seq, UserId};
+use crate::ids::{Body, Cid, ConnId, DisplayName, Meta, RoomId, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::moderation::{By, ModError, Moderation};
 use crate::outbox::{ConnShared, Outbox};
-use crate::ports::{Appended, ClusterBus, MessageStore, NewMessage, PresenceStore, StoreError};
+use crate::ports::{
+    Appended, ChangeOutcome, ClusterBus, MessageStore, NewChange, NewMessage, PresenceStore,
+    StoreError,
+};
 use crate::presence::{PresenceIndex, PresenceKeeperMsg};
 use crate::protocol::{Encoding, PresenceEntry, StoredMessage};
 use crate::room::RoomMsg;
 use crate::rooms::RoomRegistry;
-use crate::writer::{Ack, WriteError, WriterHandle, WriterMsg};
+use crate::writer::{Ack, ChangeAck, WriteError, WriterHandle, WriterMsg};
 
 mod supervisor;
 use supervisor::{NodeMsg, NodeSupervisor, RootArgs};
@@ -222,6 +225,7 @@ impl Node {
         name: DisplayName,
         cid: Cid,
         body: Body,
+        meta: Option<Meta>,
     ) -> Result<Appended, WriteError> {
         let (tx, rx) = oneshot::channel();
         self.writer.submit(
@@ -231,9 +235,18 @@ impl Node {
                 name,
                 cid,
                 body,
+                meta,
             },
             Ack::Reply(tx),
         );
+        rx.await.unwrap_or(Err(WriteError::Unavailable))
+    }
+
+    /// Change a message from the HTTP API (a moderation delete, an edit on behalf of its
+    /// author); resolves after commit, like a socket's change.
+    pub async fn change(&self, change: NewChange) -> Result<ChangeOutcome, WriteError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.change(change, ChangeAck::Reply(tx));
         rx.await.unwrap_or(Err(WriteError::Unavailable))
     }
 
@@ -247,7 +260,7 @@ impl Node {
     ) -> Result<(Vec<StoredMessage>, bool), NodeError> {
         Ok(self
             .store
-            .before(room, before, limit.min(self.config.history_max))
+            .before(room, before, limit.min(self.config.history_max), None)
             .await?)
     }
 

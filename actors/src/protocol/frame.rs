@@ -5,10 +5,11 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::{
-    Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, RemoveReason, StoredMessage,
+    is_zero, ChangeKind, Encoding, ErrorCode, HistoryItem, PresenceEntry, PresenceLeave, Reaction,
+    RemoveReason, StoredMessage, StoredUpdate,
 };
 use crate::access::RoomRole;
-use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
+use crate::ids::{Body, Cid, DisplayName, Meta, Rev, RoomId, Seq, UserId};
 
 /// Every frame the server sends. Borrowed, so encoding never clones a body.
 #[derive(Serialize)]
@@ -42,6 +43,13 @@ pub enum ServerFrame<'a> {
         replay_truncated: bool,
         /// v1.1: the joiner's room role, so a client knows whether to offer moderation.
         role: RoomRole,
+        /// v1.1: the room's revision when the socket joined: `update` frames replayed for
+        /// `since_rev` end with it, live ones follow it.
+        rev: Rev,
+        /// v1.1: more than `replay_max` changes were missed since `since_rev`: none were
+        /// replayed; the client reloads the messages it shows with `history`. Omitted when false.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        rev_truncated: bool,
     },
     /// Reply to `leave`.
     Left {
@@ -64,10 +72,66 @@ pub enum ServerFrame<'a> {
         name: &'a DisplayName,
         /// The sender's `cid`, so it can reconcile its optimistic copy.
         cid: &'a Cid,
-        /// The text.
+        /// The text ("" once deleted).
         body: &'a Body,
         /// Server time of the commit, in milliseconds since the Unix epoch.
         ts: i64,
+        /// v1.1: the metadata, when it was sent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        meta: Option<&'a Meta>,
+        /// v1.1: the revision of its last change (a replayed message may have changed); the
+        /// state fields are omitted while they hold their defaults, as for every live message.
+        #[serde(skip_serializing_if = "is_zero")]
+        rev: Rev,
+        /// v1.1: when it was last edited.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        edited_ts: Option<i64>,
+        /// v1.1: deleted (a tombstone).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+        /// v1.1: reaction counts.
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        reactions: &'a [Reaction],
+    },
+    /// v1.1: reply to `edit`, `delete` and `react`, once the change is committed (or, for a
+    /// change that changes nothing, at once with the message's current revision).
+    Updated {
+        /// The request's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// The room.
+        room: &'a RoomId,
+        /// The message.
+        seq: Seq,
+        /// The revision the change got (a no-op: the message's current one).
+        rev: Rev,
+    },
+    /// v1.1: a message changed: its whole new state, to every member in `rev` order.
+    Update {
+        /// The room.
+        room: &'a RoomId,
+        /// The message.
+        seq: Seq,
+        /// The change's revision: one more than the room's previous `update`.
+        rev: Rev,
+        /// What the change did.
+        change: ChangeKind,
+        /// Who made it.
+        by: &'a UserId,
+        /// The text now; absent once deleted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a Body>,
+        /// The metadata now; absent when none or deleted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        meta: Option<&'a Meta>,
+        /// When it was last edited.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        edited_ts: Option<i64>,
+        /// Deleted.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        deleted: bool,
+        /// Reaction counts now (always present, maybe empty).
+        reactions: &'a [Reaction],
     },
     /// Reply to `send`, only once the message is committed.
     Ack {
@@ -221,6 +285,28 @@ impl<'a> ServerFrame<'a> {
             cid: &m.cid,
             body: &m.body,
             ts: m.ts,
+            meta: m.meta.as_ref(),
+            rev: m.state.rev,
+            edited_ts: m.state.edited_ts,
+            deleted: m.state.deleted,
+            reactions: &m.state.reactions,
+        }
+    }
+
+    /// The `update` frame of a committed change.
+    pub fn update(u: &'a StoredUpdate) -> Self {
+        let m = &u.message;
+        ServerFrame::Update {
+            room: &m.room,
+            seq: m.seq,
+            rev: m.state.rev,
+            change: u.change,
+            by: &u.by,
+            body: (!m.state.deleted).then_some(&m.body),
+            meta: m.meta.as_ref().filter(|_| !m.state.deleted),
+            edited_ts: m.state.edited_ts,
+            deleted: m.state.deleted,
+            reactions: &m.state.reactions,
         }
     }
 
@@ -284,6 +370,8 @@ mod tests {
             cid: Cid::parse("c1").unwrap(),
             body: Body::parse("hi", 10).unwrap(),
             ts: 1_700_000_000_000,
+            meta: None,
+            state: Default::default(),
         }
     }
 

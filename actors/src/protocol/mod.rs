@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::access::{Identity, RoomRole};
-use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
+use crate::ids::{Body, Cid, DisplayName, Meta, ReactionKey, Rev, RoomId, Seq, UserId};
 
 mod frame;
 pub use frame::{EncodeOnce, ServerFrame};
@@ -59,6 +59,9 @@ pub enum Command {
         since: Option<Seq>,
         /// v1.1: what this socket wants to hear of the room's presence.
         presence: PresenceMode,
+        /// v1.1: the room revision the client has: after the `since` replay, the messages with
+        /// seq <= `since` changed after it are sent as `update` frames. Ignored without `since`.
+        since_rev: Option<Rev>,
     },
     /// `presence` (v1.1): a page of who is present, for rooms whose `joined.presence` was
     /// truncated. Answered with `presence_page`.
@@ -90,6 +93,20 @@ pub enum Command {
         cid: Cid,
         /// The text, already checked against `max_body_bytes`.
         body: Body,
+        /// v1.1: the message's metadata, already checked against `max_meta_bytes`.
+        meta: Option<Meta>,
+    },
+    /// `edit`, `delete` or `react` (v1.1): change a message. Committed through the Writer, then
+    /// answered with `updated` and broadcast as `update` in `rev` order.
+    Change {
+        /// Echoed on the `updated` or `error` reply.
+        r#ref: Ref,
+        /// The message's room; the socket must have joined it.
+        room: RoomId,
+        /// The message.
+        seq: Seq,
+        /// What to do to it.
+        op: ChangeOp,
     },
     /// `history`: one page of a room's stored messages. Answered with `history`.
     History {
@@ -175,6 +192,7 @@ impl Command {
             | Command::Presence { r#ref, .. }
             | Command::Leave { r#ref, .. }
             | Command::Send { r#ref, .. }
+            | Command::Change { r#ref, .. }
             | Command::History { r#ref, .. }
             | Command::Read { r#ref, .. }
             | Command::Ping { r#ref }
@@ -193,6 +211,7 @@ impl Command {
             Command::Presence { .. } => "presence",
             Command::Leave { .. } => "leave",
             Command::Send { .. } => "send",
+            Command::Change { op, .. } => op.kind().as_str(),
             Command::History { .. } => "history",
             Command::Read { .. } => "read",
             Command::Typing { .. } => "typing",
@@ -206,7 +225,7 @@ impl Command {
 }
 
 /// A message as stored and delivered.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct StoredMessage {
     /// The room it was posted to.
     pub room: RoomId,
@@ -222,6 +241,118 @@ pub struct StoredMessage {
     pub body: Body,
     /// Server time of the commit, in milliseconds since the Unix epoch.
     pub ts: i64,
+    /// v1.1: the metadata sent with it (absent once deleted).
+    pub meta: Option<Meta>,
+    /// v1.1: the message's state after its last change; the default for a message never
+    /// changed, which is what every fresh message is.
+    pub state: MessageState,
+}
+
+/// What changes can do to a message: its last revision, edit time, deletion and reactions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageState {
+    /// The room revision of the message's last change; 0 if never changed.
+    pub rev: Rev,
+    /// When it was last edited (milliseconds since the Unix epoch).
+    pub edited_ts: Option<i64>,
+    /// Deleted: the body is empty and the metadata gone (a tombstone keeping its seq).
+    pub deleted: bool,
+    /// Reaction counts, in the order each key was first used.
+    pub reactions: Vec<Reaction>,
+    /// The reaction keys of the user who read it (`history` only; empty elsewhere).
+    pub mine: Vec<ReactionKey>,
+}
+
+/// `{key, count}` in `reactions`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Reaction {
+    /// The reaction.
+    pub key: ReactionKey,
+    /// How many users reacted with it.
+    pub count: u32,
+}
+
+/// What a change does (`update.change`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// The body (and maybe the metadata) was replaced.
+    Edit,
+    /// The message was deleted.
+    Delete,
+    /// A reaction was added or removed.
+    React,
+}
+
+impl ChangeKind {
+    /// The wire name, also stored with the message and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Edit => "edit",
+            ChangeKind::Delete => "delete",
+            ChangeKind::React => "react",
+        }
+    }
+
+    /// The kind named `s` (the inverse of `as_str`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "edit" => Some(ChangeKind::Edit),
+            "delete" => Some(ChangeKind::Delete),
+            "react" => Some(ChangeKind::React),
+            _ => None,
+        }
+    }
+}
+
+/// A change a user asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeOp {
+    /// Replace the body; the metadata too when given (else it is kept).
+    Edit {
+        /// The new text.
+        body: Body,
+        /// The new metadata, if any.
+        meta: Option<Meta>,
+    },
+    /// Erase the body and metadata, keep the seq.
+    Delete,
+    /// Add (`on`) or remove the user's reaction `key`.
+    React {
+        /// The reaction.
+        key: ReactionKey,
+        /// Add or remove.
+        on: bool,
+    },
+}
+
+impl ChangeOp {
+    /// Which kind of change this is.
+    pub fn kind(&self) -> ChangeKind {
+        match self {
+            ChangeOp::Edit { .. } => ChangeKind::Edit,
+            ChangeOp::Delete => ChangeKind::Delete,
+            ChangeOp::React { .. } => ChangeKind::React,
+        }
+    }
+}
+
+/// A committed change of a message: its whole new state, as every member hears it.
+#[derive(Debug, Clone)]
+pub struct StoredUpdate {
+    /// What the change did.
+    pub change: ChangeKind,
+    /// Who made it.
+    pub by: UserId,
+    /// The message as it is now; `message.state.rev` is the change's revision.
+    pub message: StoredMessage,
+}
+
+impl StoredUpdate {
+    /// The change's revision.
+    pub fn rev(&self) -> Rev {
+        self.message.state.rev
+    }
 }
 
 /// `{user, name}` in presence lists.
@@ -297,6 +428,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A server fault; the details go to the server's log, never to the client.
     Internal,
+    /// v1.1: no such message.
+    NotFound,
 }
 
 impl ErrorCode {
@@ -312,11 +445,13 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
         }
     }
 }
 
-/// A `message` as it appears inside a `history` reply (no `type` field).
+/// A `message` as it appears inside a `history` reply (no `type` field), with its current
+/// state (v1.1).
 #[derive(Serialize)]
 pub struct HistoryItem<'a> {
     /// The room it was posted to.
@@ -329,10 +464,33 @@ pub struct HistoryItem<'a> {
     pub name: &'a DisplayName,
     /// The sender's idempotency key.
     pub cid: &'a Cid,
-    /// The text.
+    /// The text ("" once deleted).
     pub body: &'a Body,
     /// Server time of the commit, in milliseconds since the Unix epoch.
     pub ts: i64,
+    /// The metadata, when it was sent (and the message is not deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<&'a Meta>,
+    /// The revision of the last change; omitted when never changed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rev: Rev,
+    /// When it was last edited; omitted if never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_ts: Option<i64>,
+    /// Deleted (a tombstone); omitted when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// Reaction counts; omitted when none.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub reactions: &'a [Reaction],
+    /// The requesting user's reaction keys; omitted when none.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub mine: &'a [ReactionKey],
+}
+
+/// For `skip_serializing_if`: a revision of 0 (never changed) is not sent.
+pub(crate) fn is_zero(r: &Rev) -> bool {
+    *r == 0
 }
 
 impl<'a> From<&'a StoredMessage> for HistoryItem<'a> {
@@ -345,6 +503,12 @@ impl<'a> From<&'a StoredMessage> for HistoryItem<'a> {
             cid: &m.cid,
             body: &m.body,
             ts: m.ts,
+            meta: m.meta.as_ref(),
+            rev: m.state.rev,
+            edited_ts: m.state.edited_ts,
+            deleted: m.state.deleted,
+            reactions: &m.state.reactions,
+            mine: &m.state.mine,
         }
     }
 }

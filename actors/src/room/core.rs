@@ -11,10 +11,12 @@ use parking_lot::Mutex;
 
 use super::presence::RoomPresence;
 use super::replay::{Hold, Offer};
-use crate::ids::{ConnId, DisplayName, Seq, UserId};
+use crate::ids::{ConnId, DisplayName, Rev, Seq, UserId};
 use crate::metrics::Metrics;
 use crate::outbox::{close, Outbox};
-use crate::protocol::{EncodeOnce, Encoding, PresenceMode, ServerFrame, StoredMessage};
+use crate::protocol::{
+    EncodeOnce, Encoding, PresenceMode, ServerFrame, StoredMessage, StoredUpdate,
+};
 
 /// A connection in a room.
 #[derive(Clone)]
@@ -74,6 +76,8 @@ impl MemberState {
 #[derive(Default)]
 pub struct RoomCore {
     pub(crate) delivered: Seq,
+    /// The revision of the last change delivered (v1.1).
+    pub(crate) rev: Rev,
     pub(crate) members: HashMap<ConnId, MemberState>,
     pub(crate) presence: RoomPresence,
 }
@@ -133,5 +137,12 @@ impl RoomCore {
             ms.send(enc.get(ms.member.encoding), hold_cap);
         }
         metrics.deliveries.inc_by(n);
+    }
+
+    /// Deliver one committed change, the next in rev order, to every member (the one who
+    /// made it included); the room's revision moves to it.
+    pub(crate) fn deliver_update(&mut self, u: &StoredUpdate, hold_cap: usize) {
+        self.rev = u.rev();
+        self.broadcast(ServerFrame::update(u), |_| true, hold_cap);
     }
 }

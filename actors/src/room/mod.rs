@@ -29,13 +29,15 @@ use tracing::Instrument;
 pub use self::core::{Member, Membership, RoomShared};
 use crate::access::RoomRole;
 use crate::config::NodeConfig;
-use crate::ids::{ConnId, RoomId, Seq, UserId};
+use crate::ids::{ConnId, Rev, RoomId, Seq, UserId};
 use crate::metrics::Alive;
 use crate::metrics::Metrics;
 use crate::outbox::close;
 use crate::ports::{BusEvent, ClusterBus, MessageStore, PresenceStore};
 use crate::presence::PresenceIndex;
-use crate::protocol::{EncodeOnce, PresenceEntry, Ref, RemoveReason, ServerFrame, StoredMessage};
+use crate::protocol::{
+    EncodeOnce, PresenceEntry, Ref, RemoveReason, ServerFrame, StoredMessage, StoredUpdate,
+};
 use state::JoinAsk;
 
 /// How a room tells whoever keeps it (its supervisor) that nothing holds it open any more:
@@ -47,6 +49,8 @@ pub enum RoomMsg {
         member: Box<Member>,
         r#ref: Ref,
         since: Option<Seq>,
+        /// v1.1: replay the changes after this revision (of messages up to `since`).
+        since_rev: Option<Rev>,
         read: Seq,
         role: RoomRole,
         /// When the join was asked: a cluster presence read started later covers it.
@@ -63,6 +67,8 @@ pub enum RoomMsg {
         msgs: Arc<[StoredMessage]>,
         committed: Option<Instant>,
     },
+    /// Committed changes of this room's messages, ascending rev (v1.1).
+    Updates(Arc<[StoredUpdate]>),
     Typing {
         user: UserId,
         /// From a local connection (counted in the room's bounded queue, and published to
@@ -91,7 +97,7 @@ pub enum RoomMsg {
     Announce {
         conn: ConnId,
         joined: bytes::Bytes,
-        replay: Option<(Seq, Seq)>,
+        replay: replay::Replay,
     },
     /// Send `presence_count` to the members that joined with `presence: "count"`.
     FlushCount,
@@ -137,6 +143,8 @@ pub struct RoomActor;
 pub struct RoomState {
     args: RoomArgs,
     reorder: order::Reorder,
+    /// Changes that arrived ahead of a gap in rev (v1.1).
+    update_order: order::Reorder<StoredUpdate>,
     gap_timer_armed: bool,
     flush_armed: bool,
     resync_inflight: bool,
@@ -162,8 +170,10 @@ impl Actor for RoomActor {
         args: RoomArgs,
     ) -> Result<RoomState, ActorProcessingErr> {
         if !args.restarted {
-            let head = crate::ports::timed(args.store.head(&args.room)).await?;
-            args.shared.core.lock().delivered = head;
+            let heads = crate::ports::timed(args.store.heads(&args.room)).await?;
+            let mut core = args.shared.core.lock();
+            core.delivered = heads.seq;
+            core.rev = heads.rev;
         } else {
             // Whatever was committed while no actor listened is read back from the store.
             let _ = myself.cast(RoomMsg::CheckHead);
@@ -175,6 +185,7 @@ impl Actor for RoomActor {
             _alive: Alive::new(&args.metrics, "room"),
             args,
             reorder: order::Reorder::default(),
+            update_order: order::Reorder::default(),
             gap_timer_armed: false,
             flush_armed: false,
             resync_inflight: false,
@@ -211,6 +222,7 @@ async fn handle_room(
             member,
             r#ref,
             since,
+            since_rev,
             read,
             role,
             asked,
@@ -232,6 +244,7 @@ async fn handle_room(
                 }
                 _ => None,
             };
+            let missed = state.missed_changes(since, since_rev).await;
             state.read_cluster_presence(asked).await;
             state.join(
                 &myself,
@@ -242,6 +255,7 @@ async fn handle_room(
                     read,
                     role,
                     store_head,
+                    missed,
                 },
             );
         }
@@ -265,6 +279,7 @@ async fn handle_room(
         RoomMsg::Deliver { msgs, committed } => {
             state.accept(&myself, &msgs, committed);
         }
+        RoomMsg::Updates(updates) => state.accept_updates(&myself, &updates),
         RoomMsg::Typing { user, local } => {
             state.typing(&user);
             if local {

@@ -1,16 +1,42 @@
 //! Ordered delivery: messages reach a room in any order (local commits, the bus, gap fills,
-//! head checks) and leave it strictly in seq order. A message ahead of a gap waits here until
-//! the gap closes by itself or is filled from the store. Plain data: no actor, no timer.
+//! head checks) and leave it strictly in seq order; changes (v1.1) likewise in rev order. An
+//! item ahead of a gap waits here until the gap closes by itself or is filled from the store.
+//! Plain data: no actor, no timer.
 
 use std::collections::BTreeMap;
 
 use crate::ids::Seq;
-use crate::protocol::StoredMessage;
+use crate::protocol::{StoredMessage, StoredUpdate};
 
-/// Messages that arrived ahead of a gap, by seq.
-#[derive(Default)]
-pub(crate) struct Reorder {
-    ahead: BTreeMap<Seq, StoredMessage>,
+/// Something delivered in the order of a gap-free counter.
+pub(crate) trait Counted: Clone {
+    /// Its place: a message's seq, a change's rev.
+    fn pos(&self) -> u64;
+}
+
+impl Counted for StoredMessage {
+    fn pos(&self) -> u64 {
+        self.seq
+    }
+}
+
+impl Counted for StoredUpdate {
+    fn pos(&self) -> u64 {
+        self.rev()
+    }
+}
+
+/// Items that arrived ahead of a gap, by position.
+pub(crate) struct Reorder<T = StoredMessage> {
+    ahead: BTreeMap<Seq, T>,
+}
+
+impl<T> Default for Reorder<T> {
+    fn default() -> Self {
+        Self {
+            ahead: BTreeMap::new(),
+        }
+    }
 }
 
 /// What to read from the store to close the gap in front of the waiting messages.
@@ -22,33 +48,28 @@ pub(crate) struct Missing {
     pub count: u32,
 }
 
-impl Reorder {
+impl<T: Counted> Reorder<T> {
     /// Take `msgs` in (any order, duplicates allowed) given the room has delivered up to
     /// `delivered`, and hand every message that is now next in line to `deliver`, in seq
     /// order. The caller's head advances with each call of `deliver`.
-    pub fn accept(
-        &mut self,
-        delivered: Seq,
-        msgs: &[StoredMessage],
-        mut deliver: impl FnMut(&StoredMessage),
-    ) {
+    pub fn accept(&mut self, delivered: Seq, msgs: &[T], mut deliver: impl FnMut(&T)) {
         let mut next = delivered;
         for m in msgs {
-            if m.seq <= next {
+            if m.pos() <= next {
                 continue; // already delivered: a duplicate from the bus or a gap fill
             }
-            if m.seq == next + 1 {
+            if m.pos() == next + 1 {
                 deliver(m);
-                next = m.seq;
+                next = m.pos();
             } else {
-                self.ahead.insert(m.seq, m.clone());
+                self.ahead.insert(m.pos(), m.clone());
             }
         }
         self.drain(next, deliver);
     }
 
     /// Deliver what waits here and has become next in line after `delivered`.
-    pub fn drain(&mut self, delivered: Seq, mut deliver: impl FnMut(&StoredMessage)) {
+    pub fn drain(&mut self, delivered: Seq, mut deliver: impl FnMut(&T)) {
         let mut next = delivered;
         while let Some(entry) = self.ahead.first_entry() {
             let seq = *entry.key();
@@ -97,10 +118,12 @@ mod tests {
             cid: Cid::parse(&format!("c{seq}")).unwrap(),
             body: Body::parse(&format!("m{seq}"), 100).unwrap(),
             ts: 0,
+            meta: None,
+            state: Default::default(),
         }
     }
 
-    fn run(r: &mut Reorder, head: &mut Seq, seqs: &[Seq]) -> Vec<Seq> {
+    fn run(r: &mut Reorder<StoredMessage>, head: &mut Seq, seqs: &[Seq]) -> Vec<Seq> {
         let msgs: Vec<_> = seqs.iter().map(|&s| msg(s)).collect();
         let mut out = Vec::new();
         r.accept(*head, &msgs, |m| out.push(m.seq));
@@ -112,14 +135,14 @@ mod tests {
 
     #[test]
     fn in_order_messages_pass_straight_through() {
-        let (mut r, mut head) = (Reorder::default(), 0);
+        let (mut r, mut head) = (Reorder::<StoredMessage>::default(), 0);
         assert_eq!(run(&mut r, &mut head, &[1, 2, 3]), vec![1, 2, 3]);
         assert!(!r.is_waiting());
     }
 
     #[test]
     fn a_message_ahead_of_a_gap_waits_until_the_gap_closes() {
-        let (mut r, mut head) = (Reorder::default(), 0);
+        let (mut r, mut head) = (Reorder::<StoredMessage>::default(), 0);
         assert_eq!(run(&mut r, &mut head, &[1, 3, 4]), vec![1]);
         assert!(r.is_waiting());
         assert_eq!(run(&mut r, &mut head, &[2]), vec![2, 3, 4]);
@@ -128,7 +151,7 @@ mod tests {
 
     #[test]
     fn duplicates_and_old_messages_are_dropped() {
-        let (mut r, mut head) = (Reorder::default(), 5);
+        let (mut r, mut head) = (Reorder::<StoredMessage>::default(), 5);
         assert_eq!(run(&mut r, &mut head, &[3, 5, 6, 6, 7]), vec![6, 7]);
         assert_eq!(run(&mut r, &mut head, &[9, 9]), Vec::<Seq>::new());
         assert_eq!(run(&mut r, &mut head, &[8, 9]), vec![8, 9]);
@@ -137,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_batch_in_reverse_order_comes_out_sorted() {
-        let (mut r, mut head) = (Reorder::default(), 0);
+        let (mut r, mut head) = (Reorder::<StoredMessage>::default(), 0);
         assert_eq!(
             run(&mut r, &mut head, &[5, 4, 3, 2, 1]),
             vec![1, 2, 3, 4, 5]
@@ -146,7 +169,7 @@ mod tests {
 
     #[test]
     fn missing_names_the_gap_in_pages() {
-        let (mut r, mut head) = (Reorder::default(), 10);
+        let (mut r, mut head) = (Reorder::<StoredMessage>::default(), 10);
         assert_eq!(r.missing(head, 1000), None);
         run(&mut r, &mut head, &[2_000]);
         assert_eq!(
@@ -173,7 +196,7 @@ mod tests {
 
     #[test]
     fn drain_discards_what_was_delivered_meanwhile() {
-        let (mut r, mut head) = (Reorder::default(), 0);
+        let (mut r, mut head) = (Reorder::<StoredMessage>::default(), 0);
         run(&mut r, &mut head, &[3, 4, 6]);
         let mut out = Vec::new();
         r.drain(4, |m| out.push(m.seq));

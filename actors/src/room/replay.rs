@@ -1,6 +1,6 @@
 //! Replay then live: a member that joins with `since` gets the messages it missed from the
-//! store, off the room's mailbox, while live frames for it wait in a `Hold` so they follow the
-//! replay instead of overtaking it.
+//! store, off the room's mailbox, then (v1.1, `since_rev`) the changes it missed, while live
+//! frames for it wait in a `Hold` so they follow the replay instead of overtaking it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +12,23 @@ use super::{Member, RoomMsg};
 use crate::ids::{RoomId, Seq};
 use crate::metrics::Metrics;
 use crate::ports::MessageStore;
-use crate::protocol::ServerFrame;
+use crate::protocol::{ServerFrame, StoredUpdate};
+
+/// What one joiner is replayed: the messages in (from, upto], then `updates` (read when it
+/// joined, in rev order).
+#[derive(Debug, Default)]
+pub(crate) struct Replay {
+    pub from: Seq,
+    pub upto: Seq,
+    pub updates: Vec<StoredUpdate>,
+}
+
+impl Replay {
+    /// Nothing to replay.
+    pub fn is_empty(&self) -> bool {
+        self.from >= self.upto && self.updates.is_empty()
+    }
+}
 
 /// The frames a member gets while its replay runs. Bounded: a member that falls further
 /// behind than the cap is a slow consumer.
@@ -53,17 +69,21 @@ impl Hold {
     }
 }
 
-/// Replay (from, upto] to one joiner in pages, off the room's mailbox; tells the room when
+/// Replay to one joiner, the messages in pages, off the room's mailbox; tells the room when
 /// done (`ok: false` when the store failed or the socket could not take it).
 pub(crate) fn spawn_replay(
     store: Arc<dyn MessageStore>,
     room_ref: ActorRef<RoomMsg>,
     member: Member,
     room: RoomId,
-    from: Seq,
-    upto: Seq,
+    replay: Replay,
     metrics: Metrics,
 ) {
+    let Replay {
+        from,
+        upto,
+        updates,
+    } = replay;
     tokio::spawn(async move {
         let started = Instant::now();
         let mut cursor = from;
@@ -96,6 +116,14 @@ pub(crate) fn spawn_replay(
                     break;
                 }
             }
+        }
+        for u in &updates {
+            if !ok || member.membership.is_revoked() {
+                break;
+            }
+            ok = member
+                .outbox
+                .push(ServerFrame::update(u).encode(member.encoding));
         }
         metrics
             .join_replay_seconds

@@ -6,11 +6,11 @@ use std::time::Instant;
 use ractor::ActorRef;
 
 use super::core::MemberState;
-use super::replay::{spawn_replay, Hold};
+use super::replay::{spawn_replay, Hold, Replay};
 use super::{Member, RoomMsg, RoomState};
 use crate::access::RoomRole;
-use crate::ids::{ConnId, Seq, UserId};
-use crate::protocol::{PresenceEntry, Ref, RemoveReason, ServerFrame, StoredMessage};
+use crate::ids::{ConnId, Rev, Seq, UserId};
+use crate::protocol::{PresenceEntry, Ref, RemoveReason, ServerFrame, StoredMessage, StoredUpdate};
 
 /// At most this many messages per gap-fill read; a larger gap takes several checks.
 const GAP_FILL_PAGE: u32 = 1000;
@@ -25,6 +25,17 @@ pub(super) struct JoinAsk {
     pub role: RoomRole,
     /// The store's head, read just before the join when `since` was ahead of this room.
     pub store_head: Option<Seq>,
+    /// The changes to replay for `since_rev`.
+    pub missed: Missed,
+}
+
+/// The changes a joiner with `since_rev` missed, read as it joins.
+pub(super) enum Missed {
+    /// These, in rev order (maybe none).
+    Changes(Vec<StoredUpdate>),
+    /// More than `replay_max`, or the read failed: none are replayed, `joined.rev_truncated`
+    /// tells the client to reload what it shows.
+    Truncated,
 }
 
 impl RoomState {
@@ -35,6 +46,7 @@ impl RoomState {
             read,
             role,
             store_head,
+            missed,
         } = ask;
         let room = self.args.room.clone();
         let conn = member.outbox.conn();
@@ -76,6 +88,10 @@ impl RoomState {
             }
             _ => (head, false),
         };
+        let (updates, rev_truncated) = match missed {
+            Missed::Changes(u) => (u, false),
+            Missed::Truncated => (Vec::new(), true),
+        };
         let joined = ServerFrame::Joined {
             r#ref: r#ref.as_deref(),
             room: &room,
@@ -86,15 +102,27 @@ impl RoomState {
             presence_truncated,
             replay_truncated: truncated,
             role,
+            rev: core.rev,
+            rev_truncated,
         }
         .encode(member.encoding);
-        let replaying = replay_from < head;
-        let replay = replaying.then_some((replay_from, head));
+        let replay = Replay {
+            from: replay_from,
+            upto: head,
+            updates,
+        };
+        let replaying = !replay.is_empty();
+        // Replayed now, or (cluster mode, a new presence) after the presence write.
+        let (now, later) = if write_first {
+            (None, replay)
+        } else {
+            (Some(replay), Replay::default())
+        };
         if write_first {
             let announce = RoomMsg::Announce {
                 conn,
                 joined,
-                replay,
+                replay: later,
             };
             self.local_presence_changed(myself, &member.user, &member.name, true, Some(announce));
         } else {
@@ -114,8 +142,8 @@ impl RoomState {
         if skip_through > head || store_head.is_some_and(|h| h > head) {
             let _ = myself.cast(RoomMsg::CheckHead);
         }
-        if let (Some((from, upto)), false) = (replay, write_first) {
-            self.replay(myself, member.clone(), from, upto);
+        if let Some(replay) = now.filter(|r| !r.is_empty()) {
+            self.replay(myself, member.clone(), replay);
         }
         core.members.insert(
             conn,
@@ -133,16 +161,50 @@ impl RoomState {
         self.arm_presence_flush(myself);
     }
 
-    fn replay(&self, myself: &ActorRef<RoomMsg>, member: Member, from: Seq, upto: Seq) {
+    fn replay(&self, myself: &ActorRef<RoomMsg>, member: Member, replay: Replay) {
         spawn_replay(
             self.args.store.clone(),
             myself.clone(),
             member,
             self.args.room.clone(),
-            from,
-            upto,
+            replay,
             self.args.metrics.clone(),
         );
+    }
+
+    /// The changes a joiner missed: messages up to `since` changed after `since_rev`, up to
+    /// this room's revision (later ones reach it live). Read only when something changed.
+    pub(super) async fn missed_changes(
+        &self,
+        since: Option<Seq>,
+        since_rev: Option<Rev>,
+    ) -> Missed {
+        let rev = self.args.shared.core.lock().rev;
+        let (Some(since), Some(after)) = (since, since_rev) else {
+            return Missed::Changes(Vec::new());
+        };
+        if after >= rev {
+            return Missed::Changes(Vec::new());
+        }
+        let max = self.args.config.replay_max;
+        let read = self
+            .args
+            .store
+            .changes(&self.args.room, after, since, max.saturating_add(1));
+        match crate::ports::timed(read).await {
+            Ok((mut ups, _)) => {
+                ups.retain(|u| u.rev() <= rev);
+                if ups.len() > max as usize {
+                    Missed::Truncated
+                } else {
+                    Missed::Changes(ups)
+                }
+            }
+            Err(e) => {
+                tracing::warn!(room = %self.args.room, error = %e, "change replay read failed");
+                Missed::Truncated
+            }
+        }
     }
 
     /// A held join's presence is written: send its `joined`, then its replay, or let the live
@@ -152,20 +214,19 @@ impl RoomState {
         myself: &ActorRef<RoomMsg>,
         conn: ConnId,
         joined: bytes::Bytes,
-        replay: Option<(Seq, Seq)>,
+        replay: Replay,
     ) {
         let mut core = self.args.shared.core.lock();
         let Some(m) = core.members.get_mut(&conn) else {
             return; // gone meanwhile
         };
         m.member.outbox.push(joined);
-        match replay {
-            Some((from, upto)) => self.replay(myself, m.member.clone(), from, upto),
-            None => {
-                for frame in m.hold.release() {
-                    m.member.outbox.push(frame);
-                }
+        if replay.is_empty() {
+            for frame in m.hold.release() {
+                m.member.outbox.push(frame);
             }
+        } else {
+            self.replay(myself, m.member.clone(), replay);
         }
     }
 
@@ -255,8 +316,64 @@ impl RoomState {
         }
     }
 
+    /// Take committed changes in, deliver what is next in rev order, buffer the rest.
+    pub(super) fn accept_updates(&mut self, myself: &ActorRef<RoomMsg>, ups: &[StoredUpdate]) {
+        let mut core = self.args.shared.core.lock();
+        let cap = self.args.config.outbound_queue;
+        let rev = core.rev;
+        self.update_order
+            .accept(rev, ups, |u| core.deliver_update(u, cap));
+        drop(core);
+        if self.update_order.is_waiting() && !self.gap_timer_armed {
+            self.gap_timer_armed = true;
+            myself.send_after(self.args.config.gap_wait, || RoomMsg::GapCheck);
+        }
+    }
+
+    /// Changes read from the store after this room's revision: deliver them (their revisions
+    /// skip those a later change of the same message overwrote) and move the revision to what
+    /// the read covered. False when the read failed.
+    async fn catch_up_changes(&mut self, page: u32) -> bool {
+        let room = self.args.room.clone();
+        loop {
+            let after = self.args.shared.core.lock().rev;
+            let read = self.args.store.changes(&room, after, Seq::MAX, page);
+            let (found, head) = match crate::ports::timed(read).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "change gap fill failed, will retry");
+                    return false;
+                }
+            };
+            let full = found.len() >= page as usize;
+            let mut core = self.args.shared.core.lock();
+            let cap = self.args.config.outbound_queue;
+            for u in &found {
+                if u.rev() > core.rev {
+                    core.deliver_update(u, cap);
+                }
+            }
+            if !full {
+                core.rev = core.rev.max(head);
+            }
+            let rev = core.rev;
+            self.update_order
+                .drain(rev, |u| core.deliver_update(u, cap));
+            if !full {
+                return true;
+            }
+        }
+    }
+
     /// Read the seqs missing before the first buffered one from the store.
     pub(super) async fn fill_gap(&mut self, myself: &ActorRef<RoomMsg>) {
+        if self.update_order.is_waiting() {
+            self.args.metrics.gap_fills.inc();
+            if !self.catch_up_changes(GAP_FILL_PAGE).await {
+                self.gap_timer_armed = true;
+                myself.send_after(self.args.config.gap_wait * 4, || RoomMsg::GapCheck);
+            }
+        }
         if !self.reorder.is_waiting() {
             return;
         }
@@ -289,7 +406,7 @@ impl RoomState {
     pub(super) async fn check_head(&mut self, myself: &ActorRef<RoomMsg>) {
         self.args.metrics.head_checks.inc();
         let room = self.args.room.clone();
-        let head = match crate::ports::timed(self.args.store.head(&room)).await {
+        let heads = match crate::ports::timed(self.args.store.heads(&room)).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(room = %room, error = %e, "head check failed, will retry");
@@ -297,6 +414,12 @@ impl RoomState {
                 return;
             }
         };
+        if heads.rev > self.args.shared.core.lock().rev
+            && !self.catch_up_changes(HEAD_CHECK_PAGE).await
+        {
+            myself.send_after(self.args.config.gap_wait * 10, || RoomMsg::CheckHead);
+        }
+        let head = heads.seq;
         loop {
             let delivered = self.args.shared.core.lock().delivered;
             if delivered >= head {

@@ -55,6 +55,7 @@ pub(super) fn user(s: &str) -> UserId {
 pub(super) fn new_msg(r: &str, from: &str, cid: &str) -> NewMessage {
     NewMessage {
         room: room(r),
+        meta: None,
         from: user(from),
         name: DisplayName::sanitize(from),
         cid: Cid::parse(cid).unwrap(),
@@ -203,6 +204,7 @@ impl Rooms {
         };
         assert!(h.cast(RoomMsg::Join {
             member: Box::new(member),
+            since_rev: None,
             r#ref: None,
             since,
             read: 0,
@@ -313,6 +315,7 @@ impl Client {
     pub async fn join(&self, r: &str, since: Option<Seq>) {
         self.command(Command::Join {
             r#ref: Some("j".into()),
+            since_rev: None,
             room: room(r),
             since,
             presence: Default::default(),
@@ -324,6 +327,7 @@ impl Client {
     pub async fn send(&self, r: &str, cid: &str) {
         self.command(Command::Send {
             r#ref: Some(cid.into()),
+            meta: None,
             room: room(r),
             cid: Cid::parse(cid).unwrap(),
             body: Body::parse(cid, 4096).unwrap(),

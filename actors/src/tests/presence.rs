@@ -150,6 +150,7 @@ async fn a_room_with_a_join_pending_is_not_retired() {
         }),
         r#ref: None,
         since: None,
+        since_rev: None,
         read: 0,
         role: crate::access::RoomRole::Member,
         asked: std::time::Instant::now(),

@@ -73,6 +73,8 @@ impl Assembled {
                 cid: m.cid.clone(),
                 body: m.body.clone(),
                 ts: r.ts,
+                meta: m.meta.clone(),
+                state: Default::default(),
             });
         }
         runs.into_iter()

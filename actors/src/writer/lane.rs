@@ -14,13 +14,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::batch::Assembled;
-use super::{Pending, WriteError, WriterArgs};
+use super::{Pending, PendingChange, WriteError, WriterArgs};
 use crate::ids::RoomId;
-use crate::ports::{StoreError, STORE_TIMEOUT};
+use crate::ports::{ChangeOutcome, StoreError, STORE_TIMEOUT};
 
 /// What a lane's queue carries.
 pub(crate) enum LaneItem {
     Send(Pending),
+    /// A change of a message (v1.1): committed after the sends queued with it.
+    Change(PendingChange),
     /// Answer once everything queued before this item is committed and answered.
     Drain(oneshot::Sender<()>),
 }
@@ -91,6 +93,7 @@ impl Lane {
         }
         let max = self.args.config.writer_batch_max.max(1);
         let mut batch: Vec<Pending> = Vec::with_capacity(max);
+        let mut changes: Vec<PendingChange> = Vec::new();
         let mut drains: Vec<oneshot::Sender<()>> = Vec::new();
         let mut doubt = Doubt::default();
         while let Some(item) = self.rx.recv().await {
@@ -98,15 +101,24 @@ impl Lane {
             while let Some(item) = next.take() {
                 match item {
                     LaneItem::Send(p) => batch.push(p),
+                    LaneItem::Change(c) => changes.push(c),
                     LaneItem::Drain(reply) => drains.push(reply),
                 }
-                if batch.len() < max {
+                if batch.len() + changes.len() < max {
                     next = self.rx.try_recv().ok();
                 }
             }
             if !batch.is_empty() {
                 let span = tracing::debug_span!("flush", lane = self.index, size = batch.len());
                 commit(&self.args, &mut batch, &mut doubt)
+                    .instrument(span)
+                    .await;
+            }
+            // A change names a seq its sender was acked, so it never needs a send of the same
+            // batch: committing the sends first keeps the plain path exactly as it was.
+            if !changes.is_empty() {
+                let span = tracing::debug_span!("changes", lane = self.index, size = changes.len());
+                commit_changes(&self.args, &mut changes, &mut doubt)
                     .instrument(span)
                     .await;
             }
@@ -117,43 +129,102 @@ impl Lane {
     }
 }
 
-/// Commit one batch (retrying while the store fails, up to `writer.retry_max`), then make it
-/// visible: messages to the local rooms and onto the bus, acks to the senders.
-async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
-    let asm = Assembled::new(batch.iter().map(|p| &p.msg));
+/// Retry `attempt` while the store fails, up to `writer.retry_max`, each try bounded by what
+/// is left of that budget; the store's answer, or its last error.
+async fn with_retries<T, F, Fut>(
+    a: &WriterArgs,
+    size: usize,
+    mut attempt: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
     // Tokio's clock, so tests with paused time see the retry budget run out.
     let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(25);
-    let outcome = loop {
+    loop {
         let t = Instant::now();
         // Each attempt gets at most what is left of the retry budget, so a database that
         // hangs (frozen, or a black-holed connection) is answered `unavailable` after
         // `writer.retry_max`, not up to one store timeout later.
         let left = a.config.writer_retry_max.saturating_sub(started.elapsed());
         let limit = STORE_TIMEOUT.min(left.max(Duration::from_millis(100)));
-        let attempt = match tokio::time::timeout(limit, a.store.append(&asm.unique)).await {
+        let r = match tokio::time::timeout(limit, attempt()).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Unavailable("store call timed out".into())),
         };
-        match attempt {
+        match r {
             Ok(res) => {
                 a.metrics
                     .writer_flush_seconds
                     .observe(t.elapsed().as_secs_f64());
-                break Ok(res);
+                return Ok(res);
             }
             Err(e) => {
                 a.metrics.writer_flush_errors.inc();
                 if started.elapsed() >= a.config.writer_retry_max {
-                    tracing::error!(error = %e, size = asm.unique.len(), "flush failed, giving up on batch");
-                    break Err(e);
+                    tracing::error!(error = %e, size, "flush failed, giving up on batch");
+                    return Err(e);
                 }
-                tracing::warn!(error = %e, size = asm.unique.len(), retry_in_ms = backoff.as_millis() as u64, "flush failed, retrying");
+                tracing::warn!(error = %e, size, retry_in_ms = backoff.as_millis() as u64, "flush failed, retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// Commit a batch of changes in one transaction, then make them visible: `update`s to the
+/// local rooms and onto the bus (per room, in revision order), `updated` to the askers.
+async fn commit_changes(a: &WriterArgs, batch: &mut Vec<PendingChange>, doubt: &mut Doubt) {
+    let changes: Vec<_> = batch.iter().map(|p| p.change.clone()).collect();
+    let keys = a.config.max_reaction_keys;
+    let outcome = with_retries(a, changes.len(), || a.store.change(&changes, keys)).await;
+    let results = match outcome {
+        Ok(r) if r.len() == changes.len() => r,
+        _ => {
+            // Maybe committed: the rooms compare their revision with the store's.
+            doubt.note(a, changes.iter().map(|c| c.room.clone()));
+            for p in batch.drain(..) {
+                p.ack.answer(&p.change, Err(WriteError::Unavailable));
+            }
+            return;
+        }
     };
+    doubt.settle(a);
+    // Per room, in the order committed (so in revision order).
+    let mut runs: Vec<Vec<crate::protocol::StoredUpdate>> = Vec::new();
+    for r in &results {
+        if let ChangeOutcome::Changed(u) = r {
+            a.metrics
+                .changes_committed
+                .with_label_values(&[u.change.as_str()])
+                .inc();
+            match runs
+                .iter_mut()
+                .find(|run| run[0].message.room == u.message.room)
+            {
+                Some(run) => run.push((**u).clone()),
+                None => runs.push(vec![(**u).clone()]),
+            }
+        }
+    }
+    for run in runs {
+        let run: Arc<[crate::protocol::StoredUpdate]> = run.into();
+        a.rooms.deliver_updates(run.clone());
+        a.bus.publish(crate::ports::BusEvent::Updates(run));
+    }
+    for (p, r) in batch.drain(..).zip(results) {
+        p.ack.answer(&p.change, Ok(r));
+    }
+}
+
+/// Commit one batch (retrying while the store fails, up to `writer.retry_max`), then make it
+/// visible: messages to the local rooms and onto the bus, acks to the senders.
+async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
+    let asm = Assembled::new(batch.iter().map(|p| &p.msg));
+    let outcome = with_retries(a, asm.unique.len(), || a.store.append(&asm.unique)).await;
     let results = match outcome {
         Ok(r) if r.len() == asm.unique.len() => r,
         Ok(_) | Err(StoreError::Other(_)) | Err(StoreError::Unavailable(_)) => {

@@ -97,8 +97,27 @@ impl MessageStore for FakeStore {
         }
         Ok(out)
     }
-    async fn head(&self, room: &RoomId) -> Result<Seq, StoreError> {
-        Ok(*self.heads.lock().get(room.as_str()).unwrap_or(&0))
+    async fn heads(&self, room: &RoomId) -> Result<crate::ports::Heads, StoreError> {
+        let seq = *self.heads.lock().get(room.as_str()).unwrap_or(&0);
+        Ok(crate::ports::Heads { seq, rev: 0 })
+    }
+    async fn change(
+        &self,
+        _: &[crate::ports::NewChange],
+        _: u32,
+    ) -> Result<Vec<crate::ports::ChangeOutcome>, StoreError> {
+        Err(StoreError::Other(
+            "the writer's append fake keeps no messages".into(),
+        ))
+    }
+    async fn changes(
+        &self,
+        _: &RoomId,
+        _: crate::ids::Rev,
+        _: Seq,
+        _: u32,
+    ) -> Result<(Vec<crate::protocol::StoredUpdate>, crate::ids::Rev), StoreError> {
+        Ok((Vec::new(), 0))
     }
     async fn after(&self, _: &RoomId, _: Seq, _: u32) -> Result<Vec<StoredMessage>, StoreError> {
         Ok(Vec::new())
@@ -108,6 +127,7 @@ impl MessageStore for FakeStore {
         _: &RoomId,
         _: Option<Seq>,
         _: u32,
+        _: Option<&UserId>,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
         Ok((Vec::new(), false))
     }
@@ -208,6 +228,7 @@ async fn start_with_bus(
 pub(super) fn msg(room: &str, user: &str, cid: &str) -> NewMessage {
     NewMessage {
         room: RoomId::parse(room).unwrap(),
+        meta: None,
         from: UserId::parse(user).unwrap(),
         name: DisplayName::sanitize(user),
         cid: Cid::parse(cid).unwrap(),

@@ -4,8 +4,8 @@
 //! nesting depth is bounded by the decoders (JSON 128, MessagePack 32).
 
 use chatty_actors::{
-    Body, BodyError, Cid, Command, Encoding, ErrorCode, Identity, PresenceMode, RoomId, RoomRole,
-    UserId,
+    Body, BodyError, ChangeOp, Cid, Command, Encoding, ErrorCode, Identity, Meta, MetaError,
+    PresenceMode, ReactionKey, RoomId, RoomRole, UserId,
 };
 use serde::Deserialize;
 
@@ -52,6 +52,27 @@ struct RawFrame {
     token: Option<String>,
     presence: Option<String>,
     after: Option<String>,
+    // v1.1, the message lifecycle. `meta` is any value here, `null` included (present, so
+    // refused: only an object is metadata); `Meta::parse` decides.
+    #[serde(default, deserialize_with = "present")]
+    meta: Option<serde_json::Value>,
+    since_rev: Option<u64>,
+    key: Option<String>,
+    on: Option<bool>,
+}
+
+/// A field that is there, whatever its value (`null` too): `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+/// The size limits a decoder checks (from `limits.*`).
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    /// `max_body_bytes`.
+    pub body: usize,
+    /// `max_meta_bytes` (v1.1).
+    pub meta: usize,
 }
 
 /// Checks the token of a `refresh` (the edge's `Authenticator`); `None` when it is not valid.
@@ -192,7 +213,7 @@ fn skip_values(rd: &mut &[u8], mut n: u64) -> Option<()> {
 pub fn decode(
     bytes: &[u8],
     encoding: Encoding,
-    max_body: usize,
+    bounds: Bounds,
     verify: Verify<'_>,
 ) -> Result<Command, DecodeError> {
     let raw = is_object(bytes, encoding)
@@ -215,10 +236,10 @@ pub fn decode(
             message: "frame is not a valid object of the protocol",
         });
     };
-    validate(raw, max_body, verify)
+    validate(raw, bounds, verify)
 }
 
-fn validate(raw: RawFrame, max_body: usize, verify: Verify<'_>) -> Result<Command, DecodeError> {
+fn validate(raw: RawFrame, bounds: Bounds, verify: Verify<'_>) -> Result<Command, DecodeError> {
     if raw.r#ref.as_ref().is_some_and(|r| r.len() > MAX_REF_BYTES) {
         return Err(DecodeError::new(
             &None,
@@ -238,6 +259,27 @@ fn validate(raw: RawFrame, max_body: usize, verify: Verify<'_>) -> Result<Comman
         UserId::parse(u)
             .map_err(|_| bad("user must be 1-128 bytes of UTF-8, no control characters"))
     };
+    let body = |raw_body: Option<&str>| -> Result<Body, DecodeError> {
+        let b = raw_body.ok_or_else(|| bad("missing body"))?;
+        Body::parse(b, bounds.body).map_err(|e| match e {
+            BodyError::TooLarge => {
+                DecodeError::new(rf, ErrorCode::TooLarge, "body larger than max_body_bytes")
+            }
+            BodyError::Empty => bad("body must not be empty"),
+            BodyError::Nul => bad("body must not contain NUL"),
+        })
+    };
+    let meta = |raw_meta: Option<serde_json::Value>| -> Result<Option<Meta>, DecodeError> {
+        let Some(v) = raw_meta else { return Ok(None) };
+        Meta::parse(v, bounds.meta).map(Some).map_err(|e| {
+            let code = match e {
+                MetaError::TooLarge => ErrorCode::TooLarge,
+                _ => ErrorCode::BadRequest,
+            };
+            DecodeError::new(rf, code, e.message())
+        })
+    };
+    let seq = || raw.seq.ok_or_else(|| bad("missing seq"));
     let Some(ty) = raw.ty.as_deref() else {
         return Err(bad("missing type"));
     };
@@ -250,6 +292,7 @@ fn validate(raw: RawFrame, max_body: usize, verify: Verify<'_>) -> Result<Comman
                 Some("count") => PresenceMode::Count,
                 Some(_) => return Err(bad("presence must be \"full\" or \"count\"")),
             },
+            since_rev: raw.since_rev,
             r#ref: boxed(),
         },
         "presence" => Command::Presence {
@@ -275,18 +318,38 @@ fn validate(raw: RawFrame, max_body: usize, verify: Verify<'_>) -> Result<Comman
             let room = room()?;
             let cid = raw.cid.as_deref().ok_or_else(|| bad("missing cid"))?;
             let cid = Cid::parse(cid).map_err(|_| bad("cid must match ^[A-Za-z0-9._:-]{1,64}$"))?;
-            let body = raw.body.as_deref().ok_or_else(|| bad("missing body"))?;
-            let body = Body::parse(body, max_body).map_err(|e| match e {
-                BodyError::TooLarge => {
-                    DecodeError::new(rf, ErrorCode::TooLarge, "body larger than max_body_bytes")
-                }
-                BodyError::Empty => bad("body must not be empty"),
-                BodyError::Nul => bad("body must not contain NUL"),
-            })?;
             Command::Send {
                 room,
                 cid,
-                body,
+                body: body(raw.body.as_deref())?,
+                meta: meta(raw.meta.clone())?,
+                r#ref: boxed(),
+            }
+        }
+        "edit" => Command::Change {
+            room: room()?,
+            seq: seq()?,
+            op: ChangeOp::Edit {
+                body: body(raw.body.as_deref())?,
+                meta: meta(raw.meta.clone())?,
+            },
+            r#ref: boxed(),
+        },
+        "delete" => Command::Change {
+            room: room()?,
+            seq: seq()?,
+            op: ChangeOp::Delete,
+            r#ref: boxed(),
+        },
+        "react" => {
+            let key = raw.key.as_deref().ok_or_else(|| bad("missing key"))?;
+            Command::Change {
+                room: room()?,
+                seq: seq()?,
+                op: ChangeOp::React {
+                    key: ReactionKey::parse(key).map_err(|e| bad(e.0))?,
+                    on: raw.on.ok_or_else(|| bad("missing on (true or false)"))?,
+                },
                 r#ref: boxed(),
             }
         }
@@ -305,7 +368,7 @@ fn validate(raw: RawFrame, max_body: usize, verify: Verify<'_>) -> Result<Comman
         }
         "read" => Command::Read {
             room: room()?,
-            seq: raw.seq.ok_or_else(|| bad("missing seq"))?,
+            seq: seq()?,
             r#ref: boxed(),
         },
         "typing" => Command::Typing { room: room()? },

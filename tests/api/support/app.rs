@@ -189,6 +189,7 @@ pub async fn api_call(
         "PUT" => c.put(url),
         "POST" => c.post(url),
         "DELETE" => c.delete(url),
+        "PATCH" => c.patch(url),
         _ => c.get(url),
     }
     .bearer_auth(key);
