@@ -208,6 +208,7 @@ test('big rooms: a truncated joined keeps the count through diffs, pages are req
   ws.push({ type: 'joined', ref: h.ref, room: 'huge', seq: 0, read: 0, presence: [{ user: 'alice', name: 'alice' }], presence_count: 9000, presence_truncated: true });
   ws.push({ type: 'presence_count', room: 'huge', count: 9001 });
   assert.deepEqual(counts, [{ room: 'huge', count: 9001 }]);
+  c.close(); // else its heartbeat keeps the test process alive for 40 s
 });
 
 test('removed forgets the room and fails its sends; moderation requests carry the reply; 4003 stops', async () => {
@@ -287,5 +288,205 @@ test('a token function is refreshed on the open socket before it expires', async
   assert.equal(ws.take('refresh').length, 0, 'no refresh storm');
   assert.equal(issued, 2);
   assert.deepEqual(c.roles, ['admin'], 'the new token\'s roles apply');
+  c.close();
+});
+
+// ---- the message lifecycle (v1.1): meta, edit, delete, react, rev recovery ---------------------
+
+/** A client joined to room 'r' (head `seq`, revision `rev`), with the events it emitted. */
+async function joinedClient({ seq = 5, rev = 0 } = {}) {
+  const { c, seen } = client();
+  seen.updates = [];
+  seen.errors = [];
+  c.on('update', (u) => seen.updates.push(u));
+  c.on('error', (e) => seen.errors.push(e));
+  c.connect();
+  await tick();
+  const ws = await nextSocket(1);
+  ws.accept();
+  const joined = c.join('r');
+  const [j] = ws.take('join');
+  assert.equal(j.since_rev, undefined, 'a first join has nothing to recover');
+  ws.push({ type: 'joined', ref: j.ref, room: 'r', seq, rev, read: 0, presence: [] });
+  await joined;
+  return { c, seen, ws };
+}
+
+const upd = (seq, rev, extra = {}) => ({
+  type: 'update', room: 'r', seq, rev, change: 'edit', by: 'bob', body: `m${seq} v${rev}`, edited_ts: 100 + rev, reactions: [], ...extra,
+});
+
+/** Reconnect after a drop; returns the new socket and the rejoin frame. */
+async function reconnect(ws, n) {
+  ws.hangUp(1006);
+  const next = await nextSocket(n);
+  next.accept();
+  const [j] = next.take('join');
+  return { ws: next, j };
+}
+
+test('meta is passed through on send, and again when the send is resent after a reconnect', async () => {
+  const { c, ws } = await joinedClient();
+  const meta = { reply_to: 3, mentions: ['bob'] };
+  const s = c.send('r', 'a reply', { meta });
+  assert.deepEqual(s.meta, meta, 'the optimistic copy carries it');
+  const [f] = ws.take('send');
+  assert.deepEqual(f.meta, meta);
+  c.send('r', 'plain');
+  const [plain] = ws.take('send');
+  assert.equal('meta' in plain, false, 'no meta field when none was given');
+  assert.deepEqual(c.pendingSends('r')[0].meta, meta);
+
+  const { ws: ws2, j } = await reconnect(ws, 2);
+  ws2.push({ type: 'joined', ref: j.ref, room: 'r', seq: 5, rev: 0, read: 0, presence: [] });
+  const resent = ws2.take('send');
+  assert.equal(resent[0].cid, f.cid);
+  assert.deepEqual(resent[0].meta, meta, 'resent with the same meta');
+  c.close();
+});
+
+test('edit, react and delete resolve with the updated reply and reject with the error code', async () => {
+  const { c, ws } = await joinedClient();
+
+  const edited = c.edit('r', 4, 'fixed', { meta: { reply_to: 1 } });
+  const [e] = ws.take('edit');
+  assert.deepEqual([e.room, e.seq, e.body, e.meta], ['r', 4, 'fixed', { reply_to: 1 }]);
+  ws.push({ type: 'updated', ref: e.ref, room: 'r', seq: 4, rev: 7 });
+  assert.deepEqual(await edited, { seq: 4, rev: 7 });
+
+  c.edit('r', 4, 'again');
+  const [e2] = ws.take('edit');
+  assert.equal('meta' in e2, false, 'an edit without meta keeps the old meta');
+
+  const reacted = c.react('r', 4, '👍', true);
+  const unreacted = c.react('r', 4, '👍', false);
+  const [r1, r2] = ws.take('react');
+  assert.deepEqual([r1.seq, r1.key, r1.on, r2.on], [4, '👍', true, false]);
+  ws.push({ type: 'updated', ref: r1.ref, room: 'r', seq: 4, rev: 8 });
+  ws.push({ type: 'error', ref: r2.ref, code: 'not_found', message: 'no such message' });
+  assert.deepEqual(await reacted, { seq: 4, rev: 8 });
+  await assert.rejects(unreacted, { code: 'not_found' });
+
+  const refused = c.delete('r', 2);
+  const deleted = c.delete('r', 4);
+  const [d1, d2] = ws.take('delete');
+  assert.deepEqual([d1.room, d1.seq, d2.seq], ['r', 2, 4]);
+  ws.push({ type: 'error', ref: d1.ref, code: 'forbidden', message: 'not yours' });
+  ws.push({ type: 'updated', ref: d2.ref, room: 'r', seq: 4, rev: 9 });
+  await assert.rejects(refused, { code: 'forbidden' });
+  assert.deepEqual(await deleted, { seq: 4, rev: 9 });
+  c.close();
+});
+
+test('an update at or below the rev already applied to its message is ignored, a newer one applied', async () => {
+  const { c, seen, ws } = await joinedClient({ seq: 5, rev: 3 });
+  ws.push(upd(2, 5));
+  ws.push(upd(2, 5)); // the same again
+  ws.push(upd(2, 4, { body: 'stale' })); // older than what was applied
+  ws.push(upd(2, 7, { change: 'delete', body: undefined, deleted: true }));
+  ws.push(upd(3, 6)); // another message: its own rev
+  // A replayed message carries its state: an update of that same rev is nothing new.
+  ws.push(msg(6, { rev: 8, body: 'm6 edited', edited_ts: 108 }));
+  ws.push(upd(6, 8, { body: 'm6 edited' }));
+  ws.push(upd(6, 9, { change: 'react', body: 'm6 edited', reactions: [{ key: '🎉', count: 1 }] }));
+  assert.deepEqual(seen.updates.map((u) => [u.seq, u.rev, u.change]), [
+    [2, 5, 'edit'],
+    [2, 7, 'delete'],
+    [3, 6, 'edit'],
+    [6, 9, 'react'],
+  ]);
+  assert.equal(seen.updates[1].deleted, true);
+  assert.deepEqual(seen.updates[3].reactions, [{ key: '🎉', count: 1 }]);
+  assert.equal(seen.updates[0].type, undefined, 'the event is the frame without its type');
+  c.close();
+});
+
+test('an update that overtakes a history page wins over the older entry in that page', async () => {
+  const { c, ws } = await joinedClient({ seq: 5, rev: 3 });
+  const page = c.history('r', { before: 6 });
+  const [h] = ws.take('history');
+  ws.push(upd(4, 6, { body: 'newer' })); // the server read the page before this change
+  ws.push({ type: 'history', ref: h.ref, room: 'r', more: false, messages: [
+    { seq: 4, from: 'bob', name: 'bob', cid: 'b4', body: 'older', ts: 4, rev: 5, edited_ts: 105, mine: ['👍'] },
+    { seq: 5, from: 'bob', name: 'bob', cid: 'b5', body: 'm5', ts: 5 },
+  ] });
+  const { messages } = await page;
+  assert.deepEqual([messages[0].body, messages[0].rev, messages[0].mine], ['newer', 6, ['👍']]);
+  assert.equal(messages[1].body, 'm5');
+  c.close();
+});
+
+test('a reconnect rejoins with since_rev = the highest rev seen in the update stream', async () => {
+  const { c, ws } = await joinedClient({ seq: 5, rev: 3 });
+  const s = c.send('r', 'in flight');
+  ws.take('send');
+  ws.push(upd(4, 4));
+  ws.push(upd(2, 6));
+  ws.push(upd(2, 5)); // late and stale: the watermark does not go back
+  let { ws: ws2, j } = await reconnect(ws, 2);
+  assert.deepEqual([j.since, j.since_rev], [5, 6], 'since and since_rev');
+
+  // The rejoin: head 7, rev 12. Message 7 is replayed in its state of rev 12, then the updates
+  // of older messages (rev 9 only) — and the socket drops before any more arrive. The
+  // watermark is 9, not 12: changes 10 and 11 of older messages may still be unseen.
+  ws2.push({ type: 'joined', ref: j.ref, room: 'r', seq: 7, rev: 12, read: 0, presence: [] });
+  assert.equal(ws2.take('send').length, 1, 'the pending send goes out again');
+  ws2.push(msg(6));
+  ws2.push(msg(7, { rev: 12, edited_ts: 112 }));
+  ws2.push(upd(3, 9));
+  ({ ws: ws2, j } = await reconnect(ws2, 3));
+  assert.deepEqual([j.since, j.since_rev], [7, 9]);
+  ws2.push({ type: 'joined', ref: j.ref, room: 'r', seq: 7, rev: 12, read: 0, presence: [] });
+  ws2.push(upd(5, 11));
+  ({ ws: ws2, j } = await reconnect(ws2, 4));
+  assert.deepEqual([j.since, j.since_rev], [7, 11]);
+  s.acked.catch(() => {});
+  c.close();
+});
+
+test('rev_truncated reloads what was delivered with history; the watermark waits for the reload', async () => {
+  const { c, seen, ws } = await joinedClient({ seq: 5, rev: 2 });
+  // The page loads the first screen (what the client has handed out: seqs 1..5).
+  const first = c.history('r');
+  const [h0] = ws.take('history');
+  const entry = (seq, extra = {}) => ({ seq, from: 'bob', name: 'bob', cid: `b${seq}`, body: `m${seq}`, ts: seq, ...extra });
+  ws.push({ type: 'history', ref: h0.ref, room: 'r', more: false, messages: [1, 2, 3, 4, 5].map((s) => entry(s)) });
+  await first;
+  ws.push(upd(3, 3));
+  assert.equal(seen.updates.length, 1);
+
+  // Gone long enough that the server cannot replay every change.
+  let { ws: ws2, j } = await reconnect(ws, 2);
+  assert.equal(j.since_rev, 3);
+  ws2.push({ type: 'joined', ref: j.ref, room: 'r', seq: 6, rev: 20, rev_truncated: true, read: 0, presence: [] });
+  ws2.push(msg(6)); // replayed as usual
+  await tick();
+  let [h] = ws2.take('history');
+  assert.ok(h, 'a history reload was asked for');
+  assert.deepEqual([h.before, h.limit], [6, 200], 'from the last seq known before the rejoin');
+  ws2.push(upd(5, 21)); // live meanwhile
+  // Dropped before the reload finishes: the watermark has not moved.
+  ({ ws: ws2, j } = await reconnect(ws2, 3));
+  assert.equal(j.since_rev, 3, 'no since_rev past an unfinished reload');
+  ws2.push({ type: 'joined', ref: j.ref, room: 'r', seq: 6, rev: 21, rev_truncated: true, read: 0, presence: [] });
+  await tick();
+  const asked = ws2.take('history'); // the first reload's request, resent, and the second's
+  assert.equal(asked.length, 2);
+  const page = [
+    entry(1),
+    entry(2, { body: '', deleted: true, rev: 15, reactions: [] }),
+    entry(3, { rev: 3, body: 'm3 v3', edited_ts: 103 }), // as already delivered
+    entry(4, { body: 'm4 v18', edited_ts: 118, rev: 18, reactions: [{ key: '👍', count: 2 }], mine: ['👍'] }),
+    entry(5, { body: 'm5 v21', rev: 21 }),
+  ];
+  for (const a of asked) ws2.push({ type: 'history', ref: a.ref, room: 'r', more: false, messages: page });
+  await tick();
+  const reloads = seen.updates.filter((u) => u.change === 'reload');
+  assert.deepEqual(reloads.map((u) => [u.seq, u.rev]), [[2, 15], [4, 18]], 'the changed messages, once');
+  assert.equal(reloads[0].deleted, true);
+  assert.deepEqual(reloads[1].mine, ['👍']);
+  ({ ws: ws2, j } = await reconnect(ws2, 4));
+  assert.equal(j.since_rev, 21, 'the reload done, the watermark is the rejoin\'s rev');
+  assert.deepEqual(seen.errors, []);
   c.close();
 });

@@ -1,6 +1,8 @@
 // The chat page. All protocol work (reconnect, recovery, idempotent resends, dedupe) is in
 // chatty.js; this file only turns its events into DOM. Messages are keyed by seq, so whatever
 // order or repetition events come in, each message is on screen once, in seq order.
+// Each message's <li> holds its current state (li.msg); an `update` replaces it whole when its
+// rev is newer, so edits, deletes and reactions land once whatever the order.
 
 import { ChattyClient } from './chatty.js';
 
@@ -13,6 +15,7 @@ let client = null;
 let me = null; // our user id
 const views = new Map(); // room -> view (see newView)
 let active = null; // the room on screen
+let compose = null; // {room, seq, mode: 'reply' | 'edit'} while the composer replies or edits
 
 // ---- sign in ------------------------------------------------------------------------------
 
@@ -67,6 +70,7 @@ function start(token, user) {
   client.on('disconnect', ({ code, opened }) => opened && ($('status').dataset.closeCode = code));
   client.on('joined', onJoined);
   client.on('message', (m) => addMessage(m));
+  client.on('update', onUpdate);
   client.on('ack', onAck);
   client.on('failed', onFailed);
   client.on('presence', ({ room, users, count, truncated }) => {
@@ -93,6 +97,7 @@ function start(token, user) {
 }
 
 $('signout').addEventListener('click', () => {
+  endCompose();
   client?.close();
   client = null;
   for (const v of views.values()) v.el.remove();
@@ -184,6 +189,12 @@ function newView(room) {
     joined: false,
   };
   older.addEventListener('click', () => loadOlder(v));
+  // One listener for the buttons of every message (actions, reaction chips, reply quotes).
+  list.addEventListener('click', (e) => {
+    const b = e.target.closest('button[data-act]');
+    const li = b?.closest('li[data-seq]'); // not a pending copy: it has no seq to act on yet
+    if (li?.msg) act(v, li, b);
+  });
   el.addEventListener('scroll', () => {
     if (el.scrollTop < 40 && v.more && !v.loading) loadOlder(v);
   });
@@ -200,6 +211,7 @@ function dropView(room) {
 }
 
 function showRoom(room) {
+  if (compose && compose.room !== room) endCompose();
   active = room;
   for (const v of views.values()) {
     v.el.hidden = v.room !== room;
@@ -229,8 +241,11 @@ async function onJoined({ room, seq, read, presence, presenceCount, presenceTrun
   v.presence = presence;
   v.count = presenceCount ?? presence.length;
   v.truncated = !!presenceTruncated;
+  // Deleting others' messages is for moderators, owners and admins (CSS shows the button).
+  v.el.toggleAttribute('data-moderate', client.canModerate(room));
   if (reset) {
     // The server's room is not the one we saw (a wiped dev database): start over.
+    if (compose?.room === room) endCompose();
     v.list.replaceChildren();
     v.bySeq.clear();
     v.lastSeq = 0;
@@ -279,12 +294,22 @@ async function loadOlder(v) {
 
 function addMessage(m, { history = false } = {}) {
   const v = views.get(m.room);
-  if (!v || v.bySeq.has(m.seq)) return; // left, or already on screen
+  if (!v) return; // left
+  const known = v.bySeq.get(m.seq);
+  if (known) {
+    // Already on screen; a history page may still bring a newer state of it.
+    if (applyState(v, known, m)) refreshQuotes(v, m.seq);
+    return;
+  }
   const stick = !history && nearBottom(v);
   // Our own message replaces its optimistic copy (same cid) instead of adding a second line.
   let li = m.from === me ? pendingItem(v, m.cid) : null;
-  if (li) li.remove();
-  li ??= messageItem(m);
+  if (li) {
+    li.remove();
+    li.msg = stateOf(m);
+    renderMsg(v, li);
+  }
+  li ??= messageItem(v, m);
   settle(li, m.seq, m.ts);
   v.bySeq.set(m.seq, li);
   place(v, li, m.seq);
@@ -293,6 +318,7 @@ function addMessage(m, { history = false } = {}) {
   renderUnread(v);
   if (stick || m.from === me) scrollToBottom(v);
   if (v.room === active) markRead(v);
+  refreshQuotes(v, m.seq); // replies shown before the message they quote was loaded
 }
 
 function onAck({ room, cid, seq, ts }) {
@@ -319,16 +345,200 @@ function pendingItem(v, cid) {
   return v.list.querySelector(`li[data-pending][data-cid="${CSS.escape(cid)}"]`);
 }
 
-function messageItem(m) {
+function messageItem(v, m) {
   const li = $('message-template').content.firstElementChild.cloneNode(true);
   li.dataset.cid = m.cid;
   li.dataset.from = m.from;
   li.classList.toggle('own', m.from === me);
   paintAvatar(li.querySelector('.avatar'), m.name ?? m.from);
   li.querySelector('.author').textContent = m.name ?? m.from;
-  li.querySelector('.body').textContent = m.body;
+  li.msg = stateOf(m);
+  renderMsg(v, li);
   return li;
 }
+
+// ---- edits, deletes, reactions, replies -------------------------------------------------------
+
+/** What a message shows. `mine`: our reaction keys (history says them; then our own calls). */
+function stateOf(m) {
+  return {
+    name: m.name ?? m.from,
+    body: m.body ?? '',
+    meta: m.meta ?? null,
+    rev: m.rev ?? 0,
+    edited_ts: m.edited_ts ?? null,
+    deleted: !!m.deleted,
+    reactions: m.reactions ?? [],
+    mine: new Set(m.mine ?? []),
+  };
+}
+
+/** Take a message's whole state from an update or a history entry, if it is newer. */
+function applyState(v, li, s) {
+  const st = li.msg;
+  if ((s.rev ?? 0) <= st.rev) return false;
+  const next = stateOf(s);
+  // Updates say how many reacted, not who: our own keys stay unless a reload lists them.
+  if (!s.mine) next.mine = st.mine;
+  li.msg = { ...next, name: st.name };
+  renderMsg(v, li);
+  return true;
+}
+
+function onUpdate(u) {
+  const v = views.get(u.room);
+  const li = v?.bySeq.get(u.seq);
+  // Not on screen: should it ever be loaded, history brings its current state.
+  if (!li || !applyState(v, li, u)) return;
+  refreshQuotes(v, u.seq);
+  if (u.deleted && compose?.room === u.room && compose.seq === u.seq) endCompose();
+}
+
+function renderMsg(v, li) {
+  const s = li.msg;
+  li.classList.toggle('deleted', s.deleted);
+  li.querySelector('.body').textContent = s.deleted ? '' : s.body;
+  li.querySelector('.tombstone').hidden = !s.deleted;
+  const edited = li.querySelector('.edited');
+  edited.hidden = s.deleted || !s.edited_ts;
+  edited.title = s.edited_ts ? `Edited ${new Date(s.edited_ts).toLocaleString()}` : '';
+  renderQuote(v, li);
+  renderReactions(li);
+}
+
+/** The seq a message replies to (meta.reply_to), or null. */
+function replyTo(s) {
+  const to = s.meta?.reply_to;
+  return !s.deleted && Number.isSafeInteger(to) && to > 0 ? to : null;
+}
+
+function renderQuote(v, li) {
+  const to = replyTo(li.msg);
+  const q = li.querySelector('.quote');
+  q.hidden = to === null;
+  if (to === null) {
+    delete li.dataset.replyTo;
+    return;
+  }
+  li.dataset.replyTo = to;
+  q.textContent = `↪ ${quoteText(v, to)}`;
+  q.title = 'Show the message replied to';
+}
+
+/** Quotes follow what they quote: it may load later, or be edited or deleted. */
+function refreshQuotes(v, seq) {
+  for (const li of v.list.querySelectorAll(`li[data-reply-to="${Number(seq)}"]`)) renderQuote(v, li);
+}
+
+function quoteText(v, seq) {
+  const t = v.bySeq.get(seq)?.msg;
+  if (!t) return `message #${seq}`; // older than what is loaded
+  if (t.deleted) return `${t.name}: message deleted`;
+  const line = t.body.split('\n')[0];
+  return `${t.name}: ${line.length > 80 ? `${line.slice(0, 80)}…` : line}`;
+}
+
+function renderReactions(li) {
+  const s = li.msg;
+  const chips = s.deleted
+    ? []
+    : s.reactions
+        .filter((r) => r.count > 0)
+        .map(({ key, count }) => {
+          const b = document.createElement('button');
+          b.type = 'button';
+          b.className = 'chip';
+          b.dataset.testid = 'reaction';
+          b.dataset.act = 'react';
+          b.dataset.key = key;
+          const mine = s.mine.has(key);
+          b.classList.toggle('mine', mine);
+          b.setAttribute('aria-pressed', String(mine));
+          b.title = mine ? 'Remove your reaction' : `React with ${key}`;
+          b.textContent = `${key} ${count}`;
+          return b;
+        });
+  li.querySelector('.reactions').replaceChildren(...chips);
+}
+
+function act(v, li, b) {
+  const seq = Number(li.dataset.seq);
+  const room = v.room;
+  switch (b.dataset.act) {
+    case 'react': {
+      // A chip or a quick reaction toggles ours. The counts come with the room's `update`.
+      const key = b.dataset.key;
+      const on = !li.msg.mine.has(key);
+      client
+        .react(room, seq, key, on)
+        .then(() => {
+          const cur = v.bySeq.get(seq);
+          if (!cur) return;
+          if (on) cur.msg.mine.add(key);
+          else cur.msg.mine.delete(key);
+          renderReactions(cur);
+        })
+        .catch((err) => toast(`Could not react: ${err.message}`));
+      return;
+    }
+    case 'reply':
+    case 'edit':
+      return startCompose(v, b.dataset.act, seq);
+    case 'delete':
+      // Two clicks rather than a dialog: the first arms the button for a moment.
+      if (!('armed' in b.dataset)) {
+        b.dataset.armed = '';
+        b.textContent = 'Delete?';
+        setTimeout(() => {
+          delete b.dataset.armed;
+          b.textContent = 'Delete';
+        }, 3000);
+        return;
+      }
+      delete b.dataset.armed;
+      b.textContent = 'Delete';
+      client.delete(room, seq).catch((err) => toast(`Could not delete: ${err.message}`));
+      return;
+    case 'quote': {
+      const target = v.bySeq.get(Number(li.dataset.replyTo));
+      if (!target) return toast('That message is further up: load older messages to see it.');
+      target.scrollIntoView({ block: 'center', behavior: 'smooth' });
+      target.classList.add('flash');
+      setTimeout(() => target.classList.remove('flash'), 1200);
+    }
+  }
+}
+
+/** The composer replies to, or edits, message `seq` until sent or cancelled. */
+function startCompose(v, mode, seq) {
+  const li = v.bySeq.get(seq);
+  if (!li || v.room !== active) return;
+  endCompose();
+  compose = { room: v.room, seq, mode };
+  $('compose-what').textContent = mode === 'edit' ? 'Editing your message' : `Replying to ${quoteText(v, seq)}`;
+  $('compose-bar').hidden = false;
+  $('composer').classList.toggle('editing', mode === 'edit');
+  $('composer').querySelector('button[type=submit]').textContent = mode === 'edit' ? 'Save' : 'Send';
+  if (mode === 'edit') input.value = li.msg.body;
+  autosize();
+  input.focus();
+}
+
+function endCompose() {
+  if (!compose) return;
+  // The text of an unfinished edit is the old message, not a draft: drop it.
+  if (compose.mode === 'edit') input.value = '';
+  compose = null;
+  $('compose-bar').hidden = true;
+  $('composer').classList.remove('editing');
+  $('composer').querySelector('button[type=submit]').textContent = 'Send';
+  autosize();
+}
+
+$('compose-cancel').addEventListener('click', () => {
+  endCompose();
+  input.focus();
+});
 
 function settle(li, seq, ts) {
   li.dataset.seq = seq;
@@ -380,12 +590,22 @@ $('composer').addEventListener('submit', (e) => {
     toast('That message is too long.');
     return;
   }
+  if (compose?.mode === 'edit') {
+    const { room, seq } = compose;
+    const old = views.get(room)?.bySeq.get(seq)?.msg.body;
+    endCompose();
+    // The new state shows when the room's `update` comes, as it does for everyone.
+    if (body !== old) client.edit(room, seq, body).catch((err) => toast(`Could not edit: ${err.message}`));
+    return;
+  }
+  const meta = compose?.mode === 'reply' ? { reply_to: compose.seq } : undefined;
+  endCompose();
   input.value = '';
   autosize();
   const v = views.get(active);
   // Optimistic copy: on screen at once, settled by its ack or its `message` (same cid).
-  const sent = client.send(active, body);
-  const li = messageItem({ ...sent, name: me });
+  const sent = client.send(active, body, { meta });
+  const li = messageItem(v, { ...sent, name: me });
   li.dataset.pending = '';
   li.classList.add('pending');
   li.querySelector('.note').textContent = 'sending…';
@@ -399,12 +619,14 @@ input.addEventListener('keydown', (e) => {
   if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
     $('composer').requestSubmit();
+  } else if (e.key === 'Escape' && compose) {
+    endCompose();
   }
 });
 
 input.addEventListener('input', () => {
   autosize();
-  if (active && input.value.trim()) client.typing(active);
+  if (active && input.value.trim() && compose?.mode !== 'edit') client.typing(active);
 });
 
 function autosize() {

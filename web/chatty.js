@@ -1,5 +1,6 @@
 // chatty.js: the reference browser client for the Chatty wire protocol v1 (chatty.v1.json),
-// with the v1.1 roles and revocation: token refresh, `removed`, kick/ban/unban, room roles.
+// with the v1.1 roles and revocation: token refresh, `removed`, kick/ban/unban, room roles,
+// and the v1.1 message lifecycle: meta, edit, delete, reactions.
 // Dependency-free ES module. docs/client.md describes the API and the recovery model.
 //
 // The model in one paragraph: the client remembers, per joined room, the last seq it
@@ -8,6 +9,12 @@
 // dropped (nothing duplicated). Every send carries a client id (cid) and stays pending until
 // acked; after a reconnect the pending ones are sent again with the same cid, which the server
 // stores at most once.
+//
+// Changes to sent messages (edits, deletes, reactions) are numbered by a second per-room
+// counter, `rev`. Each `update` frame is the whole new state of one message, so the client
+// keeps only the rev last delivered per message (an update at or below it is stale) and a
+// watermark `rev`: every change at or below it is known. A rejoin sends it as `since_rev` and
+// the server replays the changes after it, like `since` does for messages.
 
 const PROTOCOL = 'chatty.v1.json';
 // Close codes after which reconnecting cannot help (see docs/protocol.md).
@@ -46,7 +53,7 @@ export class ChattyClient {
     /** The global roles of the current token (`admin` may moderate every room). */
     this.roles = typeof token === 'string' ? claimRoles(tokenClaims(token)) : [];
     this.refreshTimer = null;
-    // room -> { since, joined, joinRef, presence: Map<user, name>, gap, typingAt, waiters }
+    // room -> { since, rev, revs, joined, joinRef, presence: Map<user, name>, gap, typingAt, waiters, ... }
     this.rooms = new Map();
     // `${room}\n${cid}` -> { room, cid, body, ref, inflight, resolve, reject }: sends not yet acked.
     this.pending = new Map();
@@ -276,6 +283,11 @@ export class ChattyClient {
    * presenceTruncated}); the client rejoins by itself after every reconnect (a `joined` event
    * with rejoin: true). `{presence: 'count'}`: no presence diffs for this room, only
    * `presenceCount` events (at most one a second) — for big rooms that show a number.
+   * Changes to messages come as `update` events {room, seq, rev, change, by, body?, meta?,
+   * edited_ts?, deleted?, reactions}: the message's whole new state, each rev once and never
+   * older than what was delivered for that seq. After a rejoin that missed too many
+   * (`revTruncated`), changed messages already delivered come again with change 'reload'
+   * (no `by`; `mine`: this user's reaction keys).
    */
   join(room, { presence = 'full' } = {}) {
     let r = this.rooms.get(room);
@@ -289,6 +301,12 @@ export class ChattyClient {
         joinRef: null,
         presence: new Map(),
         gap: null, // set by a truncated replay until its first message says where it starts
+        rev: null, // the watermark: every change at or below it was delivered (sent as since_rev)
+        revs: new Map(), // seq -> rev of the state last delivered for that message
+        low: null, // the lowest seq delivered: how far back a rev_truncated reload goes
+        loading: 0, // history pages on their way
+        fresh: new Map(), // seq -> update that arrived while a page was on its way (may be newer)
+        reload: null, // {upTo, rev} while a rev_truncated rejoin reloads what it delivered
         info: null, // the last `joined`, as reported
         typingAt: 0,
         waiters: [],
@@ -305,6 +323,7 @@ export class ChattyClient {
     r.joinRef = this.ref();
     const frame = { type: 'join', ref: r.joinRef, room };
     if (r.since !== null) frame.since = r.since;
+    if (r.since !== null && r.rev !== null) frame.since_rev = r.rev;
     if (r.mode === 'count') frame.presence = 'count';
     this.raw(frame);
   }
@@ -339,12 +358,42 @@ export class ChattyClient {
     });
   }
 
-  /** Older messages: resolves {messages (oldest first), more}. */
+  /**
+   * Older messages: resolves {messages (oldest first), more}. Each carries its current state
+   * (`rev`, `edited_ts`, `deleted`, `reactions`, `mine`: this user's reaction keys).
+   */
   async history(room, { before, limit = 50 } = {}) {
+    const h = await this.page(room, before, limit);
+    const r = this.rooms.get(room);
+    if (r) for (const m of h.messages) this.noteDelivered(r, m);
+    return h;
+  }
+
+  /** One history page, patched with the updates that overtook it. */
+  async page(room, before, limit) {
     const frame = { type: 'history', room, limit };
     if (before != null) frame.before = before;
-    const h = await this.request(frame);
-    return { messages: h.messages.map((m) => ({ ...m, room })), more: h.more };
+    // The server may read the page before a change that it then sends us before the page:
+    // such updates are kept while pages are on their way, and win over an older entry.
+    const r = this.rooms.get(room);
+    if (r) r.loading += 1;
+    let h;
+    try {
+      h = await this.request(frame);
+    } finally {
+      if (r) r.loading -= 1;
+    }
+    const messages = h.messages.map((m) => {
+      const u = r?.fresh.get(m.seq);
+      return u && u.rev > (m.rev ?? 0) ? { ...withoutState(m), ...stateOf(u), room } : { ...m, room };
+    });
+    if (r && r.loading === 0) r.fresh.clear();
+    return { messages, more: h.more };
+  }
+
+  noteDelivered(r, m) {
+    if ((m.rev ?? 0) > (r.revs.get(m.seq) ?? 0)) r.revs.set(m.seq, m.rev);
+    if (r.low === null || m.seq < r.low) r.low = m.seq;
   }
 
   /**
@@ -398,19 +447,51 @@ export class ChattyClient {
     this.raw({ type: 'typing', room });
   }
 
+  // ---- the message lifecycle (v1.1) ------------------------------------------------------
+
+  /**
+   * Change the body of one's own message; `meta` replaces the old meta (absent: kept).
+   * Resolves {seq, rev} once committed; the new state comes as an `update` event, as for
+   * everyone in the room.
+   */
+  edit(room, seq, body, { meta } = {}) {
+    const frame = { type: 'edit', room, seq, body };
+    if (meta != null) frame.meta = meta;
+    return this.change(frame);
+  }
+
+  /** Delete a message (one's own, or any as a moderator, owner or admin): it stays as a tombstone. */
+  delete(room, seq) {
+    return this.change({ type: 'delete', room, seq });
+  }
+
+  /** Add (`on` true) or remove this user's reaction `key` (an emoji or a short name). */
+  react(room, seq, key, on = true) {
+    return this.change({ type: 'react', room, seq, key, on: !!on });
+  }
+
+  async change(frame) {
+    // Each sets a state rather than toggling one (a repeat changes nothing), so it may be
+    // asked again after a reconnect like history.
+    const u = await this.request(frame);
+    // Not a rev to apply: the `update` frame of this rev brings the state.
+    return { seq: u.seq, rev: u.rev };
+  }
+
   // ---- sending ------------------------------------------------------------------------
 
   /**
-   * Send a message. Returns the optimistic copy {room, cid, body, from, pending: true, acked}
-   * at once; `acked` resolves with {seq, ts} once the server has committed it. The server's
-   * `message` event for it carries the same cid (replace the optimistic copy with it).
+   * Send a message. Returns the optimistic copy {room, cid, body, meta?, from, pending: true,
+   * acked} at once; `acked` resolves with {seq, ts} once the server has committed it. The
+   * server's `message` event for it carries the same cid (replace the optimistic copy with it).
+   * `meta`: a small JSON object stored with the message (e.g. {reply_to: seq}).
    */
-  send(room, body) {
+  send(room, body, { meta } = {}) {
     if (!this.rooms.has(room)) throw new ChattyError('not_joined', `join ${room} first`);
     const cid = newCid();
     // Others stop showing "typing" when our message lands: the next keystroke must tell again.
     this.rooms.get(room).typingAt = 0;
-    const p = { room, cid, body, ref: null, inflight: false };
+    const p = { room, cid, body, meta: meta ?? null, ref: null, inflight: false };
     p.acked = new Promise((resolve, reject) => {
       p.resolve = resolve;
       p.reject = reject;
@@ -418,13 +499,15 @@ export class ChattyClient {
     p.acked.catch(() => {}); // failures are also reported as 'failed' events
     this.pending.set(pendingKey(room, cid), p);
     this.transmit(p);
-    return { room, cid, body, from: this.user, pending: true, acked: p.acked };
+    return { room, cid, body, ...(p.meta && { meta: p.meta }), from: this.user, pending: true, acked: p.acked };
   }
 
   transmit(p) {
     if (p.inflight || !this.rooms.get(p.room)?.joined) return; // sent on the next `joined`
     p.ref = this.ref();
-    p.inflight = this.raw({ type: 'send', ref: p.ref, room: p.room, cid: p.cid, body: p.body });
+    const frame = { type: 'send', ref: p.ref, room: p.room, cid: p.cid, body: p.body };
+    if (p.meta) frame.meta = p.meta;
+    p.inflight = this.raw(frame);
   }
 
   failSend(p, code, message) {
@@ -437,7 +520,7 @@ export class ChattyClient {
   pendingSends(room) {
     return [...this.pending.values()]
       .filter((p) => room === undefined || p.room === room)
-      .map(({ room, cid, body }) => ({ room, cid, body }));
+      .map(({ room, cid, body, meta }) => ({ room, cid, body, ...(meta && { meta }) }));
   }
 
   // ---- incoming frames ----------------------------------------------------------------
@@ -458,6 +541,8 @@ export class ChattyClient {
         return this.onMessage(f);
       case 'ack':
         return this.onAck(f);
+      case 'update':
+        return this.onUpdate(f);
       case 'presence':
         return this.onPresence(f);
       case 'presence_count': {
@@ -500,8 +585,25 @@ export class ChattyClient {
     const rejoin = r.since !== null;
     // A head below what we saw means the server lost or reset the room (a dev database
     // wiped): start over from its head rather than drop every new message as a duplicate.
-    const reset = rejoin && f.seq < r.since;
+    // A revision below what we saw says the same.
+    const reset = rejoin && (f.seq < r.since || (f.rev != null && r.rev !== null && f.rev < r.rev));
+    const upTo = r.since;
     if (!rejoin || reset) r.since = f.seq;
+    let reload = null;
+    if (!rejoin || reset) {
+      // What the application loads from here on shows every change up to f.rev at least.
+      r.rev = f.rev ?? null;
+      r.revs.clear();
+      r.fresh.clear();
+      r.low = null;
+      r.reload = null;
+    } else {
+      // More changes were missed than the server replays: what was delivered is reloaded with
+      // history. Until that is done the watermark stays put, so that a reconnect meanwhile
+      // asks again from there. Without the flag the replay covers everything, even what an
+      // interrupted reload had yet to do.
+      r.reload = reload = f.rev_truncated ? { upTo, rev: f.rev ?? 0 } : null;
+    }
     // More was missed than the server replays: the replay starts later than `since`, and the
     // hole is paged in with history once the first replayed seq tells where it ends.
     r.gap = f.replay_truncated && !reset ? { after: r.since } : null;
@@ -520,6 +622,8 @@ export class ChattyClient {
       rejoin,
       reset,
       replayTruncated: !!f.replay_truncated,
+      rev: f.rev ?? null,
+      revTruncated: !!f.rev_truncated,
       role: f.role ?? 'member',
     };
     r.info = info;
@@ -534,6 +638,7 @@ export class ChattyClient {
       truncated: r.truncated,
     });
     for (const p of this.pending.values()) if (p.room === f.room) this.transmit(p);
+    if (reload) this.reloadChanged(f.room, r, reload);
   }
 
   onMessage(f) {
@@ -544,8 +649,54 @@ export class ChattyClient {
       r.gap = null;
     }
     r.since = f.seq;
+    // Its rev does not move the watermark: updates of older messages, replayed after these
+    // messages, may still be on their way.
+    this.noteDelivered(r, f);
     const { type, ...m } = f;
     this.deliver(m, false);
+  }
+
+  onUpdate(f) {
+    const r = this.rooms.get(f.room);
+    if (!r || r.since === null || !Number.isSafeInteger(f.rev)) return;
+    // Updates come in rev order, each with the whole current state: once rev N has arrived,
+    // every change up to N is known or superseded by one still to come.
+    if (r.reload) r.reload.rev = Math.max(r.reload.rev, f.rev);
+    else r.rev = Math.max(r.rev ?? 0, f.rev);
+    if (r.loading > 0 && f.rev > (r.fresh.get(f.seq)?.rev ?? 0)) r.fresh.set(f.seq, f);
+    if (f.rev <= (r.revs.get(f.seq) ?? 0)) return; // this state, or a newer one, was delivered
+    r.revs.set(f.seq, f.rev);
+    const { type, ...u } = f;
+    this.emit('update', u);
+  }
+
+  /**
+   * After a rejoin that missed more changes than the server replays: page again, newest first,
+   * through what was delivered (down to the lowest seq handed out) and deliver each message
+   * whose state moved on as an `update` with change 'reload'. Then the watermark moves on.
+   */
+  async reloadChanged(room, r, reload) {
+    const current = () => this.rooms.get(room) === r && r.reload === reload;
+    try {
+      let before = reload.upTo + 1;
+      while (current() && r.low !== null && before > r.low) {
+        const h = await this.page(room, before, 200);
+        if (!current()) return;
+        for (const m of h.messages) {
+          if (m.seq < r.low || (m.rev ?? 0) <= (r.revs.get(m.seq) ?? 0)) continue;
+          r.revs.set(m.seq, m.rev);
+          this.emit('update', { room, seq: m.seq, change: 'reload', ...stateOf(m), mine: m.mine ?? [] });
+        }
+        if (!h.more || h.messages.length === 0) break;
+        before = h.messages[0].seq;
+      }
+      if (!current()) return;
+      r.rev = Math.max(r.rev ?? 0, reload.rev);
+      r.reload = null;
+    } catch (e) {
+      // The watermark stays behind: the next rejoin asks again from there.
+      this.emit('error', { room, code: e.code ?? 'internal', message: `history: ${e.message}` });
+    }
   }
 
   deliver(m, recovered) {
@@ -671,6 +822,21 @@ export function connect(opts) {
 
 function pendingKey(room, cid) {
   return `${room}\n${cid}`;
+}
+
+// The fields of a message that an `update` replaces as a whole.
+const STATE = ['rev', 'body', 'meta', 'edited_ts', 'deleted', 'reactions'];
+
+function stateOf(m) {
+  const s = { reactions: [] };
+  for (const k of STATE) if (m[k] !== undefined) s[k] = m[k];
+  return s;
+}
+
+function withoutState(m) {
+  const rest = { ...m };
+  for (const k of STATE) delete rest[k];
+  return rest;
 }
 
 function presenceList(map) {
