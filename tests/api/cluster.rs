@@ -79,6 +79,15 @@ impl Cluster {
         Client::connect(&url, &token, Some("chatty.v1.json")).await
     }
 
+    async fn connect_msgpack(&self, node: usize, user: &str) -> Client {
+        let token = self
+            .auth
+            .mint(user, None, Duration::from_secs(600))
+            .unwrap();
+        let url = format!("ws://127.0.0.1:{}/ws", self.nodes[node].1);
+        Client::connect(&url, &token, Some("chatty.v1.msgpack")).await
+    }
+
     async fn api(
         &self,
         node: usize,
@@ -836,4 +845,165 @@ async fn an_idle_cluster_keeps_its_redis_subscriptions_and_reloads_nothing_for_a
         );
     }
     cluster.stop().await;
+}
+
+/// One message as a client holds it: (rev, body, deleted, reactions).
+type Held = (u64, String, bool, Value);
+
+/// Fold a `message` or `update` frame into a client's view, as a client must: a message
+/// frame is its state as of its `rev`, an update replaces the state when its rev is newer.
+fn fold(view: &mut BTreeMap<u64, Held>, f: &Value) {
+    let seq = f["seq"].as_u64().unwrap();
+    let rev = f["rev"].as_u64().unwrap_or(0);
+    let held = (
+        rev,
+        f["body"].as_str().unwrap_or("").to_string(),
+        f["deleted"].as_bool().unwrap_or(false),
+        f.get("reactions").cloned().unwrap_or(json!([])),
+    );
+    match view.get(&seq) {
+        Some(old) if old.0 >= rev && f["type"] == "update" => {}
+        _ => {
+            view.insert(seq, held);
+        }
+    }
+}
+
+#[tokio::test]
+async fn changes_reach_three_nodes_in_one_rev_order_and_a_client_that_missed_fifty_recovers() {
+    let c = Cluster::start(3, &redis_url(), &[]).await;
+    let room = unique_room("life");
+    let mut a = c.connect(0, "alice").await;
+    let mut b = c.connect_msgpack(1, "bob").await;
+    let mut w = c.connect(2, "wendy").await;
+    let mut gone = c.connect_msgpack(2, "carol").await;
+    for cl in [&mut a, &mut b, &mut w, &mut gone] {
+        cl.join(&room).await;
+    }
+    for i in 1..=5 {
+        assert_eq!(
+            a.send_msg(&room, &format!("a{i}"), &format!("a says {i}"))
+                .await["seq"],
+            i
+        );
+    }
+    assert_eq!(b.send_msg(&room, "b1", "bob says").await["seq"], 6);
+    // Everyone has the six messages; carol then leaves with since = 6, since_rev = 0.
+    let mut views: Vec<BTreeMap<u64, Held>> = vec![BTreeMap::new(); 4];
+    for (cl, view) in [&mut a, &mut b, &mut w, &mut gone]
+        .into_iter()
+        .zip(&mut views)
+    {
+        for m in cl.messages(&room, 6).await {
+            fold(view, &m);
+        }
+    }
+    let mut carol = views.pop().unwrap();
+    gone.close().await;
+
+    // 50 changes from two nodes, every one a real change: edits by alice (node 0), reactions
+    // toggled and edits by bob (node 1), a late message, and a delete at the end.
+    let mut on: HashMap<(u64, String), bool> = HashMap::new();
+    let mut revs = Vec::new();
+    for i in 0..49u64 {
+        let seq = 1 + i % 5;
+        let reply = match i % 3 {
+            0 => {
+                a.call(
+                    json!({"type": "edit", "ref": format!("e{i}"), "room": room, "seq": seq,
+                    "body": format!("alice edit {i}")}),
+                )
+                .await
+            }
+            1 => {
+                let key = format!("k{}", i % 4);
+                let now = !on.get(&(seq, key.clone())).copied().unwrap_or(false);
+                on.insert((seq, key.clone()), now);
+                b.call(
+                    json!({"type": "react", "ref": format!("r{i}"), "room": room, "seq": seq,
+                    "key": key, "on": now}),
+                )
+                .await
+            }
+            _ => {
+                b.call(
+                    json!({"type": "edit", "ref": format!("b{i}"), "room": room, "seq": 6,
+                    "body": format!("bob edit {i}")}),
+                )
+                .await
+            }
+        };
+        assert_eq!(reply["type"], "updated", "change {i}: {reply}");
+        revs.push(reply["rev"].as_u64().unwrap());
+        if i == 20 {
+            assert_eq!(a.send_msg(&room, "late", "a late message").await["seq"], 7);
+        }
+    }
+    let del = a
+        .call(json!({"type": "delete", "ref": "del", "room": room, "seq": 2}))
+        .await;
+    revs.push(del["rev"].as_u64().unwrap());
+    assert_eq!(
+        revs,
+        (1..=50).collect::<Vec<u64>>(),
+        "one gap-free rev per change"
+    );
+
+    // Every member, on every node and in either encoding, saw the same 50 updates in rev order.
+    let mut orders = Vec::new();
+    for (cl, view) in [&mut a, &mut b, &mut w].into_iter().zip(&mut views) {
+        fold(view, &cl.next_of("message").await);
+        let mut order = Vec::new();
+        for _ in 0..50 {
+            let u = cl.next_of("update").await;
+            order.push((u["rev"].as_u64().unwrap(), u["seq"].as_u64().unwrap()));
+            fold(view, &u);
+        }
+        assert_eq!(order.iter().map(|o| o.0).collect::<Vec<_>>(), revs);
+        orders.push(order);
+    }
+    assert!(orders.windows(2).all(|w| w[0] == w[1]), "{orders:?}");
+    assert!(views.windows(2).all(|w| w[0] == w[1]), "{views:?}");
+    let want = &views[0];
+    assert_eq!(want[&2].2, true, "seq 2 is deleted");
+    assert_eq!(want[&2].1, "");
+
+    // Carol comes back on another node with since and since_rev: the missed message, then the
+    // missed changes, end with the same state as the members that stayed.
+    let mut back = c.connect_msgpack(0, "carol").await;
+    back.send(json!({"type": "join", "ref": "j", "room": room, "since": 6, "since_rev": 0}))
+        .await;
+    let joined = back.next_of("joined").await;
+    assert_eq!(
+        (joined["seq"].as_u64(), joined["rev"].as_u64()),
+        (Some(7), Some(50))
+    );
+    loop {
+        let f = back.next().await.expect("socket open");
+        match f["type"].as_str() {
+            Some("message") | Some("update") => fold(&mut carol, &f),
+            _ => continue,
+        }
+        if f["type"] == "update" && f["rev"] == 50 {
+            break;
+        }
+    }
+    assert_eq!(&carol, want, "the recovered view equals the live one");
+    // The store agrees: history holds the final state, and the deleted body is gone from the table.
+    let h = back
+        .call(json!({"type": "history", "ref": "h", "room": room}))
+        .await;
+    let mut from_history = BTreeMap::new();
+    for m in h["messages"].as_array().unwrap() {
+        fold(&mut from_history, m);
+    }
+    assert_eq!(&from_history, want);
+    let (body, deleted): (String, bool) =
+        sqlx::query_as("select body, deleted from messages where room_id = $1 and seq = 2")
+            .bind(&room)
+            .fetch_one(&c.pool)
+            .await
+            .unwrap();
+    assert_eq!((body.as_str(), deleted), ("", true));
+    c.stop().await;
 }

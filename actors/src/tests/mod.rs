@@ -193,6 +193,17 @@ impl Rooms {
     }
 
     pub async fn join_socket(&self, r: &str, socket: &Socket, since: Option<Seq>) {
+        self.join_socket_rev(r, socket, since, None).await
+    }
+
+    /// Join with `since` and, for the message lifecycle, `since_rev`.
+    pub async fn join_socket_rev(
+        &self,
+        r: &str,
+        socket: &Socket,
+        since: Option<Seq>,
+        since_rev: Option<crate::ids::Rev>,
+    ) {
         let h = self.handle_or_spawn(r).await;
         let member = Member {
             outbox: socket.outbox.clone(),
@@ -204,7 +215,7 @@ impl Rooms {
         };
         assert!(h.cast(RoomMsg::Join {
             member: Box::new(member),
-            since_rev: None,
+            since_rev,
             r#ref: None,
             since,
             read: 0,
@@ -230,6 +241,29 @@ impl Rooms {
             conn: socket.shared.id,
             r#ref: None,
         });
+    }
+
+    /// Commit changes to the store as another node would; the updates it made.
+    pub async fn change(
+        &self,
+        changes: &[crate::ports::NewChange],
+    ) -> Vec<crate::protocol::StoredUpdate> {
+        use crate::ports::MessageStore;
+        self.store
+            .change(changes, 20)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                crate::ports::ChangeOutcome::Changed(u) => *u,
+                other => panic!("not a change: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// Hand changes to the room as the Writer or the bus would.
+    pub fn deliver_updates(&self, r: &str, ups: &[crate::protocol::StoredUpdate]) {
+        self.handle(r).cast(RoomMsg::Updates(ups.to_vec().into()));
     }
 
     /// Hand `msgs` to the room as the Writer or the bus would.

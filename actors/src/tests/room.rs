@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use super::{config, message_seqs, of_type, room, seed, settle, Rooms};
+use super::{config, message_seqs, of_type, room, seed, settle, user, Rooms, Socket};
+use crate::ids::ReactionKey;
+use crate::ports::NewChange;
+use crate::protocol::ChangeOp;
 use crate::room::RoomMsg;
 use crate::testkit::{MemStore, Op};
 
@@ -236,4 +239,147 @@ async fn a_head_check_from_the_bus_delivers_what_the_room_missed() {
     rooms.handle("r").cast(RoomMsg::CheckHead);
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert!(message_seqs(&ann.frames()).is_empty());
+}
+
+/// A reaction `key` of `by` on message `seq` of room `r`.
+fn react(r: &str, seq: u64, by: &str, key: &str) -> NewChange {
+    NewChange {
+        room: room(r),
+        seq,
+        by: user(by),
+        moderator: false,
+        op: ChangeOp::React {
+            key: ReactionKey::parse(key).unwrap(),
+            on: true,
+        },
+    }
+}
+
+/// The (rev, seq) of the `update` frames, in arrival order.
+fn update_revs(frames: &[serde_json::Value]) -> Vec<(u64, u64)> {
+    of_type(frames, "update")
+        .iter()
+        .map(|f| (f["rev"].as_u64().unwrap(), f["seq"].as_u64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_wait_for_a_rev_gap_which_is_filled_from_the_store_after_gap_wait() {
+    let c = config();
+    let rooms = Rooms::start(c.clone()).await;
+    let mut ann = rooms.join("r", "ann", None).await;
+    seed(&rooms.store, "r", 3);
+    let ups = rooms
+        .change(&[
+            react("r", 1, "bob", "a"),
+            react("r", 2, "bob", "a"),
+            react("r", 3, "bob", "a"),
+        ])
+        .await;
+    rooms.deliver_updates("r", &ups[0..1]);
+    rooms.deliver_updates("r", &ups[2..3]);
+    settle().await;
+    assert_eq!(
+        update_revs(&ann.frames()),
+        [(1, 1)],
+        "rev 3 waits for rev 2"
+    );
+    tokio::time::sleep(c.gap_wait * 2).await;
+    assert_eq!(update_revs(&ann.frames()), [(2, 2), (3, 3)]);
+    // Late copies of what was filled are not delivered twice.
+    rooms.deliver_updates("r", &ups);
+    settle().await;
+    assert!(update_revs(&ann.frames()).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_check_catches_up_on_changes_a_later_change_overwrote() {
+    let rooms = Rooms::start(config()).await;
+    let mut ann = rooms.join("r", "ann", None).await;
+    seed(&rooms.store, "r", 2);
+    // Revs 1 and 3 change seq 1; only its state at rev 3 is left in the store.
+    rooms
+        .change(&[
+            react("r", 1, "bob", "a"),
+            react("r", 2, "bob", "a"),
+            react("r", 1, "cat", "a"),
+        ])
+        .await;
+    rooms.handle("r").cast(RoomMsg::CheckHead);
+    settle().await;
+    assert_eq!(update_revs(&ann.frames()), [(2, 2), (3, 1)]);
+    let ups = rooms.change(&[react("r", 2, "cat", "b")]).await;
+    rooms.deliver_updates("r", &ups);
+    settle().await;
+    assert_eq!(
+        update_revs(&ann.frames()),
+        [(4, 2)],
+        "live again after the catch-up"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_join_with_since_rev_gets_the_missed_changes_after_its_replay_then_live_ones() {
+    let rooms = Rooms::start(config()).await;
+    let _keep = rooms.join("r", "keeper", None).await;
+    let m = seed(&rooms.store, "r", 3);
+    rooms.deliver("r", &m);
+    let ups = rooms
+        .change(&[
+            react("r", 1, "bob", "a"),
+            react("r", 3, "bob", "a"),
+            react("r", 2, "bob", "b"),
+        ])
+        .await;
+    rooms.deliver_updates("r", &ups);
+    settle().await;
+    let mut ann = Socket::new(50, "ann", &rooms.metrics);
+    // Ann has messages up to 2 and changes up to rev 1: she misses message 3 (which comes
+    // with its current state) and rev 3 (on message 2); rev 2 is message 3's, already in it.
+    rooms.join_socket_rev("r", &ann, Some(2), Some(1)).await;
+    let f = ann.frames();
+    let joined = of_type(&f, "joined")[0];
+    assert_eq!(joined["rev"], 3);
+    assert!(joined.get("rev_truncated").is_none());
+    let kinds: Vec<(&str, u64)> = f
+        .iter()
+        .filter(|x| x["type"] == "message" || x["type"] == "update")
+        .map(|x| (x["type"].as_str().unwrap(), x["seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("message", 3), ("update", 2)]);
+    let m3 = of_type(&f, "message")[0];
+    assert_eq!(m3["rev"], 2, "a replayed message carries its current state");
+    let more = rooms.change(&[react("r", 1, "cat", "c")]).await;
+    rooms.deliver_updates("r", &more);
+    settle().await;
+    assert_eq!(update_revs(&ann.frames()), [(4, 1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn more_missed_changes_than_replay_max_are_not_replayed_and_the_joiner_is_told() {
+    let mut c = config();
+    c.replay_max = 2;
+    let rooms = Rooms::start(c).await;
+    let _keep = rooms.join("r", "keeper", None).await;
+    seed(&rooms.store, "r", 3);
+    let ups = rooms
+        .change(&[
+            react("r", 1, "bob", "a"),
+            react("r", 2, "bob", "a"),
+            react("r", 3, "bob", "a"),
+        ])
+        .await;
+    rooms.deliver_updates("r", &ups);
+    settle().await;
+    let mut ann = Socket::new(50, "ann", &rooms.metrics);
+    rooms.join_socket_rev("r", &ann, Some(3), Some(0)).await;
+    let f = ann.frames();
+    assert_eq!(of_type(&f, "joined")[0]["rev_truncated"], true);
+    assert!(update_revs(&f).is_empty());
+    // Within the cap, nothing is flagged.
+    let mut bob = Socket::new(51, "bob", &rooms.metrics);
+    rooms.join_socket_rev("r", &bob, Some(3), Some(1)).await;
+    let f = bob.frames();
+    assert!(of_type(&f, "joined")[0].get("rev_truncated").is_none());
+    assert_eq!(update_revs(&f), [(2, 2), (3, 3)]);
 }
