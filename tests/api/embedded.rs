@@ -56,6 +56,20 @@ async fn with_no_database_configured_the_binary_serves_the_page_and_a_chat_and_k
     assert_eq!(a.send_msg("home", "a1", "kept?").await["seq"], 1);
     assert_eq!(b.send_msg("home", "b1", "kept!").await["seq"], 2);
     assert_eq!(b.messages("home", 2).await[0]["body"], "kept?");
+    // The message lifecycle on the embedded store too.
+    let r = a
+        .call(
+            json!({"type": "edit", "ref": "e", "room": "home", "seq": 1, "body": "kept, edited",
+            "meta": {"reply_to": 2}}),
+        )
+        .await;
+    assert_eq!(r["rev"], 1, "{r}");
+    let r = b
+        .call(
+            json!({"type": "react", "ref": "r", "room": "home", "seq": 2, "key": "👍", "on": true}),
+        )
+        .await;
+    assert_eq!(r["rev"], 2, "{r}");
     assert_eq!(terminate(&mut child).await, Some(0));
     assert!(a.next_of_close().await == Some(1001));
 
@@ -64,9 +78,23 @@ async fn with_no_database_configured_the_binary_serves_the_page_and_a_chat_and_k
     let url = format!("ws://127.0.0.1:{port}/ws");
     let mut a = Client::connect(&url, tok["token"].as_str().unwrap(), Some("chatty.v1.json")).await;
     let joined = a.join_since("home", 0).await;
-    assert_eq!(joined["seq"], 2);
+    assert_eq!(
+        (joined["seq"].as_u64(), joined["rev"].as_u64()),
+        (Some(2), Some(2))
+    );
     let replay = a.messages("home", 2).await;
     assert_eq!(replay[1]["body"], "kept!");
+    // Replayed in their current state.
+    assert_eq!(
+        (replay[0]["body"].as_str(), replay[0]["rev"].as_u64()),
+        (Some("kept, edited"), Some(1))
+    );
+    assert_eq!(replay[0]["meta"], json!({"reply_to": 2}));
+    assert_eq!(replay[1]["reactions"], json!([{"key": "👍", "count": 1}]));
+    let r = a
+        .call(json!({"type": "delete", "ref": "d", "room": "home", "seq": 2}))
+        .await;
+    assert_eq!(r["code"], "forbidden", "not hers, and no role: {r}");
     assert_eq!(
         a.send_msg("home", "a1", "again").await["seq"],
         1,
