@@ -213,6 +213,7 @@ async fn change(state: &AppState, change: NewChange) -> Result<Response, ApiErro
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     /// Who deletes, as `update.by` shows it; `backend` when not given.
     by: Option<String>,
@@ -240,6 +241,7 @@ pub async fn delete_message(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EditBody {
     from: String,
     body: String,
