@@ -6,12 +6,16 @@
 // 3. a page cut off (4000) while more than the replay cap happens recovers it all, the
 //    truncated replay completed with history;
 // 4. an admin whose tokens live 6 s stays connected by refreshing them, and bans a user from
-//    the presence list: that page is told and loses the room, and cannot join it again.
+//    the presence list: that page is told and loses the room, and cannot join it again;
+// 5. the message lifecycle: a reply quotes its message; an edit, reactions (one made while the
+//    other page was offline) and a delete show on both pages, and survive a reload (history).
 // Run with e2e/run.sh; screenshots and logs land in test-output/e2e/.
 
 import assert from 'node:assert/strict';
 import { mkdirSync, createWriteStream } from 'node:fs';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { isDeepStrictEqual } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 import { OUT, ROOT, Server } from './server.mjs';
@@ -145,6 +149,49 @@ function assertExactlyOnce(list, bodies, who) {
   for (const m of list) counts.set(m.body, (counts.get(m.body) ?? 0) + 1);
   for (const b of bodies) assert.equal(counts.get(b), 1, `${who}: "${b}" shown ${counts.get(b) ?? 0} times`);
   assert.equal(list.length, bodies.length, `${who}: ${list.length} messages shown, ${bodies.length} sent`);
+}
+
+/** The `<li>` of message `seq` in `room`. */
+const messageSel = (room, seq) => `[data-testid=message-list][data-room="${room}"] [data-testid=message][data-seq="${seq}"]`;
+
+/** What the page shows of one stored message (only what is visible), or null if it is not there. */
+function readMessage({ room, seq }) {
+  const li = document.querySelector(`[data-testid=message-list][data-room="${room}"] [data-testid=message][data-seq="${seq}"]`);
+  if (!li) return null;
+  const seen = (testid) => {
+    const e = li.querySelector(`[data-testid=${testid}]`);
+    return e && e.checkVisibility() ? e.textContent : null;
+  };
+  return {
+    from: li.dataset.from,
+    body: li.querySelector('[data-testid=message-body]').textContent,
+    edited: seen('message-edited'),
+    tombstone: seen('message-deleted'),
+    quote: seen('message-quote'),
+    reactions: [...li.querySelectorAll('[data-testid=reaction]')]
+      .filter((c) => c.checkVisibility())
+      .map((c) => ({ chip: c.textContent, mine: c.classList.contains('mine') && c.getAttribute('aria-pressed') === 'true' })),
+  };
+}
+
+/** Wait until message `seq` shows exactly `want` (see readMessage); fail with the difference. */
+async function waitMessage(page, room, seq, want, who, timeout = WAIT) {
+  const deadline = Date.now() + timeout;
+  let got = await page.evaluate(readMessage, { room, seq });
+  while (!isDeepStrictEqual(got, want) && Date.now() < deadline) {
+    await sleep(50);
+    got = await page.evaluate(readMessage, { room, seq });
+  }
+  assert.deepEqual(got, want, `${who}: message #${seq} in #${room}`);
+}
+
+/** Hover a message (its actions show on hover) and click one of its action buttons. */
+async function clickAction(page, room, seq, selector) {
+  const li = page.locator(messageSel(room, seq));
+  await li.hover();
+  const button = li.locator(`[data-testid=message-actions] ${selector}`);
+  await button.click();
+  return button;
 }
 
 describe('chat page', () => {
@@ -391,5 +438,118 @@ describe('chat page', () => {
     await shot(vic, 'vic-banned');
     assert.deepEqual(pageErrors, [], 'no script errors on the pages');
     t.diagnostic(`ban: ${Date.now() - t0} ms`);
+  });
+
+  test('a reply, an edit, reactions and a delete show on both pages, live and after a reload', { timeout: 120000 }, async (t) => {
+    const t0 = Date.now();
+    const room = 'lifecycle';
+    const erin = await openPage('erin');
+    const finn = await openPage('finn', { routed: true });
+    await join(erin, room);
+    await join(finn, room);
+    await waitPresence(erin, ['erin', 'finn']);
+    await waitPresence(finn, ['erin', 'finn']);
+    const both = async (want) => {
+      for (const [who, page] of [['erin', erin], ['finn', finn]]) {
+        for (const [seq, w] of Object.entries(want)) await waitMessage(page, room, Number(seq), w(who), who);
+      }
+    };
+    const plain = (from, body) => ({ from, body, edited: null, tombstone: null, quote: null, reactions: [] });
+
+    // Erin asks; Finn replies to her message from its actions.
+    const original = 'Lunch at 12:30 in the atrium?';
+    await say(erin, original);
+    await waitBodies(erin, room, [original]);
+    await waitBodies(finn, room, [original]);
+    const a = (await shown(finn, room)).find((m) => m.body === original).seq;
+    assert.equal(a, 1, 'the first message of a new room');
+    await clickAction(finn, room, a, '[data-testid=message-reply]');
+    await finn.getByTestId('compose-bar').filter({ hasText: `Replying to erin: ${original}` }).waitFor();
+    // Edit is only offered on one's own messages.
+    assert.equal(await finn.locator(`${messageSel(room, a)} [data-testid=message-edit]`).isVisible(), false, 'finn may not edit erin’s message');
+    const reply = 'Sounds good, see you there';
+    await say(finn, reply);
+    await finn.getByTestId('compose-bar').waitFor({ state: 'hidden' });
+    await waitBodies(finn, room, [reply]);
+    await waitBodies(erin, room, [reply]);
+    const b = (await shown(erin, room)).find((m) => m.body === reply).seq;
+    assert.equal(b, a + 1);
+    await both({
+      [a]: () => plain('erin', original),
+      [b]: () => ({ ...plain('finn', reply), quote: `↪ erin: ${original}` }),
+    });
+    await shot(erin, 'lifecycle-reply');
+
+    // Erin edits hers: the new text and the mark on both pages, and the quote follows.
+    await clickAction(erin, room, a, '[data-testid=message-edit]');
+    await erin.getByTestId('compose-bar').filter({ hasText: 'Editing your message' }).waitFor();
+    assert.equal(await erin.getByTestId('composer-input').inputValue(), original, 'the composer holds the text to edit');
+    const edited = 'Lunch at 13:00 in the atrium?';
+    await say(erin, edited);
+    await erin.getByTestId('compose-bar').waitFor({ state: 'hidden' });
+    await both({
+      [a]: () => ({ ...plain('erin', edited), edited: '(edited)' }),
+      [b]: () => ({ ...plain('finn', reply), quote: `↪ erin: ${edited}` }),
+    });
+    // An edit changes the message in place: still two messages, nothing pending.
+    for (const page of [erin, finn]) {
+      assert.deepEqual((await shown(page, room)).map((m) => [m.seq, m.body, m.pending]), [[a, edited, false], [b, reply, false]]);
+    }
+
+    // Finn reacts to Erin's message: a chip with count 1 on both pages, marked as his on his.
+    await clickAction(finn, room, a, 'button[data-key="👍"]');
+    const thumbs = (who) => [{ chip: '👍 1', mine: who === 'finn' }];
+    await both({ [a]: (who) => ({ ...plain('erin', edited), edited: '(edited)', reactions: thumbs(who) }) });
+    await shot(finn, 'lifecycle-reaction');
+
+    // Finn's page drops off; Erin reacts to his reply meanwhile. Back online, his page catches
+    // up (join since_rev) and his click on her chip adds his own reaction to it.
+    links.finn.blocked = true;
+    await links.finn.ws.close({ code: 1012, reason: 'test: network drop' });
+    await finn.waitForFunction(() => document.querySelector('[data-testid=connection-status]').dataset.state !== 'open', null, {
+      timeout: WAIT,
+      polling: 50,
+    });
+    await clickAction(erin, room, b, 'button[data-key="❤️"]');
+    await waitMessage(erin, room, b, { ...plain('finn', reply), quote: `↪ erin: ${edited}`, reactions: [{ chip: '❤️ 1', mine: true }] }, 'erin');
+    links.finn.blocked = false;
+    await waitState(finn, 'open');
+    await waitMessage(finn, room, b, { ...plain('finn', reply), quote: `↪ erin: ${edited}`, reactions: [{ chip: '❤️ 1', mine: false }] }, 'finn');
+    await finn.locator(`${messageSel(room, b)} [data-testid=reaction][data-key="❤️"]`).click();
+    await both({
+      [b]: () => ({ ...plain('finn', reply), quote: `↪ erin: ${edited}`, reactions: [{ chip: '❤️ 2', mine: true }] }),
+    });
+
+    // Erin deletes hers (the first click only arms the button): a tombstone on both pages,
+    // without its reactions, and the reply's quote says so.
+    const del = await clickAction(erin, room, a, '[data-testid=message-delete]');
+    assert.equal(await del.textContent(), 'Delete?');
+    await erin.waitForTimeout(300);
+    assert.equal((await erin.evaluate(readMessage, { room, seq: a })).tombstone, null, 'one click does not delete');
+    await del.click();
+    const afterDelete = {
+      [a]: () => ({ ...plain('erin', ''), tombstone: 'message deleted' }),
+      [b]: () => ({ ...plain('finn', reply), quote: '↪ erin: message deleted', reactions: [{ chip: '❤️ 2', mine: true }] }),
+    };
+    await both(afterDelete);
+    await erin.locator(messageSel(room, a)).hover();
+    assert.equal(await erin.locator(`${messageSel(room, a)} [data-testid=message-actions]`).isVisible(), false, 'a tombstone has no actions');
+    await shot(finn, 'lifecycle-deleted');
+    t.diagnostic(`live lifecycle: ${Date.now() - t0} ms`);
+
+    // Finn reloads: history brings each message's current state, his reactions included.
+    const t1 = Date.now();
+    await finn.reload();
+    await finn.getByTestId('signin-name').fill('finn');
+    await finn.getByTestId('signin-submit').click();
+    await finn.getByTestId('chat-screen').waitFor();
+    await waitState(finn, 'open');
+    await join(finn, room);
+    await waitBodies(finn, room, [reply]);
+    for (const [seq, w] of Object.entries(afterDelete)) await waitMessage(finn, room, Number(seq), w(), 'finn after reload');
+    assert.deepEqual((await shown(finn, room)).map((m) => [m.seq, m.from, m.body]), [[a, 'erin', ''], [b, 'finn', reply]]);
+    await shot(finn, 'lifecycle-reloaded');
+    assert.deepEqual(pageErrors, [], 'no script errors on the pages');
+    t.diagnostic(`reload: ${Date.now() - t1} ms; total ${Date.now() - t0} ms`);
   });
 });
