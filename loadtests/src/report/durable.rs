@@ -81,7 +81,11 @@ pub fn verify_db(
         let mut child = std::process::Command::new("psql")
             .arg(db)
             .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-c"])
-            .arg(format!("\\copy {table} from pstdin"))
+            // Name the columns a send writes: the rest (the message lifecycle's) take their
+            // defaults, as they do on an append, whatever the schema's version.
+            .arg(format!(
+                "\\copy {table} (room_id, seq, user_id, name, cid, body, ts) from pstdin"
+            ))
             .stdin(std::process::Stdio::piped())
             .spawn()?;
         child.stdin.take().expect("piped").write_all(&data)?;
