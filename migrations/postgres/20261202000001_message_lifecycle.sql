@@ -5,15 +5,17 @@
 -- its current state: `rev` is the revision of its last change (0: never changed), with that
 -- change's kind and author, so a node or a client that missed changes reads "every message
 -- whose rev is past mine" and gets each one whole. A delete erases body and meta in place.
--- Adding columns with constant defaults does not rewrite the table (PostgreSQL 11+); the
--- partial index holds only changed messages, so it stays small and costs plain sends nothing.
+-- Every new column of `messages` is null until the message changes (null `rev` is 0, null
+-- `deleted` false), so a plain send writes nothing more than null bits and the table is not
+-- rewritten. The partial index holds only changed messages (readers say `rev > 0` so that
+-- even a generic plan can use it), so it stays small and costs plain sends nothing.
 alter table rooms add column last_rev bigint not null default 0;
 
 alter table messages
     add column meta       jsonb,
-    add column rev        bigint not null default 0,
+    add column rev        bigint,
     add column edited_ts  bigint,
-    add column deleted    boolean not null default false,
+    add column deleted    boolean,
     -- Reaction counts, `[{"key", "count"}]` in first-use order: read with every message
     -- without touching `reactions`.
     add column reactions  jsonb,

@@ -3,9 +3,10 @@
 alter table rooms add column last_rev integer not null default 0;
 
 alter table messages add column meta text;
-alter table messages add column rev integer not null default 0;
+-- Null until the message changes (null rev is 0, null deleted false), as in PostgreSQL.
+alter table messages add column rev integer;
 alter table messages add column edited_ts integer;
-alter table messages add column deleted integer not null default 0;
+alter table messages add column deleted integer;
 alter table messages add column reactions text;
 alter table messages add column change text;
 alter table messages add column changed_by text;

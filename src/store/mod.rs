@@ -234,6 +234,7 @@ where
     bool: Decode<'r, R::Database> + Type<R::Database>,
     String: Decode<'r, R::Database> + Type<R::Database>,
     Option<i64>: Decode<'r, R::Database>,
+    Option<bool>: Decode<'r, R::Database>,
     Option<String>: Decode<'r, R::Database>,
 {
     let bad =
@@ -245,9 +246,11 @@ where
     let body: String = r.try_get("body").map_err(store_err)?;
     let ts: i64 = r.try_get("ts").map_err(store_err)?;
     let meta: Option<String> = r.try_get("meta").map_err(store_err)?;
-    let rev: i64 = r.try_get("rev").map_err(store_err)?;
+    // Null until the message first changes: a plain send writes none of these columns.
+    let rev: Option<i64> = r.try_get("rev").map_err(store_err)?;
     let edited_ts: Option<i64> = r.try_get("edited_ts").map_err(store_err)?;
-    let deleted: bool = r.try_get("deleted").map_err(store_err)?;
+    let deleted: Option<bool> = r.try_get("deleted").map_err(store_err)?;
+    let deleted = deleted.unwrap_or(false);
     let reactions: Option<String> = r.try_get("reactions").map_err(store_err)?;
     Ok(StoredMessage {
         room: room.clone(),
@@ -266,7 +269,7 @@ where
             Some(m) => Some(Meta::from_stored(m).ok_or_else(|| bad("meta"))?),
         },
         state: MessageState {
-            rev: rev.max(0) as Rev,
+            rev: rev.unwrap_or(0).max(0) as Rev,
             edited_ts,
             deleted,
             reactions: lifecycle::reactions_from_json(reactions.as_deref()),
@@ -351,6 +354,7 @@ where
     for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'r> Option<i64>: Decode<'r, R::Database>,
+    for<'r> Option<bool>: Decode<'r, R::Database>,
     for<'r> Option<String>: Decode<'r, R::Database>,
 {
     let more = rows.len() > limit as usize;

@@ -345,7 +345,7 @@ impl MessageStore for PgStore {
                  select ",
             message_columns!(),
             ", change, changed_by from messages
-                  where room_id = $1 and rev > $2 and seq <= $3
+                  where room_id = $1 and rev > 0 and rev > $2 and seq <= $3
                   order by rev limit $4
                ) m on true"
         ))

@@ -294,7 +294,7 @@ impl MessageStore for SqliteStore {
             "select ",
             message_columns!(),
             ", change, changed_by from messages
-              where room_id = ?1 and rev > ?2 and seq <= ?3 order by rev limit ?4"
+              where room_id = ?1 and rev > 0 and rev > ?2 and seq <= ?3 order by rev limit ?4"
         ))
         .bind(room.as_str())
         .bind(clamp(after))
