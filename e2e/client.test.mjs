@@ -490,3 +490,31 @@ test('rev_truncated reloads what was delivered with history; the watermark waits
   assert.deepEqual(seen.errors, []);
   c.close();
 });
+
+test('a personal event reaches the page without any room joined', async () => {
+  const { c } = client();
+  const events = [];
+  c.on('event', (e) => events.push(e));
+  c.connect();
+  await tick();
+  const ws = await nextSocket(1);
+  ws.accept();
+  ws.push({ type: 'event', data: { kind: 'dm', from: 'bob' } });
+  assert.deepEqual(events, [{ data: { kind: 'dm', from: 'bob' } }]);
+  c.close();
+});
+
+test('rooms() asks for the conversation list and resolves with its rows', async () => {
+  const { c } = client();
+  c.connect();
+  await tick();
+  const ws = await nextSocket(1);
+  ws.accept();
+  const list = c.rooms();
+  const [ask] = ws.take('rooms');
+  assert.ok(ask.ref);
+  const rows = [{ room: 'dm', seq: 4, read: 1, unread: 3, ts: 9 }];
+  ws.push({ type: 'rooms', ref: ask.ref, rooms: rows });
+  assert.deepEqual(await list, rows);
+  c.close();
+});

@@ -146,7 +146,7 @@ impl EdgeMetrics {
             m.frames_out.with_label_values(&[enc]);
             for ty in [
                 "join", "leave", "send", "history", "read", "typing", "ping", "kick", "unban",
-                "set_role", "refresh", "presence", "edit", "delete", "react", "invalid",
+                "set_role", "refresh", "presence", "edit", "delete", "react", "rooms", "invalid",
             ] {
                 m.frames_in.with_label_values(&[ty, enc]);
             }

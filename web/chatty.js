@@ -54,7 +54,7 @@ export class ChattyClient {
     this.roles = typeof token === 'string' ? claimRoles(tokenClaims(token)) : [];
     this.refreshTimer = null;
     // room -> { since, rev, revs, joined, joinRef, presence: Map<user, name>, gap, typingAt, waiters, ... }
-    this.rooms = new Map();
+    this.roomState = new Map();
     // `${room}\n${cid}` -> { room, cid, body, ref, inflight, resolve, reject }: sends not yet acked.
     this.pending = new Map();
     // ref -> { frame, resolve, reject, resend }: requests waiting for their reply.
@@ -192,7 +192,7 @@ export class ChattyClient {
     this.raw({ type: 'ping', ref: 'hb' });
     this.heartbeat = setInterval(() => this.beat(), this.opts.heartbeatMs);
     // Rejoin every room with `since` (the recovery); sends resume once each room is joined.
-    for (const room of this.rooms.keys()) this.sendJoin(room);
+    for (const room of this.roomState.keys()) this.sendJoin(room);
     // Replies lost with the old socket (history, read) are asked again: both are idempotent.
     for (const r of this.requests.values()) this.raw(r.frame);
   }
@@ -220,7 +220,7 @@ export class ChattyClient {
     if (ws !== this.ws && !dropped) return;
     this.ws = null;
     clearInterval(this.heartbeat);
-    for (const r of this.rooms.values()) r.joined = false;
+    for (const r of this.roomState.values()) r.joined = false;
     for (const p of this.pending.values()) p.inflight = false;
     for (const [ref, r] of this.requests) {
       if (!r.resend) {
@@ -290,7 +290,7 @@ export class ChattyClient {
    * (no `by`; `mine`: this user's reaction keys).
    */
   join(room, { presence = 'full' } = {}) {
-    let r = this.rooms.get(room);
+    let r = this.roomState.get(room);
     if (!r) {
       r = {
         mode: presence,
@@ -311,7 +311,7 @@ export class ChattyClient {
         typingAt: 0,
         waiters: [],
       };
-      this.rooms.set(room, r);
+      this.roomState.set(room, r);
       this.sendJoin(room);
     }
     if (r.info) return Promise.resolve(r.info);
@@ -319,7 +319,7 @@ export class ChattyClient {
   }
 
   sendJoin(room) {
-    const r = this.rooms.get(room);
+    const r = this.roomState.get(room);
     r.joinRef = this.ref();
     const frame = { type: 'join', ref: r.joinRef, room };
     if (r.since !== null) frame.since = r.since;
@@ -330,9 +330,9 @@ export class ChattyClient {
 
   /** Leave a room: its live messages stop and its unacked sends fail with code 'left'. */
   leave(room) {
-    const r = this.rooms.get(room);
+    const r = this.roomState.get(room);
     if (!r) return Promise.resolve(null);
-    this.rooms.delete(room);
+    this.roomState.delete(room);
     for (const w of r.waiters) w.reject(new ChattyError('left', 'left before joining'));
     for (const p of [...this.pending.values()]) {
       if (p.room === room) this.failSend(p, 'left', 'left the room');
@@ -343,7 +343,7 @@ export class ChattyClient {
 
   /** The rooms joined (or being joined). */
   get joinedRooms() {
-    return [...this.rooms.keys()];
+    return [...this.roomState.keys()];
   }
 
   // ---- requests -----------------------------------------------------------------------
@@ -364,7 +364,7 @@ export class ChattyClient {
    */
   async history(room, { before, limit = 50 } = {}) {
     const h = await this.page(room, before, limit);
-    const r = this.rooms.get(room);
+    const r = this.roomState.get(room);
     if (r) for (const m of h.messages) this.noteDelivered(r, m);
     return h;
   }
@@ -375,7 +375,7 @@ export class ChattyClient {
     if (before != null) frame.before = before;
     // The server may read the page before a change that it then sends us before the page:
     // such updates are kept while pages are on their way, and win over an older entry.
-    const r = this.rooms.get(room);
+    const r = this.roomState.get(room);
     if (r) r.loading += 1;
     let h;
     try {
@@ -415,6 +415,15 @@ export class ChattyClient {
     return r?.seq;
   }
 
+  /**
+   * The conversation list (v1.1): the rooms you are a member of or hold a read marker in,
+   * most recently active first, as `[{room, seq, read, unread, ts}]` (`unread` = seq - read).
+   */
+  async rooms() {
+    const r = await this.request({ type: 'rooms' });
+    return r?.rooms ?? [];
+  }
+
   // ---- moderation (v1.1) ------------------------------------------------------------------
 
   /** Take `user` out of `room` on every node; `{ban: true}` keeps them out. Needs the role. */
@@ -434,13 +443,13 @@ export class ChattyClient {
 
   /** May this user kick and ban in `room`: an admin token, or a moderator or owner role there. */
   canModerate(room) {
-    const role = this.rooms.get(room)?.info?.role;
+    const role = this.roomState.get(room)?.info?.role;
     return this.roles.includes('admin') || role === 'moderator' || role === 'owner';
   }
 
   /** Tell the room this user is typing; throttled, so call it on every keystroke. */
   typing(room) {
-    const r = this.rooms.get(room);
+    const r = this.roomState.get(room);
     const now = Date.now();
     if (!r?.joined || now - r.typingAt < this.opts.typingIntervalMs) return;
     r.typingAt = now;
@@ -487,10 +496,10 @@ export class ChattyClient {
    * `meta`: a small JSON object stored with the message (e.g. {reply_to: seq}).
    */
   send(room, body, { meta } = {}) {
-    if (!this.rooms.has(room)) throw new ChattyError('not_joined', `join ${room} first`);
+    if (!this.roomState.has(room)) throw new ChattyError('not_joined', `join ${room} first`);
     const cid = newCid();
     // Others stop showing "typing" when our message lands: the next keystroke must tell again.
-    this.rooms.get(room).typingAt = 0;
+    this.roomState.get(room).typingAt = 0;
     const p = { room, cid, body, meta: meta ?? null, ref: null, inflight: false };
     p.acked = new Promise((resolve, reject) => {
       p.resolve = resolve;
@@ -503,7 +512,7 @@ export class ChattyClient {
   }
 
   transmit(p) {
-    if (p.inflight || !this.rooms.get(p.room)?.joined) return; // sent on the next `joined`
+    if (p.inflight || !this.roomState.get(p.room)?.joined) return; // sent on the next `joined`
     p.ref = this.ref();
     const frame = { type: 'send', ref: p.ref, room: p.room, cid: p.cid, body: p.body };
     if (p.meta) frame.meta = p.meta;
@@ -546,7 +555,7 @@ export class ChattyClient {
       case 'presence':
         return this.onPresence(f);
       case 'presence_count': {
-        const r = this.rooms.get(f.room);
+        const r = this.roomState.get(f.room);
         if (r) {
           r.count = f.count;
           this.emit('presenceCount', { room: f.room, count: f.count });
@@ -554,10 +563,10 @@ export class ChattyClient {
         return;
       }
       case 'typing':
-        if (f.user !== this.user && this.rooms.has(f.room)) this.emit('typing', { room: f.room, user: f.user });
+        if (f.user !== this.user && this.roomState.has(f.room)) this.emit('typing', { room: f.room, user: f.user });
         return;
       case 'read':
-        if (this.rooms.has(f.room)) this.emit('read', { room: f.room, seq: f.seq });
+        if (this.roomState.has(f.room)) this.emit('read', { room: f.room, seq: f.seq });
         return this.reply(f.ref, f);
       case 'pong':
         // The first answer on a socket proves it works: the backoff starts over.
@@ -567,6 +576,9 @@ export class ChattyClient {
         return this.onError(f);
       case 'removed':
         return this.onRemoved(f);
+      case 'event':
+        // The personal channel (v1.1): the backend's event for this user, on every tab.
+        return this.emit('event', { data: f.data });
       default: // history, left, and frames of future extensions
         return this.reply(f.ref, f);
     }
@@ -580,7 +592,7 @@ export class ChattyClient {
   }
 
   onJoined(f) {
-    const r = this.rooms.get(f.room);
+    const r = this.roomState.get(f.room);
     if (!r || f.ref !== r.joinRef) return; // left meanwhile, or an answer to an older join
     const rejoin = r.since !== null;
     // A head below what we saw means the server lost or reset the room (a dev database
@@ -642,7 +654,7 @@ export class ChattyClient {
   }
 
   onMessage(f) {
-    const r = this.rooms.get(f.room);
+    const r = this.roomState.get(f.room);
     if (!r || r.since === null || f.seq <= r.since) return; // not ours, or a duplicate
     if (r.gap) {
       this.fillGap(f.room, r, r.gap.after, f.seq);
@@ -657,7 +669,7 @@ export class ChattyClient {
   }
 
   onUpdate(f) {
-    const r = this.rooms.get(f.room);
+    const r = this.roomState.get(f.room);
     if (!r || r.since === null || !Number.isSafeInteger(f.rev)) return;
     // Updates come in rev order, each with the whole current state: once rev N has arrived,
     // every change up to N is known or superseded by one still to come.
@@ -676,7 +688,7 @@ export class ChattyClient {
    * whose state moved on as an `update` with change 'reload'. Then the watermark moves on.
    */
   async reloadChanged(room, r, reload) {
-    const current = () => this.rooms.get(room) === r && r.reload === reload;
+    const current = () => this.roomState.get(room) === r && r.reload === reload;
     try {
       let before = reload.upTo + 1;
       while (current() && r.low !== null && before > r.low) {
@@ -713,7 +725,7 @@ export class ChattyClient {
   async fillGap(room, r, after, before) {
     try {
       // History requests survive reconnects, so this finishes even across a flap.
-      while (before > after + 1 && this.rooms.get(room) === r) {
+      while (before > after + 1 && this.roomState.get(room) === r) {
         const h = await this.history(room, { before, limit: 200 });
         const missing = h.messages.filter((m) => m.seq > after);
         // Newest page first: the UI places each message by its seq.
@@ -737,9 +749,9 @@ export class ChattyClient {
   /** This socket was taken out of the room (kicked, banned, or no longer a member): the room
    * is forgotten (no rejoin after a reconnect) and its unacked sends fail. */
   onRemoved(f) {
-    const r = this.rooms.get(f.room);
+    const r = this.roomState.get(f.room);
     if (!r) return;
-    this.rooms.delete(f.room);
+    this.roomState.delete(f.room);
     for (const w of r.waiters.splice(0)) w.reject(new ChattyError('removed', f.reason));
     for (const p of [...this.pending.values()]) {
       if (p.room === f.room) this.failSend(p, 'removed', `removed from the room (${f.reason})`);
@@ -748,7 +760,7 @@ export class ChattyClient {
   }
 
   onPresence(f) {
-    const r = this.rooms.get(f.room);
+    const r = this.roomState.get(f.room);
     if (!r) return;
     // Diffs are set operations: they may repeat what `joined` already said.
     for (const l of f.leaves) r.presence.delete(l.user);
@@ -774,12 +786,12 @@ export class ChattyClient {
   onError(f) {
     const err = new ChattyError(f.code, f.message);
     // A join?
-    for (const [room, r] of this.rooms) {
+    for (const [room, r] of this.roomState) {
       if (f.ref && r.joinRef === f.ref) {
         if (f.code === 'unavailable') {
           // The store is busy: ask again shortly, on this socket if it is still up.
           const ws = this.ws;
-          setTimeout(() => ws === this.ws && this.rooms.get(room) === r && this.sendJoin(room), 1000);
+          setTimeout(() => ws === this.ws && this.roomState.get(room) === r && this.sendJoin(room), 1000);
         } else {
           for (const w of r.waiters.splice(0)) w.reject(err);
           this.leave(room);

@@ -82,10 +82,11 @@ impl Actor for BusListener {
             let rooms = args.rooms.clone();
             let conns = args.conns.clone();
             let metrics = args.metrics.clone();
+            let bus = args.bus.clone();
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     metrics.bus_received.inc();
-                    route(&rooms, &conns, ev);
+                    route(&rooms, &conns, &*bus, ev);
                 }
             })
         });
@@ -107,10 +108,20 @@ impl Actor for BusListener {
     }
 }
 
-fn route(rooms: &RoomRegistry, conns: &ConnRegistry, ev: BusEvent) {
-    if let BusEvent::Disconnect { user } = &ev {
-        conns.close_user(user, close::DISCONNECTED);
-        return;
+fn route(rooms: &RoomRegistry, conns: &ConnRegistry, bus: &dyn ClusterBus, ev: BusEvent) {
+    match ev {
+        BusEvent::Disconnect { user } => {
+            conns.close_user(&user, close::DISCONNECTED);
+            return;
+        }
+        BusEvent::UserEvent { user, data, reply } => {
+            let n = conns.send_event(&user, &data);
+            if let Some(reply) = reply {
+                bus.answer(reply, n);
+            }
+            return;
+        }
+        _ => {}
     }
     let Some(h) = ev.room().and_then(|r| rooms.get(r)) else {
         return;
@@ -144,7 +155,7 @@ fn route(rooms: &RoomRegistry, conns: &ConnRegistry, ev: BusEvent) {
             seq,
             except: None,
         },
-        BusEvent::Disconnect { .. } => return,
+        BusEvent::Disconnect { .. } | BusEvent::UserEvent { .. } => return,
     };
     h.cast(msg);
 }

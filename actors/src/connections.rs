@@ -9,27 +9,94 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::ids::UserId;
+use crate::ids::{Meta, UserId};
 use crate::metrics::{Alive, Metrics};
-use crate::outbox::{close, ConnShared};
+use crate::outbox::{close, ConnShared, Outbox};
+use crate::ports::ClusterBus;
+use crate::protocol::{EncodeOnce, Encoding, ServerFrame};
 
-/// Every live connection of the node, by actor id.
-#[derive(Default)]
+/// Every live connection of the node, by actor id, and by user: a user's events (v1.1) and
+/// revocations find their sockets without a scan, and the bus hears when a user's first socket
+/// opens on this node and their last one closes, so only nodes with a socket of the user
+/// receive the user's events.
 pub struct ConnRegistry {
-    conns: Mutex<HashMap<ActorId, Arc<ConnShared>>>,
+    inner: Mutex<Inner>,
+    bus: Arc<dyn ClusterBus>,
+    /// `chatty_user_events_delivered_total`.
+    events_delivered: prometheus::IntCounter,
+}
+
+#[derive(Default)]
+struct Inner {
+    conns: HashMap<ActorId, Entry>,
+    users: HashMap<UserId, Vec<ActorId>>,
+}
+
+/// What the registry keeps of one socket: enough to close it or hand it a frame.
+#[derive(Clone)]
+struct Entry {
+    shared: Arc<ConnShared>,
+    outbox: Outbox,
+    encoding: Encoding,
 }
 
 impl ConnRegistry {
-    pub fn insert(&self, id: ActorId, shared: Arc<ConnShared>) {
-        self.conns.lock().insert(id, shared);
+    /// An empty registry that tells `bus` which users this node has sockets of.
+    pub fn new(bus: Arc<dyn ClusterBus>, metrics: &Metrics) -> Self {
+        Self {
+            inner: Mutex::default(),
+            bus,
+            events_delivered: metrics.user_events_delivered.clone(),
+        }
+    }
+
+    pub fn insert(&self, id: ActorId, outbox: Outbox, encoding: Encoding) {
+        let shared = outbox.shared().clone();
+        let user = shared.user.clone();
+        let first = {
+            let mut inner = self.inner.lock();
+            inner.conns.insert(
+                id,
+                Entry {
+                    shared,
+                    outbox,
+                    encoding,
+                },
+            );
+            let ids = inner.users.entry(user.clone()).or_default();
+            ids.push(id);
+            ids.len() == 1
+        };
+        if first {
+            self.bus.subscribe_user(&user);
+        }
     }
 
     pub fn remove(&self, id: &ActorId) -> Option<Arc<ConnShared>> {
-        self.conns.lock().remove(id)
+        let (entry, last) = {
+            let mut inner = self.inner.lock();
+            let entry = inner.conns.remove(id)?;
+            let user = &entry.shared.user;
+            let last = match inner.users.get_mut(user) {
+                Some(ids) => {
+                    ids.retain(|i| i != id);
+                    ids.is_empty()
+                }
+                None => false,
+            };
+            if last {
+                inner.users.remove(user);
+            }
+            (entry, last)
+        };
+        if last {
+            self.bus.unsubscribe_user(&entry.shared.user);
+        }
+        Some(entry.shared)
     }
 
     pub fn len(&self) -> usize {
-        self.conns.lock().len()
+        self.inner.lock().conns.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -37,17 +104,28 @@ impl ConnRegistry {
     }
 
     pub fn all(&self) -> Vec<Arc<ConnShared>> {
-        self.conns.lock().values().cloned().collect()
+        let inner = self.inner.lock();
+        inner.conns.values().map(|e| e.shared.clone()).collect()
     }
 
-    /// The user's connections on this node. A scan: it serves the rare moderation calls,
-    /// and an index by user would cost every connect and disconnect instead.
+    fn entries_of(&self, user: &UserId) -> Vec<Entry> {
+        let inner = self.inner.lock();
+        inner
+            .users
+            .get(user)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|i| inner.conns.get(i).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The user's connections on this node.
     pub fn of_user(&self, user: &UserId) -> Vec<Arc<ConnShared>> {
-        self.conns
-            .lock()
-            .values()
-            .filter(|c| c.user == *user)
-            .cloned()
+        self.entries_of(user)
+            .into_iter()
+            .map(|e| e.shared)
             .collect()
     }
 
@@ -58,6 +136,20 @@ impl ConnRegistry {
             c.request_close(code);
         }
         conns.len()
+    }
+
+    /// Queue `event {data}` to every socket of the user on this node, encoded once per
+    /// encoding; how many sockets took it (a full outbox closes its socket as a slow consumer,
+    /// like any other frame, and does not count).
+    pub fn send_event(&self, user: &UserId, data: &Meta) -> usize {
+        let mut frame = EncodeOnce::new(ServerFrame::Event { data });
+        let n = self
+            .entries_of(user)
+            .into_iter()
+            .filter(|e| e.outbox.push(frame.get(e.encoding)))
+            .count();
+        self.events_delivered.inc_by(n as u64);
+        n
     }
 }
 

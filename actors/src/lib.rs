@@ -42,8 +42,9 @@ pub use moderation::ModError;
 pub use node::{Node, NodeArgs, NodeError};
 pub use outbox::{close, CloseState, CloseWatch, ConnShared, Out, Outbox};
 pub use ports::{
-    Appended, Beat, BusEvent, Cause, ChangeOutcome, ClusterBus, Heads, JoinInfo, MessageStore,
-    NewChange, NewMessage, PresenceItem, PresenceStore, StoreError,
+    Appended, Beat, BoxFuture, BusEvent, Cause, ChangeOutcome, ClusterBus, EventReply, Heads,
+    JoinInfo, MessageStore, NewChange, NewMessage, PresenceItem, PresenceStore, RoomSummary,
+    StoreError, ROOMS_LIST_MAX,
 };
 pub use protocol::{
     ChangeKind, ChangeOp, Command, Encoding, ErrorCode, HistoryItem, MessageState, PresenceEntry,

@@ -43,6 +43,9 @@ pub struct Metrics {
     /// `chatty_changes_committed_total{change}`: edits, deletes and reactions committed (v1.1;
     /// changes that changed nothing are not counted).
     pub changes_committed: IntCounterVec,
+    /// `chatty_user_events_delivered_total`: personal-channel events queued to this node's
+    /// sockets (one per socket; v1.1).
+    pub user_events_delivered: IntCounter,
     /// `chatty_messages_duplicate_total`: sends answered with the original seq of an already
     /// stored cid.
     pub messages_duplicate: IntCounter,
@@ -182,6 +185,10 @@ impl Metrics {
                 "chatty_changes_committed_total",
                 "Message changes committed, by kind (edit, delete, react).",
                 &["change"],
+            ),
+            user_events_delivered: counter(
+                "chatty_user_events_delivered_total",
+                "Personal-channel events queued to this node's sockets, one per socket.",
             ),
             messages_duplicate: counter(
                 "chatty_messages_duplicate_total",

@@ -59,6 +59,39 @@ pub enum ChangeOutcome {
     TooManyReactions,
 }
 
+/// The most rooms a conversation list holds (the most recently active ones).
+pub const ROOMS_LIST_MAX: u32 = 500;
+
+/// One room of a user's conversation list (v1.1).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RoomSummary {
+    /// The room.
+    pub room: RoomId,
+    /// Its head.
+    pub seq: Seq,
+    /// The user's read marker in it (0 if none).
+    pub read: Seq,
+    /// Messages after the read marker: `seq - read`.
+    pub unread: Seq,
+    /// When its last message was committed (ms since the Unix epoch); absent for a room
+    /// without messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts: Option<i64>,
+}
+
+impl RoomSummary {
+    /// A row of the list from what the store read.
+    pub fn new(room: RoomId, seq: Seq, read: Seq, ts: Option<i64>) -> Self {
+        RoomSummary {
+            room,
+            seq,
+            read,
+            unread: seq.saturating_sub(read),
+            ts,
+        }
+    }
+}
+
 /// The room's two counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Heads {
@@ -201,6 +234,10 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: u32,
         viewer: Option<&UserId>,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError>;
+    /// The user's conversation list (v1.1): the rooms they are a member of or hold a read
+    /// marker in, the most recently active first (rooms without messages last), at most
+    /// `limit`. One indexed query, not one per room.
+    async fn rooms_of(&self, user: &UserId, limit: u32) -> Result<Vec<RoomSummary>, StoreError>;
     /// What the store knows of `user` in `room`. A room it never heard of is public, with no
     /// ban, role or read marker.
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError>;
@@ -277,6 +314,25 @@ pub enum BusEvent {
         /// Whose sockets to close.
         user: UserId,
     },
+    /// v1.1: a backend's event for every socket of the user (`event {data}`). Only the nodes
+    /// with a socket of the user hear it (the user's own channel).
+    UserEvent {
+        /// Whose sockets.
+        user: UserId,
+        /// The event's `data`, a JSON object.
+        data: Meta,
+        /// Where to say how many sockets took it (the node that asks waits for the answers).
+        reply: Option<EventReply>,
+    },
+}
+
+/// Where a node answers how many of its sockets took a user's event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventReply {
+    /// The asking node's id.
+    pub node: Arc<str>,
+    /// The ask's id on that node.
+    pub id: u64,
 }
 
 impl BusEvent {
@@ -290,7 +346,7 @@ impl BusEvent {
             | BusEvent::Resync { room }
             | BusEvent::Remove { room, .. }
             | BusEvent::Read { room, .. } => Some(room),
-            BusEvent::Disconnect { .. } => None,
+            BusEvent::Disconnect { .. } | BusEvent::UserEvent { .. } => None,
         }
     }
 }
@@ -347,7 +403,23 @@ pub trait ClusterBus: Send + Sync + 'static {
     fn unsubscribe(&self, room: &RoomId);
     /// Events from other nodes. Called once, by the BusListener.
     fn take_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<BusEvent>>;
+    /// This node now has a socket of `user`: start receiving the user's events (v1.1). A bus
+    /// with no other node has nothing to do.
+    fn subscribe_user(&self, _user: &UserId) {}
+    /// The user's last socket on this node closed.
+    fn unsubscribe_user(&self, _user: &UserId) {}
+    /// Hand a user's event to the other nodes that have a socket of theirs; resolves with how
+    /// many sockets they handed it to, waiting a bounded time for their answers. With no
+    /// other node, none.
+    fn user_event(&self, _user: UserId, _data: Meta) -> BoxFuture<usize> {
+        Box::pin(std::future::ready(0))
+    }
+    /// Tell the asking node how many of this node's sockets took its user event.
+    fn answer(&self, _reply: EventReply, _count: usize) {}
 }
+
+/// A boxed future, for the one bus call that waits for other nodes.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// The longest any single store call may take before it counts as failed. A frozen database
 /// (paused, or a network black hole) must not hold an actor forever: the caller retries or

@@ -411,6 +411,27 @@ impl MessageStore for MemStore {
         }))
     }
 
+    async fn rooms_of(
+        &self,
+        user: &UserId,
+        limit: u32,
+    ) -> Result<Vec<crate::ports::RoomSummary>, StoreError> {
+        self.enter(Op::JoinInfo).await?;
+        let rooms = self.rooms.lock();
+        let mut list: Vec<crate::ports::RoomSummary> = rooms
+            .iter()
+            .filter(|(_, r)| r.members.contains_key(user) || r.read.contains_key(user))
+            .map(|(id, r)| {
+                let ts = r.messages.values().next_back().map(|m| m.ts);
+                let read = r.read.get(user).copied().unwrap_or(0);
+                crate::ports::RoomSummary::new(id.clone(), r.head, read, ts)
+            })
+            .collect();
+        list.sort_by(|a, b| b.ts.cmp(&a.ts).then_with(|| a.room.cmp(&b.room)));
+        list.truncate(limit as usize);
+        Ok(list)
+    }
+
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {
         self.enter(Op::JoinInfo).await?;
         Ok(self.read_room(room, |r| match r {

@@ -272,6 +272,60 @@ pub async fn edit_message(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBody {
+    data: serde_json::Value,
+}
+
+/// `POST /api/v1/users/{user}/events` (v1.1): `event {data}` to every socket of the user on
+/// every node; 202 with how many sockets it was handed to (0 for a user with none).
+pub async fn user_event(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_key(&state, &headers)?;
+    let user = UserId::parse(&user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // Read by hand so that a missing `data` or an unknown field is a 400 like the rest.
+    let b: EventBody = optional_json(&body)?
+        .ok_or_else(|| ApiError::BadRequest("a body {data} is required".into()))?;
+    let data = Meta::object(b.data, crate::redis::MAX_EVENT_BYTES).map_err(|e| match e {
+        MetaError::TooLarge => ApiError::TooLarge,
+        _ => ApiError::BadRequest("data must be a JSON object".into()),
+    })?;
+    let connections = state.node.user_event(user, data).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "connections": connections })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsQuery {
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/users/{user}/rooms?limit=` (v1.1): the user's conversation list.
+pub async fn user_rooms(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    Query(q): Query<RoomsQuery>,
+) -> Result<Response, ApiError> {
+    check_key(&state, &headers)?;
+    let user = UserId::parse(&user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let limit = q.limit.unwrap_or(chatty_actors::ROOMS_LIST_MAX);
+    if limit == 0 {
+        return Err(ApiError::BadRequest("limit must be >= 1".into()));
+    }
+    let rooms = state.node.rooms_of(&user, limit).await?;
+    Ok(Json(json!({ "rooms": rooms })).into_response())
+}
+
+#[derive(Deserialize)]
 pub struct HistoryQuery {
     before: Option<u64>,
     limit: Option<u32>,

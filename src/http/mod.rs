@@ -43,7 +43,9 @@ pub fn public(state: AppState) -> Router {
             "/api/v1/rooms/{room}/bans/{user}",
             axum::routing::delete(api::unban),
         )
-        .route("/api/v1/users/{user}/disconnect", post(api::disconnect));
+        .route("/api/v1/users/{user}/disconnect", post(api::disconnect))
+        .route("/api/v1/users/{user}/events", post(api::user_event))
+        .route("/api/v1/users/{user}/rooms", get(api::user_rooms));
     if state.settings.debug.echo_endpoint {
         r = r.route("/debug/echo", get(crate::ws::echo::upgrade));
     }

@@ -7,11 +7,12 @@
 //! when Redis answers again; a subscriber that reconnects asks every local room to compare its
 //! head with the store. Rooms fill any gap from PostgreSQL.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatty_actors::{BusEvent, ClusterBus, Metrics, RoomId};
+use chatty_actors::{BoxFuture, BusEvent, ClusterBus, EventReply, Meta, Metrics, RoomId, UserId};
 use parking_lot::Mutex;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
@@ -25,9 +26,38 @@ const QUEUE: usize = 65_536;
 pub(super) const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) enum SubCmd {
-    Subscribe(RoomId),
-    Unsubscribe(RoomId),
+    Subscribe(Target),
+    Unsubscribe(Target),
 }
+
+/// The user events this node asked other nodes about (v1.1), by id: each answer (`Delivered`)
+/// is handed to the asking call, which adds them up.
+#[derive(Default)]
+pub(super) struct Waiters {
+    next: AtomicU64,
+    asks: Mutex<HashMap<u64, mpsc::UnboundedSender<u64>>>,
+}
+
+impl Waiters {
+    /// An answer for ask `id` (an unknown id is a late answer: dropped).
+    pub(super) fn answer(&self, id: u64, count: u64) {
+        if let Some(tx) = self.asks.lock().get(&id) {
+            let _ = tx.send(count);
+        }
+    }
+}
+
+/// Forgets an ask when its call ends, however it ends.
+struct Asked(Arc<Waiters>, u64);
+
+impl Drop for Asked {
+    fn drop(&mut self) {
+        self.0.asks.lock().remove(&self.1);
+    }
+}
+
+/// How long a user event waits for the other nodes' answers.
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
 
 /// Rooms whose events could not be published; a `resync` goes out for each once Redis
 /// answers again. Bounded: past the bound, everything is resynced on the next reconnect of
@@ -83,6 +113,11 @@ struct Outgoing {
 
 pub struct RedisBus {
     node: Arc<str>,
+    client: redis::Client,
+    /// A request/response connection for the publishes whose answer matters (user events:
+    /// how many nodes received it), made on first use and again after an error.
+    direct: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    waiters: Arc<Waiters>,
     publish_tx: mpsc::Sender<Outgoing>,
     sub_tx: mpsc::Sender<SubCmd>,
     rx: Mutex<Option<mpsc::Receiver<BusEvent>>>,
@@ -106,8 +141,12 @@ impl RedisBus {
         let (sub_tx, sub_rx) = mpsc::channel(QUEUE);
         let (events_tx, events_rx) = mpsc::channel(QUEUE);
         let dropped = Arc::new(Dropped::default());
+        let waiters = Arc::new(Waiters::default());
         let bus = Arc::new(Self {
             node: node.clone(),
+            client: client.clone(),
+            direct: Arc::new(Mutex::new(None)),
+            waiters: waiters.clone(),
             publish_tx,
             sub_tx,
             rx: Mutex::new(Some(events_rx)),
@@ -125,7 +164,7 @@ impl RedisBus {
             counters.published.clone(),
         ));
         tokio::spawn(subscriber(
-            client, node, sub_rx, events_tx, metrics, counters,
+            client, node, sub_rx, events_tx, waiters, metrics, counters,
         ));
         Ok(bus)
     }
@@ -156,21 +195,117 @@ impl ClusterBus for RedisBus {
     }
 
     fn subscribe(&self, room: &RoomId) {
-        if self
-            .sub_tx
-            .try_send(SubCmd::Subscribe(room.clone()))
-            .is_err()
-        {
-            self.redis_errors.inc();
-        }
+        self.sub(SubCmd::Subscribe(Target::Room(room.clone())));
     }
 
     fn unsubscribe(&self, room: &RoomId) {
-        let _ = self.sub_tx.try_send(SubCmd::Unsubscribe(room.clone()));
+        self.sub(SubCmd::Unsubscribe(Target::Room(room.clone())));
+    }
+
+    fn subscribe_user(&self, user: &UserId) {
+        self.sub(SubCmd::Subscribe(Target::User(user.clone())));
+    }
+
+    fn unsubscribe_user(&self, user: &UserId) {
+        self.sub(SubCmd::Unsubscribe(Target::User(user.clone())));
+    }
+
+    fn user_event(&self, user: UserId, data: Meta) -> BoxFuture<usize> {
+        let id = self.waiters.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut answers) = mpsc::unbounded_channel();
+        self.waiters.asks.lock().insert(id, tx);
+        let asked = Asked(self.waiters.clone(), id);
+        let reply = Some(EventReply {
+            node: self.node.clone(),
+            id,
+        });
+        let event = BusEvent::UserEvent { user, data, reply };
+        let bytes = to_wire(&event).and_then(|(_, wire)| {
+            let env = Envelope {
+                node: self.node.to_string(),
+                event: wire,
+            };
+            rmp_serde::to_vec_named(&env).ok()
+        });
+        let BusEvent::UserEvent { user, .. } = event else {
+            unreachable!("built above")
+        };
+        let (client, direct) = (self.client.clone(), self.direct.clone());
+        let errors = self.redis_errors.clone();
+        Box::pin(async move {
+            let _asked = asked;
+            let Some(bytes) = bytes else { return 0 };
+            let cached = direct.lock().clone();
+            let mut conn = match cached {
+                Some(c) => c,
+                None => match connect(&client).await {
+                    Some(c) => {
+                        *direct.lock() = Some(c.clone());
+                        c
+                    }
+                    None => {
+                        errors.inc();
+                        return 0;
+                    }
+                },
+            };
+            // PUBLISH answers how many subscribers got it: the nodes with a socket of the
+            // user (this one included, which answers itself with 0: see the subscriber).
+            let channel = Target::User(user).channel();
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(channel).arg(bytes);
+            let publish = cmd.query_async::<usize>(&mut conn);
+            let nodes = match tokio::time::timeout(OP_TIMEOUT, publish).await {
+                Ok(Ok(n)) => n,
+                _ => {
+                    errors.inc();
+                    *direct.lock() = None;
+                    return 0;
+                }
+            };
+            let mut total = 0u64;
+            let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+            for _ in 0..nodes {
+                match tokio::time::timeout_at(deadline, answers.recv()).await {
+                    Ok(Some(n)) => total += n,
+                    _ => break,
+                }
+            }
+            total as usize
+        })
+    }
+
+    fn answer(&self, reply: EventReply, count: usize) {
+        let env = Envelope {
+            node: self.node.to_string(),
+            event: WireEvent::Delivered {
+                id: reply.id,
+                count: count as u64,
+            },
+        };
+        let Ok(bytes) = rmp_serde::to_vec_named(&env) else {
+            return;
+        };
+        let out = Outgoing {
+            target: Target::Node(reply.node),
+            bytes,
+            revocation: false,
+        };
+        if self.publish_tx.try_send(out).is_err() {
+            self.metrics.bus_errors.inc();
+        }
     }
 
     fn take_receiver(&self) -> Option<mpsc::Receiver<BusEvent>> {
         self.rx.lock().take()
+    }
+}
+
+impl RedisBus {
+    fn sub(&self, cmd: SubCmd) {
+        if self.sub_tx.try_send(cmd).is_err() {
+            self.redis_errors.inc();
+        }
     }
 }
 

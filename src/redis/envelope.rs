@@ -1,11 +1,12 @@
 //! What travels on the Redis channels: the envelope (sender node, send time) around one event,
 //! its MessagePack wire form, and the channel names. A node ignores its own envelopes.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chatty_actors::{
-    Body, BusEvent, ChangeKind, Cid, DisplayName, MessageState, Meta, Reaction, ReactionKey,
-    RemoveReason, RoomId, StoredMessage, StoredUpdate, UserId,
+    Body, BusEvent, ChangeKind, Cid, DisplayName, EventReply, MessageState, Meta, Reaction,
+    ReactionKey, RemoveReason, RoomId, StoredMessage, StoredUpdate, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -17,10 +18,14 @@ pub(super) fn channel(room: &RoomId) -> String {
 pub(super) const CONTROL: &str = "chatty:control";
 
 /// Where an event goes.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(super) enum Target {
     Room(RoomId),
     Control,
+    /// A user's channel (v1.1): subscribed by the nodes with a socket of the user.
+    User(UserId),
+    /// One node's own channel: the answers to its questions.
+    Node(Arc<str>),
 }
 
 impl Target {
@@ -28,6 +33,8 @@ impl Target {
         match self {
             Target::Room(r) => channel(r),
             Target::Control => CONTROL.to_owned(),
+            Target::User(u) => format!("chatty:user:{}", u.as_str()),
+            Target::Node(n) => format!("chatty:node:{n}"),
         }
     }
 }
@@ -76,6 +83,20 @@ pub(super) enum WireEvent {
     },
     Disconnect {
         user: String,
+    },
+    /// v1.1: a backend's event for the user's sockets; answer `Delivered` to `reply_node`
+    /// when it is set.
+    UserEvent {
+        user: String,
+        /// The JSON text of `data`.
+        data: String,
+        reply_node: Option<String>,
+        reply_id: u64,
+    },
+    /// How many sockets of a node took the user event `id` of the node asking.
+    Delivered {
+        id: u64,
+        count: u64,
     },
 }
 
@@ -254,8 +275,20 @@ pub(super) fn to_wire(ev: &BusEvent) -> Option<(Target, WireEvent)> {
                 user: user.as_str().to_owned(),
             },
         ),
+        BusEvent::UserEvent { user, data, reply } => (
+            Target::User(user.clone()),
+            WireEvent::UserEvent {
+                user: user.as_str().to_owned(),
+                data: data.as_json().to_owned(),
+                reply_node: reply.as_ref().map(|r| r.node.to_string()),
+                reply_id: reply.as_ref().map_or(0, |r| r.id),
+            },
+        ),
     })
 }
+
+/// The most bytes of a user event's `data` (the HTTP API checks the same bound).
+pub const MAX_EVENT_BYTES: usize = 4096;
 
 /// Decode and validate an event from another node; `None` for anything malformed.
 pub(super) fn from_wire(ev: WireEvent) -> Option<(BusEvent, Option<u64>)> {
@@ -333,5 +366,26 @@ pub(super) fn from_wire(ev: WireEvent) -> Option<(BusEvent, Option<u64>)> {
             },
             None,
         ),
+        WireEvent::UserEvent {
+            user,
+            data,
+            reply_node,
+            reply_id,
+        } => {
+            let value = serde_json::from_str(&data).ok()?;
+            (
+                BusEvent::UserEvent {
+                    user: UserId::parse(&user).ok()?,
+                    data: Meta::object(value, MAX_EVENT_BYTES).ok()?,
+                    reply: reply_node.map(|n| EventReply {
+                        node: Arc::from(n),
+                        id: reply_id,
+                    }),
+                },
+                None,
+            )
+        }
+        // Answers are taken by the subscriber before this point.
+        WireEvent::Delivered { .. } => return None,
     })
 }

@@ -8,4 +8,5 @@ pub mod presence;
 mod subscriber;
 
 pub use bus::{BusCounters, RedisBus};
+pub use envelope::MAX_EVENT_BYTES;
 pub use presence::RedisPresence;

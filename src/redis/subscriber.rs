@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chatty_actors::{BusEvent, Metrics, RoomId};
+use chatty_actors::{BusEvent, Metrics};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::bus::{BusCounters, SubCmd, OP_TIMEOUT};
+use super::bus::{BusCounters, SubCmd, Waiters, OP_TIMEOUT};
 use super::envelope::*;
 
 /// Reconnect delays of the subscriber: doubling from the first to the second, each with
@@ -35,7 +35,7 @@ pub(super) fn jittered(d: Duration) -> Duration {
 pub(super) async fn pause(
     d: Duration,
     cmds: &mut mpsc::Receiver<SubCmd>,
-    wanted: &mut HashSet<RoomId>,
+    wanted: &mut HashSet<Target>,
 ) -> bool {
     let sleep = tokio::time::sleep(d);
     tokio::pin!(sleep);
@@ -43,8 +43,8 @@ pub(super) async fn pause(
         tokio::select! {
             _ = &mut sleep => return true,
             c = cmds.recv() => match c {
-                Some(SubCmd::Subscribe(r)) => { wanted.insert(r); }
-                Some(SubCmd::Unsubscribe(r)) => { wanted.remove(&r); }
+                Some(SubCmd::Subscribe(t)) => { wanted.insert(t); }
+                Some(SubCmd::Unsubscribe(t)) => { wanted.remove(&t); }
                 None => return false,
             },
         }
@@ -58,6 +58,7 @@ pub(super) async fn subscriber(
     node: Arc<str>,
     mut cmds: mpsc::Receiver<SubCmd>,
     events: mpsc::Sender<BusEvent>,
+    waiters: Arc<Waiters>,
     metrics: Metrics,
     counters: BusCounters,
 ) {
@@ -66,7 +67,9 @@ pub(super) async fn subscriber(
         reconnects,
         ..
     } = counters;
-    let mut wanted: HashSet<RoomId> = HashSet::new();
+    let mut wanted: HashSet<Target> = HashSet::new();
+    // This node's own channel: the answers to the user events it asks about.
+    let own = Target::Node(node.clone()).channel();
     let mut backoff = BACKOFF_MIN;
     let mut attempt_now = true;
     let mut ever_connected = false;
@@ -87,15 +90,15 @@ pub(super) async fn subscriber(
         let (mut sink, mut stream) = pubsub.split();
         // The control channel first: every node hears every disconnect.
         let mut healthy = matches!(
-            tokio::time::timeout(OP_TIMEOUT, sink.subscribe(CONTROL)).await,
+            tokio::time::timeout(OP_TIMEOUT, sink.subscribe(&[CONTROL, own.as_str()])).await,
             Ok(Ok(()))
         );
-        for room in &wanted {
+        for target in &wanted {
             if !healthy {
                 break;
             }
             if !matches!(
-                tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channel(room))).await,
+                tokio::time::timeout(OP_TIMEOUT, sink.subscribe(target.channel())).await,
                 Ok(Ok(()))
             ) {
                 healthy = false;
@@ -110,25 +113,30 @@ pub(super) async fn subscriber(
             reconnects.inc();
         }
         let connected_at = std::time::Instant::now();
-        // Whatever was published while we were not listening is in the store.
-        for room in &wanted {
-            let _ = events.try_send(BusEvent::Resync { room: room.clone() });
+        // Whatever was published while we were not listening is in the store. (A user's
+        // events are not: they are pushes, handed to whoever is listening.)
+        for target in &wanted {
+            if let Target::Room(room) = target {
+                let _ = events.try_send(BusEvent::Resync { room: room.clone() });
+            }
         }
         let mut ping = tokio::time::interval(Duration::from_secs(1));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 c = cmds.recv() => match c {
-                    Some(SubCmd::Subscribe(r)) => {
-                        let ok = matches!(tokio::time::timeout(OP_TIMEOUT, sink.subscribe(channel(&r))).await, Ok(Ok(())));
+                    Some(SubCmd::Subscribe(t)) => {
+                        let ok = matches!(tokio::time::timeout(OP_TIMEOUT, sink.subscribe(t.channel())).await, Ok(Ok(())));
                         // Events published before the subscription took effect are in the store.
-                        let _ = events.try_send(BusEvent::Resync { room: r.clone() });
-                        wanted.insert(r);
+                        if let Target::Room(room) = &t {
+                            let _ = events.try_send(BusEvent::Resync { room: room.clone() });
+                        }
+                        wanted.insert(t);
                         if !ok { break; }
                     }
-                    Some(SubCmd::Unsubscribe(r)) => {
-                        wanted.remove(&r);
-                        if !matches!(tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(channel(&r))).await, Ok(Ok(()))) {
+                    Some(SubCmd::Unsubscribe(t)) => {
+                        wanted.remove(&t);
+                        if !matches!(tokio::time::timeout(OP_TIMEOUT, sink.unsubscribe(t.channel())).await, Ok(Ok(()))) {
                             break;
                         }
                     }
@@ -140,8 +148,18 @@ pub(super) async fn subscriber(
                         metrics.bus_errors.inc();
                         continue;
                     };
+                    if let WireEvent::Delivered { id, count } = env.event {
+                        waiters.answer(id, count);
+                        continue;
+                    }
                     if *env.node == *node {
-                        continue; // our own event: local rooms already have it
+                        // Our own event: local rooms and sockets already have it. Our own user
+                        // event counts as an answer (of 0: the sockets here were counted
+                        // when it was sent), so the ask need not wait for itself.
+                        if let WireEvent::UserEvent { reply_id, reply_node: Some(_), .. } = env.event {
+                            waiters.answer(reply_id, 0);
+                        }
+                        continue;
                     }
                     let Some((ev, committed_us)) = from_wire(env.event) else {
                         metrics.bus_errors.inc();

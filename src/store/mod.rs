@@ -14,7 +14,8 @@ use anyhow::Context;
 use chatty_actors::lifecycle;
 use chatty_actors::{
     Body, Cause, ChangeKind, Cid, DisplayName, JoinInfo, MessageState, MessageStore, Meta,
-    ReactionKey, Rev, RoomId, RoomRole, Seq, StoreError, StoredMessage, StoredUpdate, UserId,
+    ReactionKey, Rev, RoomId, RoomRole, RoomSummary, Seq, StoreError, StoredMessage, StoredUpdate,
+    UserId,
 };
 pub use postgres::PgStore;
 pub use roles::AppRole;
@@ -301,6 +302,21 @@ where
         by: UserId::parse(by.as_deref().unwrap_or_default()).map_err(|_| bad("changed_by"))?,
         message: row_to_message(room, r)?,
     })
+}
+
+/// A conversation-list row as both stores read it: (room, head, read marker, last activity).
+pub(crate) type SummaryRow = (String, Option<i64>, Option<i64>, Option<i64>);
+
+/// The conversation list from rows of either store.
+pub(crate) fn summaries(rows: Vec<SummaryRow>) -> Result<Vec<RoomSummary>, StoreError> {
+    rows.into_iter()
+        .map(|(room, seq, read, ts)| {
+            let room = RoomId::parse(&room)
+                .map_err(|_| StoreError::Other("stored room id is invalid".into()))?;
+            let n = |v: Option<i64>| v.unwrap_or(0).max(0) as Seq;
+            Ok(RoomSummary::new(room, n(seq), n(read), ts))
+        })
+        .collect()
 }
 
 /// Fill each message's `state.mine` from (seq, key) rows of one user's reactions.

@@ -12,13 +12,16 @@ use std::collections::HashMap;
 use chatty_actors::lifecycle::{self, Decision, RowEffect};
 use chatty_actors::{
     Appended, ChangeOp, ChangeOutcome, Heads, JoinInfo, MessageStore, NewChange, NewMessage,
-    ReactionKey, Rev, RoomId, RoomRole, Seq, StoreError, StoredMessage, StoredUpdate, UserId,
+    ReactionKey, Rev, RoomId, RoomRole, RoomSummary, Seq, StoreError, StoredMessage, StoredUpdate,
+    UserId,
 };
 use sqlx::postgres::PgPool;
 use sqlx::Row;
 
 use super::conns::Conns;
-use super::{join_info, page, reacted_range, row_to_message, row_to_update, store_err, with_mine};
+use super::{
+    join_info, page, reacted_range, row_to_message, row_to_update, store_err, summaries, with_mine,
+};
 
 /// The columns `row_to_message` reads, JSON as text (a macro, so statements stay `&'static`
 /// strings, which sqlx requires of SQL).
@@ -83,9 +86,10 @@ with k as (
            count(*) over (partition by room_id) as c
       from k where old_seq is null
 ), heads as (
-    insert into rooms as r (id, last_seq)
-    select distinct on (room_id) room_id, c from fresh order by room_id
-    on conflict (id) do update set last_seq = r.last_seq + excluded.last_seq
+    insert into rooms as r (id, last_seq, last_ts)
+    select distinct on (room_id) room_id, c, $6 from fresh order by room_id
+    on conflict (id) do update set last_seq = r.last_seq + excluded.last_seq,
+                                   last_ts = excluded.last_ts
     returning id, last_seq
 ), seqs as (
     select f.i, f.room_id, f.user_id, f.name, f.cid, f.body, f.meta,
@@ -438,6 +442,32 @@ impl MessageStore for PgStore {
         }
         lease.done();
         Ok((msgs, more))
+    }
+
+    async fn rooms_of(&self, user: &UserId, limit: u32) -> Result<Vec<RoomSummary>, StoreError> {
+        let mut lease = self.reads.lease().await?;
+        // Both sources by the user's own index; a member room never written to has no
+        // `rooms` row yet (head 0, no activity).
+        let rows: Vec<super::SummaryRow> = sqlx::query_as(
+            "with mine as (
+                 select room_id from room_members where user_id = $1
+                 union
+                 select room_id from read_markers where user_id = $1
+             )
+             select mine.room_id, r.last_seq, m.seq, r.last_ts
+               from mine
+               left join rooms r on r.id = mine.room_id
+               left join read_markers m on m.room_id = mine.room_id and m.user_id = $1
+              order by r.last_ts desc nulls last, mine.room_id
+              limit $2",
+        )
+        .bind(user.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(lease.conn())
+        .await
+        .map_err(store_err)?;
+        lease.done();
+        summaries(rows)
     }
 
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {

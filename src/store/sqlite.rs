@@ -9,12 +9,15 @@ use async_trait::async_trait;
 use chatty_actors::lifecycle::{self, Decision, RowEffect};
 use chatty_actors::{
     Appended, ChangeOp, ChangeOutcome, Heads, JoinInfo, MessageStore, NewChange, NewMessage,
-    ReactionKey, Rev, RoomId, RoomRole, Seq, StoreError, StoredMessage, StoredUpdate, UserId,
+    ReactionKey, Rev, RoomId, RoomRole, RoomSummary, Seq, StoreError, StoredMessage, StoredUpdate,
+    UserId,
 };
 use sqlx::sqlite::SqlitePool;
 
 use super::postgres::now_ms;
-use super::{join_info, page, reacted_range, row_to_message, row_to_update, store_err, with_mine};
+use super::{
+    join_info, page, reacted_range, row_to_message, row_to_update, store_err, summaries, with_mine,
+};
 
 /// The columns `row_to_message` reads (a macro, so statements stay `&'static` strings).
 macro_rules! message_columns {
@@ -115,9 +118,10 @@ impl MessageStore for SqliteStore {
         }
         for (room, (before, after)) in &heads {
             if before != after {
-                sqlx::query("update rooms set last_seq = ?1 where id = ?2")
+                sqlx::query("update rooms set last_seq = ?1, last_ts = ?3 where id = ?2")
                     .bind(after)
                     .bind(*room)
+                    .bind(ts)
                     .execute(&mut *tx)
                     .await
                     .map_err(store_err)?;
@@ -365,6 +369,28 @@ impl MessageStore for SqliteStore {
             with_mine(&mut msgs, mine);
         }
         Ok((msgs, more))
+    }
+
+    async fn rooms_of(&self, user: &UserId, limit: u32) -> Result<Vec<RoomSummary>, StoreError> {
+        let rows: Vec<super::SummaryRow> = sqlx::query_as(
+            "with mine as (
+                 select room_id from room_members where user_id = ?1
+                 union
+                 select room_id from read_markers where user_id = ?1
+             )
+             select mine.room_id, r.last_seq, m.seq, r.last_ts
+               from mine
+               left join rooms r on r.id = mine.room_id
+               left join read_markers m on m.room_id = mine.room_id and m.user_id = ?1
+              order by r.last_ts is null, r.last_ts desc, mine.room_id
+              limit ?2",
+        )
+        .bind(user.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_err)?;
+        summaries(rows)
     }
 
     async fn join_info(&self, room: &RoomId, user: &UserId) -> Result<JoinInfo, StoreError> {

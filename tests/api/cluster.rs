@@ -1007,3 +1007,76 @@ async fn changes_reach_three_nodes_in_one_rev_order_and_a_client_that_missed_fif
     assert_eq!((body.as_str(), deleted), ("", true));
     c.stop().await;
 }
+
+/// How many subscribers a Redis channel has (the nodes listening on it).
+async fn listeners(channel: &str) -> usize {
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let counts: Vec<(String, usize)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    counts.first().map_or(0, |c| c.1)
+}
+
+#[tokio::test]
+async fn a_backend_event_reaches_the_users_sockets_on_every_node_and_only_their_nodes_listen() {
+    let c = Cluster::start(3, &redis_url(), &[]).await;
+    // Redis is shared with other tests: user ids of their own.
+    let ann = unique_room("ann");
+    let bob = unique_room("bob");
+    let mut a0 = c.connect(0, &ann).await;
+    let mut a1 = c.connect_msgpack(1, &ann).await;
+    let mut a2 = c.connect(2, &ann).await;
+    let mut a2b = c.connect(2, &ann).await;
+    let mut b1 = c.connect(1, &bob).await;
+    let (ann_ch, bob_ch) = (format!("chatty:user:{ann}"), format!("chatty:user:{bob}"));
+    eventually(
+        "each node with a socket of the user listens on its channel",
+        || async { listeners(&ann_ch).await == 3 && listeners(&bob_ch).await == 1 },
+    )
+    .await;
+    let data = json!({"hello": 1, "from": "backend"});
+    let (st, v) = c
+        .api(
+            0,
+            "POST",
+            &format!("/api/v1/users/{ann}/events"),
+            Some(json!({ "data": data })),
+        )
+        .await;
+    assert_eq!((st, v["connections"].as_u64()), (202, Some(4)), "{v}");
+    for s in [&mut a0, &mut a1, &mut a2, &mut a2b] {
+        assert_eq!(s.next_of("event").await["data"], data);
+    }
+    b1.assert_quiet(Duration::from_millis(300), &[]).await;
+    // Asked on a node with no socket of the user.
+    let (st, v) = c
+        .api(
+            2,
+            "POST",
+            &format!("/api/v1/users/{bob}/events"),
+            Some(json!({"data": {"x": 1}})),
+        )
+        .await;
+    assert_eq!((st, v["connections"].as_u64()), (202, Some(1)), "{v}");
+    assert_eq!(b1.next_of("event").await["data"], json!({"x": 1}));
+    // The user's last socket on node 1 goes: node 1 stops listening, and the count follows.
+    a1.close().await;
+    eventually("node 1 stops listening on ann's channel", || async {
+        listeners(&ann_ch).await == 2
+    })
+    .await;
+    let (_, v) = c
+        .api(
+            1,
+            "POST",
+            &format!("/api/v1/users/{ann}/events"),
+            Some(json!({"data": {}})),
+        )
+        .await;
+    assert_eq!(v["connections"], 3, "{v}");
+    c.stop().await;
+}

@@ -15,5 +15,6 @@ mod messaging;
 mod moderation;
 mod observability;
 mod presence;
+mod reach;
 mod resilience;
 mod shutdown;

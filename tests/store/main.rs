@@ -106,7 +106,47 @@ contract!(
     changes_follow_the_rules_and_advance_a_gap_free_rev,
     changed_messages_are_read_back_by_rev_in_their_current_state,
     a_user_has_at_most_the_allowed_reaction_keys_and_sees_their_own,
+    a_users_rooms_come_most_recently_active_first_with_unread_counts,
 );
+
+async fn a_users_rooms_come_most_recently_active_first_with_unread_counts(
+    s: Arc<dyn MessageStore>,
+) {
+    let ann = user("ann");
+    s.append(&[
+        msg("general", "bob", "1", "x"),
+        msg("general", "bob", "2", "x"),
+        msg("general", "bob", "3", "x"),
+    ])
+    .await
+    .unwrap();
+    s.set_read(&room("general"), &ann, 1).await.unwrap();
+    s.set_member(&room("quiet"), &ann, None).await.unwrap();
+    s.set_member(&room("dm-ab"), &ann, None).await.unwrap();
+    s.append(&[msg("other", "bob", "1", "x")]).await.unwrap();
+    // Later than general's last message (the clock is in milliseconds).
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    s.append(&[msg("dm-ab", "bob", "1", "x"), msg("dm-ab", "bob", "2", "x")])
+        .await
+        .unwrap();
+    let list = s.rooms_of(&ann, 10).await.unwrap();
+    let rows: Vec<(&str, u64, u64, u64, bool)> = list
+        .iter()
+        .map(|r| (r.room.as_str(), r.seq, r.read, r.unread, r.ts.is_some()))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("dm-ab", 2, 0, 2, true),
+            ("general", 3, 1, 2, true),
+            ("quiet", 0, 0, 0, false),
+        ],
+        "member rooms and read-marker rooms, most recent first; `other` is not hers"
+    );
+    assert!(list[0].ts > list[1].ts);
+    assert_eq!(s.rooms_of(&ann, 1).await.unwrap().len(), 1);
+    assert!(s.rooms_of(&user("nobody"), 10).await.unwrap().is_empty());
+}
 
 async fn meta_is_stored_and_read_back_as_given(s: Arc<dyn MessageStore>) {
     let meta = Meta::parse(

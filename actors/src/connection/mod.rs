@@ -237,6 +237,18 @@ impl ConnState {
             Command::Ping { r#ref } => self.push(ServerFrame::Pong {
                 r#ref: r#ref.as_deref(),
             }),
+            Command::Rooms { r#ref } => {
+                let r = r#ref.as_deref();
+                let user = &self.args.identity.user;
+                let read = ctx.store.rooms_of(user, crate::ports::ROOMS_LIST_MAX);
+                match crate::ports::timed(read).await {
+                    Ok(rooms) => self.push(ServerFrame::Rooms {
+                        r#ref: r,
+                        rooms: &rooms,
+                    }),
+                    Err(_) => self.error(r, ErrorCode::Unavailable, "try again later"),
+                }
+            }
             Command::Join {
                 r#ref,
                 room,

@@ -93,7 +93,7 @@ impl Node {
         let rooms = RoomRegistry::new();
         let writer = WriterHandle::new(args.metrics.clone());
         let presence = Arc::new(RwLock::new(None));
-        let conns = Arc::new(ConnRegistry::default());
+        let conns = Arc::new(ConnRegistry::new(args.bus.clone(), &args.metrics));
         let conn_sup = Arc::new(RwLock::new(None));
         let moderation = Arc::new(Moderation {
             store: args.store.clone(),
@@ -160,7 +160,7 @@ impl Node {
         let (actor, _) = Actor::spawn_linked(None, ConnectionActor, args, sup.get_cell())
             .await
             .map_err(|e| NodeError::Start(e.to_string()))?;
-        self.conns.insert(actor.get_id(), shared.clone());
+        self.conns.insert(actor.get_id(), outbox.clone(), encoding);
         Ok(Connection {
             handle: ConnHandle {
                 actor,
@@ -242,6 +242,13 @@ impl Node {
         rx.await.unwrap_or(Err(WriteError::Unavailable))
     }
 
+    /// Push a backend's event to every socket of `user`, on this node and the others; how
+    /// many sockets it was handed to (the other nodes' answers are awaited a bounded time).
+    pub async fn user_event(&self, user: UserId, data: Meta) -> usize {
+        let here = self.conns.send_event(&user, &data);
+        here + self.bus.user_event(user, data).await
+    }
+
     /// Change a message from the HTTP API (a moderation delete, an edit on behalf of its
     /// author); resolves after commit, like a socket's change.
     pub async fn change(&self, change: NewChange) -> Result<ChangeOutcome, WriteError> {
@@ -262,6 +269,16 @@ impl Node {
             .store
             .before(room, before, limit.min(self.config.history_max), None)
             .await?)
+    }
+
+    /// A user's conversation list (v1.1), at most `limit` rooms (capped at `ROOMS_LIST_MAX`).
+    pub async fn rooms_of(
+        &self,
+        user: &UserId,
+        limit: u32,
+    ) -> Result<Vec<crate::ports::RoomSummary>, NodeError> {
+        let limit = limit.min(crate::ports::ROOMS_LIST_MAX);
+        Ok(crate::ports::timed(self.store.rooms_of(user, limit)).await?)
     }
 
     /// Who is present in a room: cluster-wide in cluster mode, else through this node.

@@ -133,6 +133,19 @@ pub enum ServerFrame<'a> {
         /// Reaction counts now (always present, maybe empty).
         reactions: &'a [Reaction],
     },
+    /// v1.1: an event the backend pushed to this socket's user (the personal channel).
+    Event {
+        /// The backend's JSON object, as given.
+        data: &'a Meta,
+    },
+    /// v1.1: reply to `rooms`: the user's conversation list, most recently active first.
+    Rooms {
+        /// The `rooms`'s `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        r#ref: Option<&'a str>,
+        /// `{room, seq, read, unread, ts}` per room.
+        rooms: &'a [crate::ports::RoomSummary],
+    },
     /// Reply to `send`, only once the message is committed.
     Ack {
         /// The `send`'s `ref`.

@@ -136,6 +136,11 @@ pub enum Command {
         /// The room; the socket must have joined it.
         room: RoomId,
     },
+    /// `rooms` (v1.1): the user's conversation list. Answered with `rooms`.
+    Rooms {
+        /// Echoed on the `rooms` or `error` reply.
+        r#ref: Ref,
+    },
     /// `ping`: answered with `pong`.
     Ping {
         /// Echoed on the `pong`.
@@ -196,6 +201,7 @@ impl Command {
             | Command::History { r#ref, .. }
             | Command::Read { r#ref, .. }
             | Command::Ping { r#ref }
+            | Command::Rooms { r#ref }
             | Command::Kick { r#ref, .. }
             | Command::Unban { r#ref, .. }
             | Command::SetRole { r#ref, .. }
@@ -216,6 +222,7 @@ impl Command {
             Command::Read { .. } => "read",
             Command::Typing { .. } => "typing",
             Command::Ping { .. } => "ping",
+            Command::Rooms { .. } => "rooms",
             Command::Kick { .. } => "kick",
             Command::Unban { .. } => "unban",
             Command::SetRole { .. } => "set_role",

@@ -131,6 +131,13 @@ impl MessageStore for FakeStore {
     ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
         Ok((Vec::new(), false))
     }
+    async fn rooms_of(
+        &self,
+        _: &UserId,
+        _: u32,
+    ) -> Result<Vec<crate::ports::RoomSummary>, StoreError> {
+        Ok(Vec::new())
+    }
     async fn join_info(&self, _: &RoomId, _: &UserId) -> Result<JoinInfo, StoreError> {
         Ok(JoinInfo {
             allowed: true,

@@ -373,6 +373,7 @@ fn validate(raw: RawFrame, bounds: Bounds, verify: Verify<'_>) -> Result<Command
         },
         "typing" => Command::Typing { room: room()? },
         "ping" => Command::Ping { r#ref: boxed() },
+        "rooms" => Command::Rooms { r#ref: boxed() },
         "kick" => Command::Kick {
             room: room()?,
             user: user()?,

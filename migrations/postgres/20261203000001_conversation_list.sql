@@ -1,0 +1,8 @@
+-- The conversation list (protocol v1.1): each room's last activity, written by the append that
+-- advances its head (the same row, the same statement), and a user's rooms found by user id:
+-- the member rows and read markers are keyed by room first, so without these indexes the list
+-- would scan both tables.
+alter table rooms add column last_ts bigint;
+
+create index room_members_by_user on room_members (user_id);
+create index read_markers_by_user on read_markers (user_id);
