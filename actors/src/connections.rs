@@ -53,44 +53,38 @@ impl ConnRegistry {
     pub fn insert(&self, id: ActorId, outbox: Outbox, encoding: Encoding) {
         let shared = outbox.shared().clone();
         let user = shared.user.clone();
-        let first = {
-            let mut inner = self.inner.lock();
-            inner.conns.insert(
-                id,
-                Entry {
-                    shared,
-                    outbox,
-                    encoding,
-                },
-            );
-            let ids = inner.users.entry(user.clone()).or_default();
-            ids.push(id);
-            ids.len() == 1
-        };
-        if first {
+        let mut inner = self.inner.lock();
+        inner.conns.insert(
+            id,
+            Entry {
+                shared,
+                outbox,
+                encoding,
+            },
+        );
+        let ids = inner.users.entry(user.clone()).or_default();
+        ids.push(id);
+        if ids.len() == 1 {
+            // Under the lock (the bus only queues): a last socket closing while a first one
+            // opens must reach the bus as "unsubscribe, subscribe", never the other way.
             self.bus.subscribe_user(&user);
         }
     }
 
     pub fn remove(&self, id: &ActorId) -> Option<Arc<ConnShared>> {
-        let (entry, last) = {
-            let mut inner = self.inner.lock();
-            let entry = inner.conns.remove(id)?;
-            let user = &entry.shared.user;
-            let last = match inner.users.get_mut(user) {
-                Some(ids) => {
-                    ids.retain(|i| i != id);
-                    ids.is_empty()
-                }
-                None => false,
-            };
-            if last {
-                inner.users.remove(user);
+        let mut inner = self.inner.lock();
+        let entry = inner.conns.remove(id)?;
+        let user = &entry.shared.user;
+        let last = match inner.users.get_mut(user) {
+            Some(ids) => {
+                ids.retain(|i| i != id);
+                ids.is_empty()
             }
-            (entry, last)
+            None => false,
         };
         if last {
-            self.bus.unsubscribe_user(&entry.shared.user);
+            inner.users.remove(user);
+            self.bus.unsubscribe_user(user);
         }
         Some(entry.shared)
     }

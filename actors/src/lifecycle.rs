@@ -7,6 +7,11 @@ use crate::ids::{Body, ReactionKey, Rev};
 use crate::ports::{ChangeOutcome, NewChange};
 use crate::protocol::{ChangeOp, Reaction, StoredMessage, StoredUpdate};
 
+/// Most distinct reaction keys on one message: every `update` and history entry carries the
+/// whole list, so it is bounded whatever the number of users (each may add up to
+/// `limits.max_reaction_keys` of their own).
+pub const MAX_KEYS_PER_MESSAGE: usize = 64;
+
 /// What a change does to the stored rows besides the message's own state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RowEffect {
@@ -84,7 +89,11 @@ pub fn decide(
             if has == *on {
                 return unchanged;
             }
-            if *on && mine.len() >= max_reaction_keys as usize {
+            let new_key = !m.state.reactions.iter().any(|r| r.key == *key);
+            if *on
+                && (mine.len() >= max_reaction_keys as usize
+                    || (new_key && m.state.reactions.len() >= MAX_KEYS_PER_MESSAGE))
+            {
                 return Decision::Answer(ChangeOutcome::TooManyReactions);
             }
             let mut next = m.clone();

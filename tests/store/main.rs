@@ -107,7 +107,33 @@ contract!(
     changed_messages_are_read_back_by_rev_in_their_current_state,
     a_user_has_at_most_the_allowed_reaction_keys_and_sees_their_own,
     a_users_rooms_come_most_recently_active_first_with_unread_counts,
+    an_edit_repeating_the_stored_meta_changes_nothing,
 );
+
+async fn an_edit_repeating_the_stored_meta_changes_nothing(s: Arc<dyn MessageStore>) {
+    s.append(&[msg("em", "ann", "1", "x")]).await.unwrap();
+    let meta = || Meta::parse(serde_json::json!({"b": [1, 2], "a": {"k": "v"}}), 2048).unwrap();
+    let edit = || {
+        change(
+            "em",
+            1,
+            "ann",
+            ChangeOp::Edit {
+                body: Body::parse("y", 4096).unwrap(),
+                meta: Some(meta()),
+            },
+        )
+    };
+    assert_eq!(rev_of(&s.change(&[edit()], 20).await.unwrap()[0]), 1);
+    // The store gives the meta back in its own text (jsonb's spacing and key order): the same
+    // value is still the same meta.
+    let again = s.change(&[edit()], 20).await.unwrap();
+    assert!(
+        matches!(again[0], ChangeOutcome::Unchanged(1)),
+        "{:?}",
+        again[0]
+    );
+}
 
 async fn a_users_rooms_come_most_recently_active_first_with_unread_counts(
     s: Arc<dyn MessageStore>,

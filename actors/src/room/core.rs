@@ -76,8 +76,10 @@ impl MemberState {
 #[derive(Default)]
 pub struct RoomCore {
     pub(crate) delivered: Seq,
-    /// The revision of the last change delivered (v1.1).
+    /// The revision of the last change delivered or waiting in `parked` (v1.1).
     pub(crate) rev: Rev,
+    /// Changes, in rev order, waiting for their message to be delivered here.
+    pub(crate) parked: std::collections::VecDeque<StoredUpdate>,
     pub(crate) members: HashMap<ConnId, MemberState>,
     pub(crate) presence: RoomPresence,
 }
@@ -137,12 +139,37 @@ impl RoomCore {
             ms.send(enc.get(ms.member.encoding), hold_cap);
         }
         metrics.deliveries.inc_by(n);
+        if !self.parked.is_empty() {
+            // This message may be what a waiting change needs: the change follows it.
+            self.release_parked(hold_cap);
+        }
     }
 
     /// Deliver one committed change, the next in rev order, to every member (the one who
-    /// made it included); the room's revision moves to it.
-    pub(crate) fn deliver_update(&mut self, u: &StoredUpdate, hold_cap: usize) {
-        self.rev = u.rev();
-        self.broadcast(ServerFrame::update(u), |_| true, hold_cap);
+    /// made it included), once its message has been delivered here; the room's revision moves
+    /// to it. A change can overtake its message between nodes (they travel on different
+    /// nodes' publishes, and a message can wait behind a gap), and a client that hears of a
+    /// change before the message would ignore it, then show the message as first sent. So a
+    /// change of a message not delivered yet waits, with every change after it, until it is.
+    pub(crate) fn offer_update(&mut self, u: &StoredUpdate, hold_cap: usize) {
+        self.rev = self.rev.max(u.rev());
+        if self.parked.is_empty() && u.message.seq <= self.delivered {
+            self.broadcast(ServerFrame::update(u), |_| true, hold_cap);
+        } else {
+            self.parked.push_back(u.clone());
+        }
+    }
+
+    /// Deliver the waiting changes whose messages are delivered now, in rev order.
+    fn release_parked(&mut self, hold_cap: usize) {
+        while self
+            .parked
+            .front()
+            .is_some_and(|u| u.message.seq <= self.delivered)
+        {
+            if let Some(u) = self.parked.pop_front() {
+                self.broadcast(ServerFrame::update(&u), |_| true, hold_cap);
+            }
+        }
     }
 }

@@ -322,7 +322,7 @@ impl RoomState {
         let cap = self.args.config.outbound_queue;
         let rev = core.rev;
         self.update_order
-            .accept(rev, ups, |u| core.deliver_update(u, cap));
+            .accept(rev, ups, |u| core.offer_update(u, cap));
         drop(core);
         if self.update_order.is_waiting() && !self.gap_timer_armed {
             self.gap_timer_armed = true;
@@ -350,15 +350,14 @@ impl RoomState {
             let cap = self.args.config.outbound_queue;
             for u in &found {
                 if u.rev() > core.rev {
-                    core.deliver_update(u, cap);
+                    core.offer_update(u, cap);
                 }
             }
             if !full {
                 core.rev = core.rev.max(head);
             }
             let rev = core.rev;
-            self.update_order
-                .drain(rev, |u| core.deliver_update(u, cap));
+            self.update_order.drain(rev, |u| core.offer_update(u, cap));
             if !full {
                 return true;
             }

@@ -268,7 +268,8 @@ async fn changes_wait_for_a_rev_gap_which_is_filled_from_the_store_after_gap_wai
     let c = config();
     let rooms = Rooms::start(c.clone()).await;
     let mut ann = rooms.join("r", "ann", None).await;
-    seed(&rooms.store, "r", 3);
+    let m = seed(&rooms.store, "r", 3);
+    rooms.deliver("r", &m);
     let ups = rooms
         .change(&[
             react("r", 1, "bob", "a"),
@@ -361,7 +362,8 @@ async fn more_missed_changes_than_replay_max_are_not_replayed_and_the_joiner_is_
     c.replay_max = 2;
     let rooms = Rooms::start(c).await;
     let _keep = rooms.join("r", "keeper", None).await;
-    seed(&rooms.store, "r", 3);
+    let m = seed(&rooms.store, "r", 3);
+    rooms.deliver("r", &m);
     let ups = rooms
         .change(&[
             react("r", 1, "bob", "a"),
@@ -382,4 +384,42 @@ async fn more_missed_changes_than_replay_max_are_not_replayed_and_the_joiner_is_
     let f = bob.frames();
     assert!(of_type(&f, "joined")[0].get("rev_truncated").is_none());
     assert_eq!(update_revs(&f), [(2, 2), (3, 3)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_that_overtakes_its_message_waits_for_it_and_holds_later_changes_back() {
+    let rooms = Rooms::start(config()).await;
+    let mut ann = rooms.join("r", "ann", None).await;
+    let m = seed(&rooms.store, "r", 2);
+    rooms.deliver("r", &m[0..1]);
+    // Rev 1 changes message 2, which this node has not delivered yet; rev 2 changes message 1.
+    let ups = rooms
+        .change(&[react("r", 2, "bob", "a"), react("r", 1, "bob", "a")])
+        .await;
+    rooms.deliver_updates("r", &ups);
+    settle().await;
+    let f = ann.frames();
+    assert_eq!(message_seqs(&f), [1]);
+    assert!(update_revs(&f).is_empty(), "both wait for message 2: {f:?}");
+    rooms.deliver("r", &m[1..2]);
+    settle().await;
+    let order: Vec<(String, u64)> = ann
+        .frames()
+        .iter()
+        .filter(|x| x["type"] == "message" || x["type"] == "update")
+        .map(|x| {
+            (
+                x["type"].as_str().unwrap().to_string(),
+                x["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("message".into(), 2),
+            ("update".into(), 2),
+            ("update".into(), 1)
+        ]
+    );
 }

@@ -130,12 +130,13 @@ impl Lane {
 }
 
 /// Retry `attempt` while the store fails, up to `writer.retry_max`, each try bounded by what
-/// is left of that budget; the store's answer, or its last error.
+/// is left of that budget; the store's answer, or its last error, and whether an attempt
+/// failed first (it may have committed anyway: a statement cut off by a timeout can).
 async fn with_retries<T, F, Fut>(
     a: &WriterArgs,
     size: usize,
     mut attempt: F,
-) -> Result<T, StoreError>
+) -> (Result<T, StoreError>, bool)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
@@ -143,6 +144,7 @@ where
     // Tokio's clock, so tests with paused time see the retry budget run out.
     let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(25);
+    let mut failed = false;
     loop {
         let t = Instant::now();
         // Each attempt gets at most what is left of the retry budget, so a database that
@@ -159,13 +161,14 @@ where
                 a.metrics
                     .writer_flush_seconds
                     .observe(t.elapsed().as_secs_f64());
-                return Ok(res);
+                return (Ok(res), failed);
             }
             Err(e) => {
+                failed = true;
                 a.metrics.writer_flush_errors.inc();
                 if started.elapsed() >= a.config.writer_retry_max {
                     tracing::error!(error = %e, size, "flush failed, giving up on batch");
-                    return Err(e);
+                    return (Err(e), true);
                 }
                 tracing::warn!(error = %e, size, retry_in_ms = backoff.as_millis() as u64, "flush failed, retrying");
                 tokio::time::sleep(backoff).await;
@@ -180,7 +183,15 @@ where
 async fn commit_changes(a: &WriterArgs, batch: &mut Vec<PendingChange>, doubt: &mut Doubt) {
     let changes: Vec<_> = batch.iter().map(|p| p.change.clone()).collect();
     let keys = a.config.max_reaction_keys;
-    let outcome = with_retries(a, changes.len(), || a.store.change(&changes, keys)).await;
+    let (outcome, in_doubt) =
+        with_retries(a, changes.len(), || a.store.change(&changes, keys)).await;
+    if in_doubt {
+        // An attempt that failed may have committed: its changes then come back from the
+        // retry as "unchanged" and would never be broadcast. The rooms read what they missed.
+        for c in &changes {
+            recheck(a, &c.room);
+        }
+    }
     let results = match outcome {
         Ok(r) if r.len() == changes.len() => r,
         _ => {
@@ -224,7 +235,9 @@ async fn commit_changes(a: &WriterArgs, batch: &mut Vec<PendingChange>, doubt: &
 /// visible: messages to the local rooms and onto the bus, acks to the senders.
 async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
     let asm = Assembled::new(batch.iter().map(|p| &p.msg));
-    let outcome = with_retries(a, asm.unique.len(), || a.store.append(&asm.unique)).await;
+    // A send committed by a failed attempt comes back from the retry as a duplicate, which
+    // rechecks its room below.
+    let (outcome, _) = with_retries(a, asm.unique.len(), || a.store.append(&asm.unique)).await;
     let results = match outcome {
         Ok(r) if r.len() == asm.unique.len() => r,
         Ok(_) | Err(StoreError::Other(_)) | Err(StoreError::Unavailable(_)) => {
