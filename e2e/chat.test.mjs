@@ -8,7 +8,9 @@
 // 4. an admin whose tokens live 6 s stays connected by refreshing them, and bans a user from
 //    the presence list: that page is told and loses the room, and cannot join it again;
 // 5. the message lifecycle: a reply quotes its message; an edit, reactions (one made while the
-//    other page was offline) and a delete show on both pages, and survive a reload (history).
+//    other page was offline) and a delete show on both pages, and survive a reload (history);
+// 6. after a reload, the rooms read before and not joined again are listed as conversations,
+//    newest first with their unread counts; a click joins one.
 // Run with e2e/run.sh; screenshots and logs land in test-output/e2e/.
 
 import assert from 'node:assert/strict';
@@ -18,7 +20,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { isDeepStrictEqual } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
-import { OUT, ROOT, Server } from './server.mjs';
+import { API_KEY, OUT, ROOT, Server } from './server.mjs';
 
 const CHROMIUM = process.env.CHATTY_E2E_CHROMIUM ?? '/usr/bin/chromium';
 const WAIT = 20000; // the bound on any single wait for the page
@@ -51,7 +53,8 @@ async function openPage(name, { routed = false, admin = false, ttl = null } = {}
     // Development aid: serve web/ from disk instead of the assets embedded in the binary,
     // so page edits need no rebuild. The real run (run.sh) never sets it.
     const types = { '.js': 'text/javascript', '.css': 'text/css', '.html': 'text/html' };
-    await context.route(/\/(static\/[a-z]+\.(js|css))?$/, (route) => {
+    // The page's address may carry a query (`/?ttl=6`): it is the same page.
+    await context.route(/^[a-z]+:\/\/[^/]+\/(static\/[a-z]+\.(js|css))?(\?[^/]*)?$/, (route) => {
       const p = new URL(route.request().url()).pathname;
       const file = p === '/' ? 'index.html' : p.slice('/static/'.length);
       route.fulfill({ path: path.join(ROOT, 'web', file), contentType: types[path.extname(file)] });
@@ -183,6 +186,28 @@ async function waitMessage(page, room, seq, want, who, timeout = WAIT) {
     got = await page.evaluate(readMessage, { room, seq });
   }
   assert.deepEqual(got, want, `${who}: message #${seq} in #${room}`);
+}
+
+/** The conversation list as the page shows it, top to bottom: [room, badge text or null if hidden]. */
+const conversationsShown = (page) =>
+  page.$$eval('[data-testid=conversation-item]', (els) =>
+    els
+      .filter((e) => e.checkVisibility())
+      .map((e) => {
+        const badge = e.querySelector('[data-testid=conversation-unread]');
+        return [e.dataset.room, badge.checkVisibility() ? badge.textContent : null];
+      }),
+  );
+
+/** Wait until the conversation list shows exactly `want` (see conversationsShown). */
+async function waitConversations(page, want, who, timeout = WAIT) {
+  const deadline = Date.now() + timeout;
+  let got = await conversationsShown(page);
+  while (!isDeepStrictEqual(got, want) && Date.now() < deadline) {
+    await sleep(50);
+    got = await conversationsShown(page);
+  }
+  assert.deepEqual(got, want, `${who}: the conversation list`);
 }
 
 /** Hover a message (its actions show on hover) and click one of its action buttons. */
@@ -551,5 +576,80 @@ describe('chat page', () => {
     await shot(finn, 'lifecycle-reloaded');
     assert.deepEqual(pageErrors, [], 'no script errors on the pages');
     t.diagnostic(`reload: ${Date.now() - t1} ms; total ${Date.now() - t0} ms`);
+  });
+
+  test('after a reload, rooms read before show as conversations with unread counts; a click joins', { timeout: 120000 }, async (t) => {
+    const t0 = Date.now();
+    const [x, y] = ['conv-x', 'conv-y'];
+    const gus = await openPage('gus');
+    // The server's view of Gus's conversations (the HTTP twin of `rooms`).
+    const serverRooms = async () => {
+      const res = await fetch(`${server.origin}/api/v1/users/gus/rooms`, {
+        headers: { authorization: `Bearer ${API_KEY}` },
+        signal: AbortSignal.timeout(5000),
+      });
+      assert.equal(res.status, 200, `GET rooms: ${res.status}`);
+      const body = await res.json();
+      assert.ok(Array.isArray(body.rooms), `GET rooms: ${JSON.stringify(body)}`);
+      return Object.fromEntries(body.rooms.map((r) => [r.room, [r.seq, r.read]]));
+    };
+    // Gus reads a message in each room (each is on screen when its message comes).
+    await join(gus, x);
+    await server.post(x, { from: 'hal', cid: 'conv-1', body: 'hello x' });
+    await waitBodies(gus, x, ['hello x']);
+    await join(gus, y);
+    await server.post(y, { from: 'hal', cid: 'conv-2', body: 'hello y' });
+    await waitBodies(gus, y, ['hello y']);
+    // Joined rooms are not conversations: the section stays empty and hidden.
+    await gus.waitForTimeout(300);
+    assert.deepEqual(await conversationsShown(gus), [], 'joined rooms are not listed as conversations');
+    assert.equal(await gus.getByTestId('conversations').isVisible(), false);
+    let deadline = Date.now() + WAIT;
+    let got = await serverRooms();
+    while (!isDeepStrictEqual(got, { [x]: [1, 1], [y]: [1, 1] }) && Date.now() < deadline) {
+      await sleep(100);
+      got = await serverRooms();
+    }
+    assert.deepEqual(got, { [x]: [1, 1], [y]: [1, 1] }, 'both rooms read on the server');
+
+    // Hal writes twice more in #conv-x (the newest activity of the two rooms) while Gus looks
+    // at #conv-y.
+    await server.post(x, { from: 'hal', cid: 'conv-3', body: 'hal in x 1' });
+    await server.post(x, { from: 'hal', cid: 'conv-4', body: 'hal in x 2' });
+
+    // Gus reloads: a new page session, no room joined. Both rooms are conversations, #conv-x
+    // first with 2 unread, #conv-y with none (no badge).
+    await gus.reload();
+    await gus.getByTestId('signin-name').fill('gus');
+    await gus.getByTestId('signin-submit').click();
+    await gus.getByTestId('chat-screen').waitFor();
+    await waitState(gus, 'open');
+    await waitConversations(gus, [[x, '2'], [y, null]], 'gus after reload');
+    assert.equal(await gus.locator('[data-testid=room-item]').count(), 0, 'no room joined after the reload');
+    await shot(gus, 'conversations');
+
+    // Focus brings the list up to date: a message in #conv-y moves it first, with its count.
+    await server.post(y, { from: 'hal', cid: 'conv-5', body: 'hal in y 1' });
+    await gus.evaluate(() => window.dispatchEvent(new Event('focus')));
+    await waitConversations(gus, [[y, '1'], [x, '2']], 'gus after focus');
+
+    // A click on #conv-x joins it: the row moves to the joined rooms, with every message.
+    await gus.locator(`[data-testid=conversation-item][data-room="${x}"] [data-testid=conversation-open]`).click();
+    await gus.locator(`[data-testid=room-item][data-room="${x}"]`).waitFor();
+    await waitBodies(gus, x, ['hello x', 'hal in x 1', 'hal in x 2']);
+    assert.deepEqual((await shown(gus, x)).map((m) => [m.seq, m.from, m.body]), [
+      [1, 'hal', 'hello x'],
+      [2, 'hal', 'hal in x 1'],
+      [3, 'hal', 'hal in x 2'],
+    ]);
+    assert.equal(await gus.getByTestId('room-title').textContent(), `#${x}`);
+    await waitConversations(gus, [[y, '1']], 'gus after joining #conv-x');
+    // On screen, so read: no badge on the joined room, and the server's marker follows.
+    await gus.locator(`[data-testid=room-item][data-room="${x}"] [data-testid=room-unread]`).waitFor({ state: 'hidden' });
+    deadline = Date.now() + WAIT;
+    while ((await serverRooms())[x]?.[1] !== 3 && Date.now() < deadline) await sleep(100);
+    assert.deepEqual((await serverRooms())[x], [3, 3], '#conv-x read on the server');
+    assert.deepEqual(pageErrors, [], 'no script errors on the pages');
+    t.diagnostic(`conversations: ${Date.now() - t0} ms`);
   });
 });

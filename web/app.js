@@ -16,6 +16,8 @@ let me = null; // our user id
 const views = new Map(); // room -> view (see newView)
 let active = null; // the room on screen
 let compose = null; // {room, seq, mode: 'reply' | 'edit'} while the composer replies or edits
+let conversations = []; // the server's conversation list ({room, seq, read, unread, ts}), newest first
+let conversationsAsked = 0; // the latest rooms() call: older answers are dropped
 
 // ---- sign in ------------------------------------------------------------------------------
 
@@ -66,6 +68,8 @@ function start(token, user) {
     dropView(room);
   });
   client.on('state', onState);
+  // The conversation list, each time the socket opens (sign-in, and after a reconnect).
+  client.on('state', ({ state }) => state === 'open' && refreshConversations());
   // The last close code, for the curious (and the browser test).
   client.on('disconnect', ({ code, opened }) => opened && ($('status').dataset.closeCode = code));
   client.on('joined', onJoined);
@@ -103,6 +107,9 @@ $('signout').addEventListener('click', () => {
   for (const v of views.values()) v.el.remove();
   views.clear();
   $('room-list').replaceChildren();
+  conversations = [];
+  conversationsAsked++;
+  renderConversations();
   active = null;
   showRoom(null);
   $('app').hidden = true;
@@ -130,15 +137,69 @@ $('join-form').addEventListener('submit', (e) => {
   const room = $('join-room').value.trim().replace(/^#/, '');
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(room)) return;
   $('join-room').value = '';
+  joinRoom(room);
+});
+
+function joinRoom(room) {
   if (!views.has(room)) {
     views.set(room, newView(room));
+    renderConversations(); // a joined room leaves the conversation list
     client.join(room).catch((err) => {
       toast(`Could not join #${room}: ${err.message}`);
       dropView(room);
     });
   }
   showRoom(room);
-});
+}
+
+// ---- conversations: rooms of ours not joined on this page -----------------------------------
+
+async function refreshConversations() {
+  if (!client) return;
+  const asked = ++conversationsAsked;
+  const c = client;
+  try {
+    const list = await c.rooms();
+    if (asked !== conversationsAsked || c !== client) return; // a newer answer is coming, or signed out
+    conversations = list;
+    renderConversations();
+  } catch {
+    // Not fatal: the list stays as it was until the next refresh.
+  }
+}
+
+function renderConversations() {
+  const rows = conversations
+    .filter((c) => !views.has(c.room))
+    .map(({ room, unread }) => {
+      const item = document.createElement('li');
+      item.dataset.testid = 'conversation-item';
+      item.dataset.room = room;
+      const link = document.createElement('button');
+      link.className = 'room-link';
+      link.dataset.testid = 'conversation-open';
+      link.title = `Join #${room}`;
+      const hash = document.createElement('span');
+      hash.className = 'hash';
+      hash.textContent = '#';
+      const name = document.createElement('span');
+      name.className = 'name';
+      name.textContent = room;
+      const badge = document.createElement('span');
+      badge.className = 'badge';
+      badge.dataset.testid = 'conversation-unread';
+      const n = Math.max(0, Number(unread) || 0);
+      badge.textContent = n > 99 ? '99+' : String(n);
+      badge.hidden = n === 0;
+      item.classList.toggle('unread', n > 0);
+      link.append(hash, name, badge);
+      link.addEventListener('click', () => joinRoom(room));
+      item.append(link);
+      return item;
+    });
+  $('conversation-list').replaceChildren(...rows);
+  $('conversations').hidden = rows.length === 0;
+}
 
 function newView(room) {
   // One scroll area per room, so switching rooms keeps each one's scroll position.
@@ -208,6 +269,8 @@ function dropView(room) {
   v.item.remove();
   views.delete(room);
   if (active === room) showRoom(views.keys().next().value ?? null);
+  // A room left here may still be one of our conversations (a read marker, a membership).
+  refreshConversations();
 }
 
 function showRoom(room) {
@@ -748,7 +811,11 @@ function markRead(v) {
 document.addEventListener('visibilitychange', () => {
   const v = views.get(active);
   if (v) markRead(v);
+  if (document.visibilityState === 'visible') refreshConversations();
 });
+
+// Back on the page: other tabs and devices may have moved our conversations on.
+addEventListener('focus', () => refreshConversations());
 
 // ---- little helpers ---------------------------------------------------------------------------
 
