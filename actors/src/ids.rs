@@ -212,7 +212,11 @@ impl Meta {
     /// `value` as metadata, if it is an object of at most `max_bytes` (JSON-encoded) within
     /// the depth limit and without NUL.
     pub fn parse(value: serde_json::Value, max_bytes: usize) -> Result<Self, MetaError> {
-        Self::parse_within(value, max_bytes, Self::MAX_DEPTH)
+        if !value.is_object() {
+            return Err(MetaError::NotObject);
+        }
+        check_meta(&value, 1)?;
+        Self::object(value, max_bytes)
     }
 
     /// Any JSON object of at most `max_bytes`: a personal event's `data` (v1.1), which is
@@ -222,25 +226,6 @@ impl Meta {
         if !value.is_object() {
             return Err(MetaError::NotObject);
         }
-        let text = serde_json::to_string(&value).map_err(|_| MetaError::NotObject)?;
-        if text.len() > max_bytes {
-            return Err(MetaError::TooLarge);
-        }
-        Ok(Self {
-            value: Arc::new(value),
-            text: Arc::from(text),
-        })
-    }
-
-    fn parse_within(
-        value: serde_json::Value,
-        max_bytes: usize,
-        max_depth: usize,
-    ) -> Result<Self, MetaError> {
-        if !value.is_object() {
-            return Err(MetaError::NotObject);
-        }
-        check_meta(&value, 1, max_depth)?;
         let text = serde_json::to_string(&value).map_err(|_| MetaError::NotObject)?;
         if text.len() > max_bytes {
             return Err(MetaError::TooLarge);
@@ -273,18 +258,18 @@ impl Meta {
 
 /// Depth and NUL check without recursion past the limit (the decoders bound the input's
 /// depth already; this bounds what we accept).
-fn check_meta(v: &serde_json::Value, depth: usize, max: usize) -> Result<(), MetaError> {
+fn check_meta(v: &serde_json::Value, depth: usize) -> Result<(), MetaError> {
     use serde_json::Value;
     let nul = |s: &str| s.as_bytes().contains(&0);
     match v {
         Value::String(s) if nul(s) => Err(MetaError::Nul),
-        Value::Array(_) | Value::Object(_) if depth > max => Err(MetaError::TooDeep),
-        Value::Array(items) => items.iter().try_for_each(|i| check_meta(i, depth + 1, max)),
+        Value::Array(_) | Value::Object(_) if depth > Meta::MAX_DEPTH => Err(MetaError::TooDeep),
+        Value::Array(items) => items.iter().try_for_each(|i| check_meta(i, depth + 1)),
         Value::Object(map) => map.iter().try_for_each(|(k, i)| {
             if nul(k) {
                 return Err(MetaError::Nul);
             }
-            check_meta(i, depth + 1, max)
+            check_meta(i, depth + 1)
         }),
         _ => Ok(()),
     }

@@ -18,9 +18,9 @@ pub enum RowEffect {
     /// Nothing else.
     None,
     /// Insert the asker's reaction row for this key.
-    AddReaction,
+    AddReaction(ReactionKey),
     /// Delete the asker's reaction row for this key.
-    RemoveReaction,
+    RemoveReaction(ReactionKey),
     /// Delete every reaction row of the message (it was deleted).
     ClearReactions,
 }
@@ -33,7 +33,7 @@ pub enum Decision {
     /// Write the message's new state (and `effect`), which takes the room's next revision.
     Apply {
         /// The message as it will be stored, `state.rev` still to be set by `commit`.
-        message: StoredMessage,
+        message: Box<StoredMessage>,
         /// The reaction rows to change.
         effect: RowEffect,
     },
@@ -64,7 +64,7 @@ pub fn decide(
             if *body == m.body && meta == m.meta {
                 return unchanged;
             }
-            let mut next = m.clone();
+            let mut next = Box::new(m.clone());
             next.body = body.clone();
             next.meta = meta;
             next.state.edited_ts = Some(now);
@@ -74,7 +74,7 @@ pub fn decide(
             }
         }
         ChangeOp::Delete => {
-            let mut next = m.clone();
+            let mut next = Box::new(m.clone());
             next.body = Body::tombstone();
             next.meta = None;
             next.state.deleted = true;
@@ -96,14 +96,14 @@ pub fn decide(
             {
                 return Decision::Answer(ChangeOutcome::TooManyReactions);
             }
-            let mut next = m.clone();
+            let mut next = Box::new(m.clone());
             bump(&mut next.state.reactions, key, *on);
             Decision::Apply {
                 message: next,
                 effect: if *on {
-                    RowEffect::AddReaction
+                    RowEffect::AddReaction(key.clone())
                 } else {
-                    RowEffect::RemoveReaction
+                    RowEffect::RemoveReaction(key.clone())
                 },
             }
         }
@@ -119,6 +119,14 @@ pub fn commit(mut message: StoredMessage, c: &NewChange, rev: Rev) -> StoredUpda
         by: c.by.clone(),
         message,
     }
+}
+
+/// The asker's reaction keys as a store read them (unreadable ones, edited by hand, skipped).
+pub fn keys(stored: Vec<String>) -> Vec<ReactionKey> {
+    stored
+        .iter()
+        .filter_map(|k| ReactionKey::parse(k).ok())
+        .collect()
 }
 
 /// Reaction counts as the stores keep them (a JSON list of `{key, count}`).
@@ -280,7 +288,7 @@ mod tests {
         assert!(
             message.state.deleted && message.body.as_str().is_empty() && message.meta.is_none()
         );
-        let gone = commit(message, &by_mod, 3).message;
+        let gone = commit(*message, &by_mod, 3).message;
         assert_eq!(
             outcome(decide(Some(&gone), &[], &by_mod, 20, 5)),
             "Unchanged(3)"
@@ -311,7 +319,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(effect, RowEffect::AddReaction);
+        assert_eq!(effect, RowEffect::AddReaction(key("👍")));
         assert_eq!(
             message.state.reactions,
             vec![Reaction {

@@ -22,7 +22,7 @@ use crate::ports::{
     Appended, Beat, BusEvent, ChangeOutcome, ClusterBus, Heads, JoinInfo, MessageStore, NewChange,
     NewMessage, PresenceItem, PresenceStore, StoreError,
 };
-use crate::protocol::{ChangeKind, ChangeOp, StoredUpdate};
+use crate::protocol::{ChangeKind, StoredUpdate};
 use crate::protocol::{PresenceEntry, StoredMessage};
 
 /// The operations of `MessageStore`, to count and to make misbehave.
@@ -30,6 +30,8 @@ use crate::protocol::{PresenceEntry, StoredMessage};
 pub(crate) enum Op {
     Append,
     Change,
+    Changes,
+    RoomsOf,
     Head,
     After,
     Before,
@@ -293,23 +295,19 @@ impl MessageStore for MemStore {
                     Decision::Answer(o) => o,
                     Decision::Apply { message, effect } => {
                         room.rev += 1;
-                        let key = match &c.op {
-                            ChangeOp::React { key, .. } => Some(key.clone()),
-                            _ => None,
-                        };
-                        match (effect, key) {
-                            (RowEffect::AddReaction, Some(k)) => {
+                        match effect {
+                            RowEffect::AddReaction(k) => {
                                 room.reactions.insert((c.seq, c.by.clone(), k));
                             }
-                            (RowEffect::RemoveReaction, Some(k)) => {
+                            RowEffect::RemoveReaction(k) => {
                                 room.reactions.remove(&(c.seq, c.by.clone(), k));
                             }
-                            (RowEffect::ClearReactions, _) => {
+                            RowEffect::ClearReactions => {
                                 room.reactions.retain(|(s, _, _)| *s != c.seq);
                             }
-                            _ => {}
+                            RowEffect::None => {}
                         }
-                        let u = lifecycle::commit(message, c, room.rev);
+                        let u = lifecycle::commit(*message, c, room.rev);
                         room.messages.insert(c.seq, u.message.clone());
                         room.last_change.insert(c.seq, (u.change, u.by.clone()));
                         ChangeOutcome::Changed(Box::new(u))
@@ -332,7 +330,7 @@ impl MessageStore for MemStore {
         max_seq: Seq,
         limit: u32,
     ) -> Result<(Vec<StoredUpdate>, Rev), StoreError> {
-        self.enter(Op::After).await?;
+        self.enter(Op::Changes).await?;
         Ok(self.read_room(room, |r| {
             let Some(r) = r else {
                 return (Vec::new(), 0);
@@ -416,7 +414,7 @@ impl MessageStore for MemStore {
         user: &UserId,
         limit: u32,
     ) -> Result<Vec<crate::ports::RoomSummary>, StoreError> {
-        self.enter(Op::JoinInfo).await?;
+        self.enter(Op::RoomsOf).await?;
         let rooms = self.rooms.lock();
         let mut list: Vec<crate::ports::RoomSummary> = rooms
             .iter()

@@ -219,6 +219,7 @@ impl ClusterBus for RedisBus {
             node: self.node.clone(),
             id,
         });
+        let channel = Target::User(user.clone()).channel();
         let event = BusEvent::UserEvent { user, data, reply };
         let bytes = to_wire(&event).and_then(|(_, wire)| {
             let env = Envelope {
@@ -227,9 +228,6 @@ impl ClusterBus for RedisBus {
             };
             rmp_serde::to_vec_named(&env).ok()
         });
-        let BusEvent::UserEvent { user, .. } = event else {
-            unreachable!("built above")
-        };
         let (client, direct) = (self.client.clone(), self.direct.clone());
         let errors = self.redis_errors.clone();
         Box::pin(async move {
@@ -251,7 +249,6 @@ impl ClusterBus for RedisBus {
             };
             // PUBLISH answers how many subscribers got it: the nodes with a socket of the
             // user (this one included, which answers itself with 0: see the subscriber).
-            let channel = Target::User(user).channel();
             let mut cmd = redis::cmd("PUBLISH");
             cmd.arg(channel).arg(bytes);
             let publish = cmd.query_async::<usize>(&mut conn);

@@ -8,9 +8,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use chatty_actors::lifecycle::{self, Decision, RowEffect};
 use chatty_actors::{
-    Appended, ChangeOp, ChangeOutcome, Heads, JoinInfo, MessageStore, NewChange, NewMessage,
-    ReactionKey, Rev, RoomId, RoomRole, RoomSummary, Seq, StoreError, StoredMessage, StoredUpdate,
-    UserId,
+    Appended, ChangeOp, ChangeOutcome, Heads, JoinInfo, MessageStore, NewChange, NewMessage, Rev,
+    RoomId, RoomRole, RoomSummary, Seq, StoreError, StoredMessage, StoredUpdate, UserId,
 };
 use sqlx::sqlite::SqlitePool;
 
@@ -202,10 +201,7 @@ impl MessageStore for SqliteStore {
                 .map_err(store_err)?,
                 _ => Vec::new(),
             };
-            let mine: Vec<ReactionKey> = mine
-                .iter()
-                .filter_map(|k| ReactionKey::parse(k).ok())
-                .collect();
+            let mine = lifecycle::keys(mine);
             let (message, effect) =
                 match lifecycle::decide(stored.as_ref(), &mine, c, max_reaction_keys, now) {
                     Decision::Answer(o) => {
@@ -219,7 +215,7 @@ impl MessageStore for SqliteStore {
             };
             *rev += 1;
             *touched = true;
-            let u = lifecycle::commit(message, c, *rev as Rev);
+            let u = lifecycle::commit(*message, c, *rev as Rev);
             let m = &u.message;
             sqlx::query(
                 "update messages set body = ?3, meta = ?4, rev = ?5, edited_ts = ?6,
@@ -239,28 +235,27 @@ impl MessageStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(store_err)?;
-            let key = match &c.op {
-                ChangeOp::React { key, .. } => key.as_str(),
-                _ => "",
-            };
-            let q = match effect {
+            let q = match &effect {
                 RowEffect::None => None,
-                RowEffect::AddReaction => Some(sqlx::query(
+                RowEffect::AddReaction(k) => Some((
                     "insert into reactions (room_id, seq, user_id, key) values (?1, ?2, ?3, ?4)",
+                    Some(k),
                 )),
-                RowEffect::RemoveReaction => Some(sqlx::query(
+                RowEffect::RemoveReaction(k) => Some((
                     "delete from reactions
                       where room_id = ?1 and seq = ?2 and user_id = ?3 and key = ?4",
+                    Some(k),
                 )),
-                RowEffect::ClearReactions => Some(sqlx::query(
+                RowEffect::ClearReactions => Some((
                     "delete from reactions where room_id = ?1 and seq = ?2",
+                    None,
                 )),
             };
-            if let Some(q) = q {
-                let q = q.bind(room).bind(clamp(c.seq));
-                let q = match effect {
-                    RowEffect::ClearReactions => q,
-                    _ => q.bind(c.by.as_str()).bind(key),
+            if let Some((sql, key)) = q {
+                let q = sqlx::query(sql).bind(room).bind(clamp(c.seq));
+                let q = match key {
+                    Some(k) => q.bind(c.by.as_str()).bind(k.as_str()),
+                    None => q,
                 };
                 q.execute(&mut *tx).await.map_err(store_err)?;
             }

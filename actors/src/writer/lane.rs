@@ -185,13 +185,6 @@ async fn commit_changes(a: &WriterArgs, batch: &mut Vec<PendingChange>, doubt: &
     let keys = a.config.max_reaction_keys;
     let (outcome, in_doubt) =
         with_retries(a, changes.len(), || a.store.change(&changes, keys)).await;
-    if in_doubt {
-        // An attempt that failed may have committed: its changes then come back from the
-        // retry as "unchanged" and would never be broadcast. The rooms read what they missed.
-        for c in &changes {
-            recheck(a, &c.room);
-        }
-    }
     let results = match outcome {
         Ok(r) if r.len() == changes.len() => r,
         _ => {
@@ -204,6 +197,17 @@ async fn commit_changes(a: &WriterArgs, batch: &mut Vec<PendingChange>, doubt: &
         }
     };
     doubt.settle(a);
+    if in_doubt {
+        // An attempt that failed may have committed: its changes then came back from the
+        // retry as "unchanged" and were never broadcast. Their rooms read what they missed
+        // (once each; a batch that failed for good is left to `doubt` above).
+        let mut rooms: Vec<&RoomId> = changes.iter().map(|c| &c.room).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        for room in rooms {
+            recheck(a, room);
+        }
+    }
     // Per room, in the order committed (so in revision order).
     let mut runs: Vec<Vec<crate::protocol::StoredUpdate>> = Vec::new();
     for r in &results {
