@@ -518,3 +518,56 @@ test('rooms() asks for the conversation list and resolves with its rows', async 
   assert.deepEqual(await list, rows);
   c.close();
 });
+
+test('an inbox frame of a room not joined is emitted as inbox (on and onInbox); a joined room\'s is ignored', async () => {
+  const { c } = client();
+  const viaOn = [];
+  const viaOnInbox = [];
+  c.on('inbox', (i) => viaOn.push(i));
+  const unsubscribe = c.onInbox((i) => viaOnInbox.push(i));
+  assert.equal(typeof unsubscribe, 'function');
+  c.connect();
+  await tick();
+  const ws = await nextSocket(1);
+  ws.accept();
+  const frame = { type: 'inbox', room: 'dm-alice-bob', seq: 3, from: 'bob', name: 'Bob', ts: 1700000000000 };
+  ws.push(frame);
+  const detail = { room: 'dm-alice-bob', seq: 3, from: 'bob', name: 'Bob', ts: 1700000000000 };
+  assert.deepEqual(viaOn, [detail]);
+  assert.deepEqual(viaOnInbox, [detail]);
+
+  // Joined here (or being joined): its messages come as `message`, so an inbox frame is dropped.
+  c.join('r');
+  ws.push({ ...frame, room: 'r' });
+  const [j] = ws.take('join');
+  ws.push({ type: 'joined', ref: j.ref, room: 'r', seq: 0, read: 0, presence: [] });
+  ws.push({ ...frame, room: 'r', seq: 4 });
+  assert.equal(viaOn.length, 1, 'no inbox event for a joined room');
+  // Malformed: ignored.
+  ws.push({ type: 'inbox', seq: 5 });
+  ws.push({ type: 'inbox', room: 'x', seq: 'five' });
+  assert.equal(viaOn.length, 1, 'no inbox event for a malformed frame');
+
+  // Unsubscribed: onInbox's listener hears no more; the other one still does.
+  unsubscribe();
+  ws.push({ ...frame, seq: 4 });
+  assert.deepEqual(viaOn.map((i) => i.seq), [3, 4]);
+  assert.deepEqual(viaOnInbox.map((i) => i.seq), [3]);
+  unsubscribe(); // twice is harmless
+  c.close();
+});
+
+test('onEvent subscribes to personal events and returns the unsubscribe', async () => {
+  const { c } = client();
+  const events = [];
+  const off = c.onEvent((e) => events.push(e));
+  c.connect();
+  await tick();
+  const ws = await nextSocket(1);
+  ws.accept();
+  ws.push({ type: 'event', data: { kind: 'dm', n: 1 } });
+  off();
+  ws.push({ type: 'event', data: { kind: 'dm', n: 2 } });
+  assert.deepEqual(events, [{ data: { kind: 'dm', n: 1 } }]);
+  c.close();
+});

@@ -77,6 +77,19 @@ export class ChattyClient {
     return () => this.listeners.get(type)?.delete(fn);
   }
 
+  /**
+   * Subscribe to `inbox` events {room, seq, from, name, ts}: a message in a private room of
+   * yours that this client has not joined. Returns the function that unsubscribes.
+   */
+  onInbox(fn) {
+    return this.on('inbox', fn);
+  }
+
+  /** Subscribe to `event` events {data} (the personal channel). Returns the function that unsubscribes. */
+  onEvent(fn) {
+    return this.on('event', fn);
+  }
+
   emit(type, detail) {
     for (const fn of this.listeners.get(type) ?? []) {
       // A throwing listener must not break the protocol state machine: rethrow it later.
@@ -579,6 +592,11 @@ export class ChattyClient {
       case 'event':
         // The personal channel (v1.1): the backend's event for this user, on every tab.
         return this.emit('event', { data: f.data });
+      case 'inbox':
+        // v1.1: a message in a private room of ours that this socket has not joined (no body:
+        // join the room to read it). A joined room's messages come as `message` instead.
+        if (typeof f.room !== 'string' || !Number.isSafeInteger(f.seq) || this.roomState.has(f.room)) return;
+        return this.emit('inbox', { room: f.room, seq: f.seq, from: f.from, name: f.name, ts: f.ts });
       default: // history, left, and frames of future extensions
         return this.reply(f.ref, f);
     }
