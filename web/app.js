@@ -16,7 +16,10 @@ let me = null; // our user id
 const views = new Map(); // room -> view (see newView)
 let active = null; // the room on screen
 let compose = null; // {room, seq, mode: 'reply' | 'edit'} while the composer replies or edits
-let conversations = []; // the server's conversation list ({room, seq, read, unread, ts}), newest first
+// The server's conversation list ({room, seq, read, unread, ts}), newest first, kept live by
+// `inbox` frames; `live` on a row: the conversationsAsked count when a frame last moved it.
+let conversations = [];
+const readHere = new Map(); // room -> the read marker this page held when it stopped showing the room
 let conversationsAsked = 0; // the latest rooms() call: older answers are dropped
 
 // ---- sign in ------------------------------------------------------------------------------
@@ -62,6 +65,7 @@ function start(token, user) {
   const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
   client = new ChattyClient({ url, token });
   client.on('refreshed', ({ exp }) => ($('status').dataset.exp = exp));
+  client.onInbox(onInbox);
   client.on('removed', ({ room, reason }) => {
     const why = { kicked: 'kicked from', banned: 'banned from', removed: 'removed from' }[reason] ?? 'removed from';
     toast(`You were ${why} #${room}.`);
@@ -108,6 +112,7 @@ $('signout').addEventListener('click', () => {
   views.clear();
   $('room-list').replaceChildren();
   conversations = [];
+  readHere.clear();
   conversationsAsked++;
   renderConversations();
   active = null;
@@ -161,14 +166,59 @@ async function refreshConversations() {
   try {
     const list = await c.rooms();
     if (asked !== conversationsAsked || c !== client) return; // a newer answer is coming, or signed out
-    conversations = list;
+    conversations = mergeConversations(list, asked);
     renderConversations();
   } catch {
     // Not fatal: the list stays as it was until the next refresh.
   }
 }
 
+/**
+ * The server's answer to request `asked`, with what `inbox` frames told since it was asked (the
+ * answer may have been read before those messages were committed): heads and read markers only
+ * move forward, and a room the answer lacks stays if a frame brought it meanwhile.
+ */
+function mergeConversations(list, asked) {
+  const rows = new Map(list.map((c) => [c.room, { ...c }]));
+  for (const c of conversations) {
+    if (!(c.live >= asked)) continue; // the server knew all of it when it answered
+    const s = rows.get(c.room);
+    if (!s) {
+      rows.set(c.room, c);
+      continue;
+    }
+    if (c.seq > s.seq) Object.assign(s, { seq: c.seq, ts: c.ts });
+    s.read = Math.max(s.read, c.read);
+    s.unread = Math.max(0, s.seq - s.read);
+    s.live = c.live;
+  }
+  // Newest activity first, rooms without messages last (a stable sort keeps the server's order otherwise).
+  const at = (c) => c.ts ?? -Infinity;
+  return [...rows.values()].sort((a, b) => at(b) - at(a) || 0);
+}
+
+/** A message in one of our private rooms not joined here: its row's badge counts it, on top. */
+function onInbox({ room, seq, from, ts }) {
+  let c = conversations.find((x) => x.room === room);
+  const known = !!c;
+  if (known && seq <= c.seq) return; // nothing new
+  c ??= { room, seq: 0, read: 0, unread: 0 };
+  c.seq = seq;
+  c.ts = ts;
+  // A room left on this page: its row (if any) predates our reading there.
+  c.read = Math.max(c.read, readHere.get(room) ?? 0);
+  // Our own message (from another tab or device) is not unread: that one read the room up to it.
+  if (from === me) c.read = Math.max(c.read, seq);
+  c.unread = Math.max(0, c.seq - c.read);
+  c.live = conversationsAsked;
+  conversations = [c, ...conversations.filter((x) => x !== c)];
+  renderConversations();
+  // New to the list (we were just made a member, say): the server knows our read marker there.
+  if (!known) refreshConversations();
+}
+
 function renderConversations() {
+  let total = 0;
   const rows = conversations
     .filter((c) => !views.has(c.room))
     .map(({ room, unread }) => {
@@ -189,6 +239,7 @@ function renderConversations() {
       badge.className = 'badge';
       badge.dataset.testid = 'conversation-unread';
       const n = Math.max(0, Number(unread) || 0);
+      total += n;
       badge.textContent = n > 99 ? '99+' : String(n);
       badge.hidden = n === 0;
       item.classList.toggle('unread', n > 0);
@@ -199,6 +250,10 @@ function renderConversations() {
     });
   $('conversation-list').replaceChildren(...rows);
   $('conversations').hidden = rows.length === 0;
+  const sum = $('conversations-unread');
+  sum.textContent = total > 99 ? '99+' : String(total);
+  sum.hidden = total === 0;
+  sum.title = `${total} unread in rooms not joined here`;
 }
 
 function newView(room) {
@@ -228,6 +283,8 @@ function newView(room) {
   item.querySelector('.name').textContent = room;
   item.querySelector('.room-link').addEventListener('click', () => showRoom(room));
   item.querySelector('.leave').addEventListener('click', () => {
+    // A read still waiting for its timer goes first: after the leave it would be refused.
+    if (v.readTimer) client.read(room, v.read).catch(() => {});
     client.leave(room).catch(() => {});
     dropView(room);
   });
@@ -267,6 +324,9 @@ function dropView(room) {
   if (!v) return;
   v.el.remove();
   v.item.remove();
+  clearTimeout(v.readTimer);
+  v.readTimer = null;
+  readHere.set(room, v.read);
   views.delete(room);
   if (active === room) showRoom(views.keys().next().value ?? null);
   // A room left here may still be one of our conversations (a read marker, a membership).
@@ -394,6 +454,9 @@ function onAck({ room, cid, seq, ts }) {
   v.bySeq.set(seq, li);
   place(v, li, seq);
   if (seq > v.lastSeq) v.lastSeq = seq;
+  // Our own message is read: on screen, the marker moves past it (else our other tabs and
+  // devices would count it as unread). The `message` frame, now a duplicate, would not do it.
+  markRead(v);
 }
 
 function onFailed({ room, cid, code, message }) {
@@ -805,7 +868,10 @@ function markRead(v) {
   renderUnread(v);
   clearTimeout(v.readTimer);
   // One read frame per burst of messages is enough: the marker only moves forward.
-  v.readTimer = setTimeout(() => client?.read(v.room, v.read).catch(() => {}), 250);
+  v.readTimer = setTimeout(() => {
+    v.readTimer = null;
+    client?.read(v.room, v.read).catch(() => {});
+  }, 250);
 }
 
 document.addEventListener('visibilitychange', () => {
