@@ -10,7 +10,10 @@
 // 5. the message lifecycle: a reply quotes its message; an edit, reactions (one made while the
 //    other page was offline) and a delete show on both pages, and survive a reload (history);
 // 6. after a reload, the rooms read before and not joined again are listed as conversations,
-//    newest first with their unread counts; a click joins one.
+//    newest first with their unread counts; a click joins one;
+// 7. a private room of the user's, not joined on the page, lights up in the conversation list as
+//    its messages are committed (inbox frames), the user's own messages (from another page)
+//    not counted; a click joins it and clears the badges.
 // Run with e2e/run.sh; screenshots and logs land in test-output/e2e/.
 
 import assert from 'node:assert/strict';
@@ -37,12 +40,14 @@ const pageErrors = [];
 
 const links = {}; // name -> { ws, blocked }: the routed socket of a page opened with `routed`
 
-async function openPage(name, { routed = false, admin = false, ttl = null } = {}) {
+/** Sign `name` in on a new page (its own browser context). `key`: the page's name in `pages`,
+ * `links` and the logs, for a second page of one user. */
+async function openPage(name, { routed = false, admin = false, ttl = null, key = name } = {}) {
   const context = await browser.newContext({ viewport: { width: 1200, height: 760 } });
   if (routed) {
     // The page's sockets go through Playwright, so the test can cut them (as a server or a
     // network would) and refuse reconnects for a while. Frames are forwarded untouched.
-    const link = (links[name] = { ws: null, blocked: false });
+    const link = (links[key] = { ws: null, blocked: false });
     await context.routeWebSocket(/\/ws(\?|$)/, (ws) => {
       if (link.blocked) return ws.close({ code: 1013, reason: 'test: try again later' });
       ws.connectToServer();
@@ -62,11 +67,11 @@ async function openPage(name, { routed = false, admin = false, ttl = null } = {}
   }
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
-  const log = createWriteStream(path.join(OUT, `console-${name}.log`));
+  const log = createWriteStream(path.join(OUT, `console-${key}.log`));
   page.on('console', (m) => log.write(`[${m.type()}] ${m.text()}\n`));
   page.on('pageerror', (e) => {
     log.write(`[pageerror] ${e.stack ?? e}\n`);
-    pageErrors.push(`${name}: ${e.message}`);
+    pageErrors.push(`${key}: ${e.message}`);
   });
   // `?ttl=` makes the page ask for short-lived tokens (it refreshes them on the socket).
   await page.goto(ttl ? `${server.origin}/?ttl=${ttl}` : server.origin);
@@ -76,7 +81,7 @@ async function openPage(name, { routed = false, admin = false, ttl = null } = {}
   await page.getByTestId('signin-submit').click();
   await page.getByTestId('chat-screen').waitFor();
   await waitState(page, 'open');
-  pages[name] = page;
+  pages[key] = page;
   return page;
 }
 
@@ -208,6 +213,44 @@ async function waitConversations(page, want, who, timeout = WAIT) {
     got = await conversationsShown(page);
   }
   assert.deepEqual(got, want, `${who}: the conversation list`);
+}
+
+/** The unread total next to the Conversations heading: its text, or null if it is not shown. */
+const conversationTotal = (page) =>
+  page.getByTestId('conversations-unread').evaluate((e) => (e.checkVisibility() ? e.textContent : null));
+
+/** Wait until the unread total shows `want` (null: not shown). */
+async function waitConversationTotal(page, want, who, timeout = WAIT) {
+  const deadline = Date.now() + timeout;
+  let got = await conversationTotal(page);
+  while (got !== want && Date.now() < deadline) {
+    await sleep(50);
+    got = await conversationTotal(page);
+  }
+  assert.equal(got, want, `${who}: the conversations' unread total`);
+}
+
+/** A backend call with the API key that must answer 204 (`body`: sent as JSON). */
+async function api(method, route, body) {
+  const res = await fetch(`${server.origin}/api/v1${route}`, {
+    method,
+    headers: { authorization: `Bearer ${API_KEY}`, ...(body && { 'content-type': 'application/json' }) },
+    ...(body && { body: JSON.stringify(body) }),
+    signal: AbortSignal.timeout(10000),
+  });
+  assert.equal(res.status, 204, `${method} ${route}: ${res.status} ${await res.text()}`);
+}
+
+/** A user's conversation list on the server (the HTTP twin of `rooms`): room -> [seq, read]. */
+async function serverRooms(user) {
+  const res = await fetch(`${server.origin}/api/v1/users/${user}/rooms`, {
+    headers: { authorization: `Bearer ${API_KEY}` },
+    signal: AbortSignal.timeout(5000),
+  });
+  assert.equal(res.status, 200, `GET rooms: ${res.status}`);
+  const body = await res.json();
+  assert.ok(Array.isArray(body.rooms), `GET rooms: ${JSON.stringify(body)}`);
+  return Object.fromEntries(body.rooms.map((r) => [r.room, [r.seq, r.read]]));
 }
 
 /** Hover a message (its actions show on hover) and click one of its action buttons. */
@@ -651,5 +694,75 @@ describe('chat page', () => {
     assert.deepEqual((await serverRooms())[x], [3, 3], '#conv-x read on the server');
     assert.deepEqual(pageErrors, [], 'no script errors on the pages');
     t.diagnostic(`conversations: ${Date.now() - t0} ms`);
+  });
+
+  test('a private room not joined on the page gets live unread badges in Conversations; a click joins and clears them', { timeout: 120000 }, async (t) => {
+    const t0 = Date.now();
+    const room = 'dm-ann-bob';
+    const LIVE = 5000; // inbox frames are pushed: the badges follow within a few seconds
+    const ann = await openPage('ann');
+    // A direct conversation: a private room of Ann and Bob, made after Ann's page opened (its
+    // first conversation list does not have it) and never joined on that page.
+    await api('PUT', `/rooms/${room}`, { private: true });
+    await api('PUT', `/rooms/${room}/members/ann`);
+    await api('PUT', `/rooms/${room}/members/bob`);
+    assert.deepEqual(await conversationsShown(ann), [], 'no conversation yet');
+
+    // Bob writes: the room appears in Ann's conversations with 1 unread, then 2.
+    const bodies = ['Hi Ann, got a minute?', 'It is about Friday'];
+    await server.post(room, { from: 'bob', cid: 'dm-1', body: bodies[0] });
+    await waitConversations(ann, [[room, '1']], 'ann after one message', LIVE);
+    await waitConversationTotal(ann, '1', 'ann after one message', LIVE);
+    await server.post(room, { from: 'bob', cid: 'dm-2', body: bodies[1] });
+    await waitConversations(ann, [[room, '2']], 'ann after two messages', LIVE);
+    await waitConversationTotal(ann, '2', 'ann after two messages', LIVE);
+    assert.equal(await ann.locator('[data-testid=room-item]').count(), 0, 'nothing joined on the page');
+    await shot(ann, 'inbox-unread');
+    t.diagnostic(`live badges: ${Date.now() - t0} ms`);
+
+    // Ann answers from her other device (a second page, in the room): her own message is not
+    // unread on the first page, and the other page's marker moved past it on the server (its
+    // own acked message is read).
+    const ann2 = await openPage('ann', { key: 'ann-2' });
+    await join(ann2, room);
+    await waitBodies(ann2, room, bodies);
+    bodies.push('Sure, go ahead');
+    await say(ann2, bodies[2]);
+    await waitBodies(ann2, room, bodies);
+    await waitConversations(ann, [[room, null]], 'ann after her own reply elsewhere', LIVE);
+    await waitConversationTotal(ann, null, 'ann after her own reply elsewhere', LIVE);
+    let deadline = Date.now() + WAIT;
+    while ((await serverRooms('ann'))[room]?.[1] !== 3 && Date.now() < deadline) await sleep(100);
+    assert.deepEqual((await serverRooms('ann'))[room], [3, 3], 'read up to her own message on the server');
+    // That device goes away (else it would read what comes next).
+    await ann2.context().close();
+    delete pages['ann-2'];
+
+    // Bob again: 1 unread. A click joins the room: the row leaves the conversations (and the
+    // section, now empty, hides), every message shows, and the room is read.
+    bodies.push('Can we move it to Monday?');
+    await server.post(room, { from: 'bob', cid: 'dm-4', body: bodies[3] });
+    await waitConversations(ann, [[room, '1']], 'ann after bob wrote again', LIVE);
+    await waitConversationTotal(ann, '1', 'ann after bob wrote again', LIVE);
+    await ann.locator(`[data-testid=conversation-item][data-room="${room}"] [data-testid=conversation-open]`).click();
+    await ann.locator(`[data-testid=room-item][data-room="${room}"]`).waitFor();
+    await waitBodies(ann, room, bodies);
+    assert.equal(await ann.getByTestId('room-title').textContent(), `#${room}`);
+    await waitConversations(ann, [], 'ann after joining');
+    await ann.getByTestId('conversations').waitFor({ state: 'hidden' });
+    await ann.locator(`[data-testid=room-item][data-room="${room}"] [data-testid=room-unread]`).waitFor({ state: 'hidden' });
+    deadline = Date.now() + WAIT;
+    while ((await serverRooms('ann'))[room]?.[1] !== 4 && Date.now() < deadline) await sleep(100);
+    assert.deepEqual((await serverRooms('ann'))[room], [4, 4], 'read on the server');
+
+    // Joined, the room's messages come as messages, not as conversation badges.
+    bodies.push('Monday works');
+    await server.post(room, { from: 'bob', cid: 'dm-5', body: bodies[4] });
+    await waitBodies(ann, room, bodies);
+    assert.deepEqual((await shown(ann, room)).map((m) => [m.seq, m.from]), [[1, 'bob'], [2, 'bob'], [3, 'ann'], [4, 'bob'], [5, 'bob']]);
+    assert.deepEqual(await conversationsShown(ann), [], 'no conversation row for a joined room');
+    await shot(ann, 'inbox-joined');
+    assert.deepEqual(pageErrors, [], 'no script errors on the pages');
+    t.diagnostic(`inbox: ${Date.now() - t0} ms`);
   });
 });
