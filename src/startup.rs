@@ -73,6 +73,7 @@ impl Application {
             presence_store,
             config,
             metrics,
+            socket_watch: None,
         })
         .await?;
         let listener = bind(&settings.server.host, settings.server.port)

@@ -121,6 +121,12 @@ fn route(rooms: &RoomRegistry, conns: &ConnRegistry, bus: &dyn ClusterBus, ev: B
             }
             return;
         }
+        BusEvent::Inbox { user, items } => {
+            if let Some(room) = items.first().map(|i| i.room.clone()) {
+                crate::inbox::deliver_here(conns, rooms, &room, &user, &items);
+            }
+            return;
+        }
         _ => {}
     }
     let Some(h) = ev.room().and_then(|r| rooms.get(r)) else {
@@ -155,7 +161,7 @@ fn route(rooms: &RoomRegistry, conns: &ConnRegistry, bus: &dyn ClusterBus, ev: B
             seq,
             except: None,
         },
-        BusEvent::Disconnect { .. } | BusEvent::UserEvent { .. } => return,
+        BusEvent::Disconnect { .. } | BusEvent::UserEvent { .. } | BusEvent::Inbox { .. } => return,
     };
     h.cast(msg);
 }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use crate::ids::{Meta, UserId};
+use crate::ids::{ConnId, Meta, UserId};
 use crate::metrics::{Alive, Metrics};
 use crate::outbox::{close, ConnShared, Outbox};
-use crate::ports::ClusterBus;
+use crate::ports::{ClusterBus, InboxItem, SocketWatch};
 use crate::protocol::{EncodeOnce, Encoding, ServerFrame};
 
 /// Every live connection of the node, by actor id, and by user: a user's events (v1.1) and
@@ -24,6 +24,10 @@ pub struct ConnRegistry {
     bus: Arc<dyn ClusterBus>,
     /// `chatty_user_events_delivered_total`.
     events_delivered: prometheus::IntCounter,
+    /// `chatty_inbox_frames_total`.
+    inbox_delivered: prometheus::IntCounter,
+    /// Told when a user's first socket on this node opens and their last one closes.
+    watch: Option<Arc<dyn SocketWatch>>,
 }
 
 #[derive(Default)]
@@ -42,11 +46,17 @@ struct Entry {
 
 impl ConnRegistry {
     /// An empty registry that tells `bus` which users this node has sockets of.
-    pub fn new(bus: Arc<dyn ClusterBus>, metrics: &Metrics) -> Self {
+    pub fn new(
+        bus: Arc<dyn ClusterBus>,
+        metrics: &Metrics,
+        watch: Option<Arc<dyn SocketWatch>>,
+    ) -> Self {
         Self {
             inner: Mutex::default(),
             bus,
             events_delivered: metrics.user_events_delivered.clone(),
+            inbox_delivered: metrics.inbox_frames.clone(),
+            watch,
         }
     }
 
@@ -68,6 +78,9 @@ impl ConnRegistry {
             // Under the lock (the bus only queues): a last socket closing while a first one
             // opens must reach the bus as "unsubscribe, subscribe", never the other way.
             self.bus.subscribe_user(&user);
+            if let Some(w) = &self.watch {
+                w.first(&user);
+            }
         }
     }
 
@@ -85,12 +98,25 @@ impl ConnRegistry {
         if last {
             inner.users.remove(user);
             self.bus.unsubscribe_user(user);
+            if let Some(w) = &self.watch {
+                w.last(user);
+            }
         }
         Some(entry.shared)
     }
 
     pub fn len(&self) -> usize {
         self.inner.lock().conns.len()
+    }
+
+    /// The user has a socket on this node.
+    pub fn has_user(&self, user: &UserId) -> bool {
+        self.inner.lock().users.contains_key(user)
+    }
+
+    /// Every user with a socket on this node.
+    pub fn users(&self) -> Vec<UserId> {
+        self.inner.lock().users.keys().cloned().collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -144,6 +170,42 @@ impl ConnRegistry {
             .count();
         self.events_delivered.inc_by(n as u64);
         n
+    }
+}
+
+impl ConnRegistry {
+    /// Queue `inbox` frames for `items` (one room's new messages) to the user's sockets on
+    /// this node that have not joined that room (`joined` says which have); how many sockets
+    /// took them.
+    pub fn send_inbox(
+        &self,
+        user: &UserId,
+        items: &[InboxItem],
+        joined: impl Fn(ConnId) -> bool,
+    ) -> usize {
+        let entries: Vec<Entry> = self
+            .entries_of(user)
+            .into_iter()
+            .filter(|e| !joined(e.shared.id))
+            .collect();
+        if entries.is_empty() {
+            return 0;
+        }
+        for item in items {
+            let mut frame = EncodeOnce::new(ServerFrame::Inbox {
+                room: &item.room,
+                seq: item.seq,
+                from: &item.from,
+                name: &item.name,
+                ts: item.ts,
+            });
+            for e in &entries {
+                e.outbox.push(frame.get(e.encoding));
+            }
+        }
+        self.inbox_delivered
+            .inc_by((entries.len() * items.len()) as u64);
+        entries.len()
     }
 }
 

@@ -13,6 +13,7 @@ mod connections;
 mod expiry;
 mod handle;
 mod ids;
+mod inbox;
 pub mod lifecycle;
 mod metrics;
 mod moderation;
@@ -37,14 +38,15 @@ pub use ids::{
     Body, BodyError, Cid, ConnId, DisplayName, InvalidId, Meta, MetaError, ReactionKey, Rev,
     RoomId, Seq, UserId,
 };
+pub use inbox::INBOX_MEMBERS_MAX;
 pub use metrics::{Metrics, LATENCY_BUCKETS};
 pub use moderation::ModError;
 pub use node::{Node, NodeArgs, NodeError};
 pub use outbox::{close, CloseState, CloseWatch, ConnShared, Out, Outbox};
 pub use ports::{
     Appended, Beat, BoxFuture, BusEvent, Cause, ChangeOutcome, ClusterBus, EventReply, Heads,
-    JoinInfo, MessageStore, NewChange, NewMessage, PresenceItem, PresenceStore, RoomSummary,
-    StoreError, ROOMS_LIST_MAX,
+    InboxItem, JoinInfo, MessageStore, NewChange, NewMessage, PresenceItem, PresenceStore,
+    RoomSummary, SocketWatch, StoreError, ROOMS_LIST_MAX,
 };
 pub use protocol::{
     ChangeKind, ChangeOp, Command, Encoding, ErrorCode, HistoryItem, MessageState, PresenceEntry,

@@ -46,6 +46,11 @@ pub struct Metrics {
     /// `chatty_user_events_delivered_total`: personal-channel events queued to this node's
     /// sockets (one per socket; v1.1).
     pub user_events_delivered: IntCounter,
+    /// `chatty_inbox_frames_total`: `inbox` frames queued to this node's sockets (v1.1).
+    pub inbox_frames: IntCounter,
+    /// `chatty_inbox_dropped_total`: private rooms' messages whose `inbox` frames were not
+    /// sent (the inbox queue was full, or the members could not be read).
+    pub inbox_dropped: IntCounter,
     /// `chatty_messages_duplicate_total`: sends answered with the original seq of an already
     /// stored cid.
     pub messages_duplicate: IntCounter,
@@ -189,6 +194,14 @@ impl Metrics {
             user_events_delivered: counter(
                 "chatty_user_events_delivered_total",
                 "Personal-channel events queued to this node's sockets, one per socket.",
+            ),
+            inbox_frames: counter(
+                "chatty_inbox_frames_total",
+                "Inbox frames queued to this node's sockets, one per socket and message.",
+            ),
+            inbox_dropped: counter(
+                "chatty_inbox_dropped_total",
+                "Private rooms' messages whose inbox frames were not sent (queue full or members unreadable).",
             ),
             messages_duplicate: counter(
                 "chatty_messages_duplicate_total",

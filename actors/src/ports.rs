@@ -109,6 +109,9 @@ pub struct Appended {
     pub ts: i64,
     /// The (room, user, cid) was already stored: `seq`/`ts` are the original ones.
     pub duplicate: bool,
+    /// The room is private (v1.1: its members who have not joined it get `inbox`). Only
+    /// meaningful for a message just stored.
+    pub private: bool,
 }
 
 /// What the store knows of one user in one room: enough to decide a join (with
@@ -256,6 +259,9 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Delete the user's member row (and with it any role).
     async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
+    /// The members of a private room (v1.1: whom its messages' `inbox` frames are for), at
+    /// most `limit`, in user-id order.
+    async fn members(&self, room: &RoomId, limit: u32) -> Result<Vec<UserId>, StoreError>;
     /// Ban the user from the room (idempotent).
     async fn ban(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError>;
     /// Lift a ban; false if there was none.
@@ -324,6 +330,29 @@ pub enum BusEvent {
         /// Where to say how many sockets took it (the node that asks waits for the answers).
         reply: Option<EventReply>,
     },
+    /// v1.1: new messages of a private room the user is a member of, for the user's sockets
+    /// that have not joined it. On the user's own channel, like `UserEvent`.
+    Inbox {
+        /// Whose sockets.
+        user: UserId,
+        /// The messages, ascending seq, all of one room.
+        items: Arc<[InboxItem]>,
+    },
+}
+
+/// What an `inbox` frame says of one message of a private room (v1.1): no body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxItem {
+    /// The private room.
+    pub room: RoomId,
+    /// The message's seq there.
+    pub seq: Seq,
+    /// Its sender.
+    pub from: UserId,
+    /// The sender's display name.
+    pub name: DisplayName,
+    /// Its commit time (ms since the Unix epoch).
+    pub ts: i64,
 }
 
 /// Where a node answers how many of its sockets took a user's event.
@@ -346,7 +375,9 @@ impl BusEvent {
             | BusEvent::Resync { room }
             | BusEvent::Remove { room, .. }
             | BusEvent::Read { room, .. } => Some(room),
-            BusEvent::Disconnect { .. } | BusEvent::UserEvent { .. } => None,
+            BusEvent::Disconnect { .. } | BusEvent::UserEvent { .. } | BusEvent::Inbox { .. } => {
+                None
+            }
         }
     }
 }
@@ -416,6 +447,16 @@ pub trait ClusterBus: Send + Sync + 'static {
     }
     /// Tell the asking node how many of this node's sockets took its user event.
     fn answer(&self, _reply: EventReply, _count: usize) {}
+}
+
+/// Hears when a user's first socket on this node opens and their last one closes (v1.1: what
+/// webhooks need to know who is online anywhere). Called under the connection registry's
+/// lock, in order: implementations only queue.
+pub trait SocketWatch: Send + Sync + 'static {
+    /// The user's first socket on this node opened.
+    fn first(&self, user: &UserId);
+    /// The user's last socket on this node closed.
+    fn last(&self, user: &UserId);
 }
 
 /// A boxed future, for the one bus call that waits for other nodes.

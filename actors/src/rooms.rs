@@ -62,6 +62,11 @@ impl RoomHandle {
     pub fn queued(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)
     }
+
+    /// The socket has joined this room here.
+    pub fn has_member(&self, conn: crate::ids::ConnId) -> bool {
+        self.shared.core.lock().members.contains_key(&conn)
+    }
 }
 
 /// This node's rooms.

@@ -40,6 +40,7 @@ pub(crate) enum Op {
     SetPrivate,
     SetMember,
     RemoveMember,
+    Members,
     Ban,
     Unban,
 }
@@ -183,6 +184,7 @@ impl MemStore {
                         seq,
                         ts,
                         duplicate: true,
+                        private: room.private,
                     };
                 }
                 room.head += 1;
@@ -206,6 +208,7 @@ impl MemStore {
                     seq,
                     ts,
                     duplicate: false,
+                    private: room.private,
                 }
             })
             .collect()
@@ -489,6 +492,18 @@ impl MessageStore for MemStore {
         self.enter(Op::RemoveMember).await?;
         self.with_room(room, |r| r.members.remove(user));
         Ok(())
+    }
+
+    async fn members(&self, room: &RoomId, limit: u32) -> Result<Vec<UserId>, StoreError> {
+        self.enter(Op::Members).await?;
+        Ok(self.read_room(room, |r| {
+            let mut users: Vec<UserId> = r
+                .map(|r| r.members.keys().cloned().collect())
+                .unwrap_or_default();
+            users.sort();
+            users.truncate(limit as usize);
+            users
+        }))
     }
 
     async fn ban(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {

@@ -242,6 +242,8 @@ pub struct Writer;
 
 pub struct WriterArgs {
     pub store: Arc<dyn MessageStore>,
+    /// Where private rooms' committed messages go for their `inbox` frames.
+    pub inbox: crate::inbox::Inbox,
     pub rooms: Arc<RoomRegistry>,
     pub bus: Arc<dyn ClusterBus>,
     pub config: NodeConfig,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chatty_actors::{
-    Body, BusEvent, ChangeKind, Cid, DisplayName, EventReply, MessageState, Meta, Reaction,
-    ReactionKey, RemoveReason, RoomId, StoredMessage, StoredUpdate, UserId,
+    Body, BusEvent, ChangeKind, Cid, DisplayName, EventReply, InboxItem, MessageState, Meta,
+    Reaction, ReactionKey, RemoveReason, RoomId, StoredMessage, StoredUpdate, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +92,13 @@ pub(super) enum WireEvent {
         data: String,
         reply_node: Option<String>,
         reply_id: u64,
+    },
+    /// v1.1: a private room's new messages for the user's sockets not in it, as
+    /// (seq, from, name, ts).
+    Inbox {
+        user: String,
+        room: String,
+        items: Vec<(u64, String, String, i64)>,
     },
     /// How many sockets of a node took the user event `id` of the node asking.
     Delivered {
@@ -284,6 +291,24 @@ pub(super) fn to_wire(ev: &BusEvent) -> Option<(Target, WireEvent)> {
                 reply_id: reply.as_ref().map_or(0, |r| r.id),
             },
         ),
+        BusEvent::Inbox { user, items } => (
+            Target::User(user.clone()),
+            WireEvent::Inbox {
+                user: user.as_str().to_owned(),
+                room: items.first()?.room.as_str().to_owned(),
+                items: items
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.seq,
+                            i.from.as_str().to_owned(),
+                            i.name.as_str().to_owned(),
+                            i.ts,
+                        )
+                    })
+                    .collect(),
+            },
+        ),
     })
 }
 
@@ -381,6 +406,28 @@ pub(super) fn from_wire(ev: WireEvent) -> Option<(BusEvent, Option<u64>)> {
                         node: Arc::from(n),
                         id: reply_id,
                     }),
+                },
+                None,
+            )
+        }
+        WireEvent::Inbox { user, room, items } => {
+            let room = RoomId::parse(&room).ok()?;
+            let items = items
+                .into_iter()
+                .map(|(seq, from, name, ts)| {
+                    Some(InboxItem {
+                        room: room.clone(),
+                        seq,
+                        from: UserId::parse(&from).ok()?,
+                        name: DisplayName::sanitize(&name),
+                        ts,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?;
+            (
+                BusEvent::Inbox {
+                    user: UserId::parse(&user).ok()?,
+                    items: items.into(),
                 },
                 None,
             )

@@ -151,17 +151,21 @@ impl Database {
     }
 
     pub fn store(&self) -> Arc<dyn MessageStore> {
+        self.store_with_webhooks(false)
+    }
+
+    /// The store; with `webhooks`, appends to private rooms also write their outbox rows.
+    pub fn store_with_webhooks(&self, webhooks: bool) -> Arc<dyn MessageStore> {
         match self {
             Database::Postgres {
                 pool,
                 reads,
                 writes,
-            } => Arc::new(PgStore::from_parts(
-                pool.clone(),
-                reads.clone(),
-                writes.clone(),
-            )),
-            Database::Sqlite(p) => Arc::new(SqliteStore::new(p.clone())),
+            } => Arc::new(
+                PgStore::from_parts(pool.clone(), reads.clone(), writes.clone())
+                    .with_webhooks(webhooks),
+            ),
+            Database::Sqlite(p) => Arc::new(SqliteStore::new(p.clone()).with_webhooks(webhooks)),
         }
     }
 
@@ -315,6 +319,15 @@ pub(crate) fn summaries(rows: Vec<SummaryRow>) -> Result<Vec<RoomSummary>, Store
                 .map_err(|_| StoreError::Other("stored room id is invalid".into()))?;
             let n = |v: Option<i64>| v.unwrap_or(0).max(0) as Seq;
             Ok(RoomSummary::new(room, n(seq), n(read), ts))
+        })
+        .collect()
+}
+
+/// User ids as both stores read them.
+pub(crate) fn user_ids(rows: Vec<String>) -> Result<Vec<UserId>, StoreError> {
+    rows.iter()
+        .map(|u| {
+            UserId::parse(u).map_err(|_| StoreError::Other("stored user id is invalid".into()))
         })
         .collect()
 }

@@ -43,6 +43,8 @@ pub struct PgStore {
     reads: Arc<Conns>,
     /// The writer lanes' appends: one connection per lane.
     writes: Arc<Conns>,
+    /// Webhooks are on: appends to private rooms write `message.offline` outbox rows.
+    webhooks: bool,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -67,6 +69,10 @@ pub(crate) fn now_ms() -> i64 {
 ///   update` waits for and then updates the newest row version, so concurrent writers never
 ///   hand out the same seq.
 /// - `seqs`/`ins`: each new message's seq from its room's new head, inserted in one go.
+/// - `hook`: with webhooks on (`$8`), a `message.offline` outbox row per new message of a
+///   private room, in the same statement as the message (so never one without the other). It
+///   reads `heads`, so it runs after the room's row is locked: a room's outbox ids follow its
+///   commit order.
 const APPEND: &str = r#"
 with k as (
     select t.i, t.r collate "C" as room_id, t.u collate "C" as user_id, t.nm as name,
@@ -89,18 +95,22 @@ with k as (
     select distinct on (room_id) room_id, c, $6 from fresh order by room_id
     on conflict (id) do update set last_seq = r.last_seq + excluded.last_seq,
                                    last_ts = excluded.last_ts
-    returning id, last_seq
+    returning id, last_seq, private
 ), seqs as (
     select f.i, f.room_id, f.user_id, f.name, f.cid, f.body, f.meta,
-           h.last_seq - f.c + f.n as seq
+           h.last_seq - f.c + f.n as seq, h.private
       from fresh f join heads h on h.id = f.room_id
 ), ins as (
     insert into messages (room_id, seq, user_id, name, cid, body, meta, ts)
     select room_id, seq, user_id, name, cid, body, meta, $6 from seqs
+), hook as (
+    insert into webhook_events (okey, kind, room_id, seq, user_id, name, ts, created_at, next_at)
+    select 'r:' || room_id, 'message.offline', room_id, seq, user_id, name, $6, $6, $6
+      from seqs where private and $8::boolean order by room_id, seq
 )
-select i, seq, $6::bigint as ts, false as dup from seqs
+select i, seq, $6::bigint as ts, false as dup, private from seqs
 union all
-select i, old_seq, old_ts, true from k where old_seq is not null"#;
+select i, old_seq, old_ts, true, false from k where old_seq is not null"#;
 
 impl PgStore {
     /// A store whose own connections are made like `pool`'s (tests, tools).
@@ -120,7 +130,14 @@ impl PgStore {
             pool,
             reads,
             writes,
+            webhooks: false,
         }
+    }
+
+    /// With webhooks on, appends to private rooms also write their outbox rows.
+    pub fn with_webhooks(mut self, on: bool) -> Self {
+        self.webhooks = on;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -159,6 +176,7 @@ impl MessageStore for PgStore {
             .bind(&bodies)
             .bind(now_ms())
             .bind(&metas)
+            .bind(self.webhooks)
             .fetch_all(lease.conn())
             .await
             .map_err(store_err)?;
@@ -171,6 +189,7 @@ impl MessageStore for PgStore {
                     seq: r.try_get::<i64, _>(1).map_err(store_err)? as Seq,
                     ts: r.try_get(2).map_err(store_err)?,
                     duplicate: r.try_get(3).map_err(store_err)?,
+                    private: r.try_get(4).map_err(store_err)?,
                 });
             }
         }
@@ -552,6 +571,20 @@ impl MessageStore for PgStore {
     async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
         let sql = "delete from room_members where room_id = $1 and user_id = $2";
         self.exec_room_user(sql, room, user).await.map(drop)
+    }
+
+    async fn members(&self, room: &RoomId, limit: u32) -> Result<Vec<UserId>, StoreError> {
+        let mut lease = self.reads.lease().await?;
+        let rows: Vec<String> = sqlx::query_scalar(
+            "select user_id from room_members where room_id = $1 order by user_id limit $2",
+        )
+        .bind(room.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(lease.conn())
+        .await
+        .map_err(store_err)?;
+        lease.done();
+        super::user_ids(rows)
     }
 
     async fn ban(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {

@@ -28,11 +28,26 @@ macro_rules! message_columns {
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Webhooks are on: appends to private rooms write `message.offline` outbox rows.
+    webhooks: bool,
 }
 
 impl SqliteStore {
     pub fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            webhooks: false,
+        }
+    }
+
+    /// With webhooks on, appends to private rooms also write their outbox rows.
+    pub fn with_webhooks(mut self, on: bool) -> Self {
+        self.webhooks = on;
+        self
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 }
 
@@ -56,19 +71,20 @@ impl MessageStore for SqliteStore {
         let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
         rooms.sort_unstable();
         rooms.dedup();
-        let mut heads: HashMap<&str, (i64, i64)> = HashMap::with_capacity(rooms.len());
+        let mut heads: HashMap<&str, (i64, i64, bool)> = HashMap::with_capacity(rooms.len());
         for room in &rooms {
             sqlx::query("insert or ignore into rooms (id) values (?1)")
                 .bind(*room)
                 .execute(&mut *tx)
                 .await
                 .map_err(store_err)?;
-            let head: i64 = sqlx::query_scalar("select last_seq from rooms where id = ?1")
-                .bind(*room)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_err)?;
-            heads.insert(room, (head, head));
+            let (head, private): (i64, bool) =
+                sqlx::query_as("select last_seq, private from rooms where id = ?1")
+                    .bind(*room)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(store_err)?;
+            heads.insert(room, (head, head, private));
         }
         let ts = now_ms();
         let mut out = Vec::with_capacity(batch.len());
@@ -87,6 +103,7 @@ impl MessageStore for SqliteStore {
                     seq: seq as Seq,
                     ts,
                     duplicate: true,
+                    private: false,
                 });
                 continue;
             }
@@ -109,13 +126,31 @@ impl MessageStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(store_err)?;
+            let private = head.2;
+            if private && self.webhooks {
+                // The outbox row in the message's transaction (see migrations/postgres).
+                sqlx::query(
+                    "insert into webhook_events
+                         (okey, kind, room_id, seq, user_id, name, ts, created_at, next_at)
+                     values ('r:' || ?1, 'message.offline', ?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+                )
+                .bind(m.room.as_str())
+                .bind(head.1)
+                .bind(m.from.as_str())
+                .bind(m.name.as_str())
+                .bind(ts)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_err)?;
+            }
             out.push(Appended {
                 seq: head.1 as Seq,
                 ts,
                 duplicate: false,
+                private,
             });
         }
-        for (room, (before, after)) in &heads {
+        for (room, (before, after, _)) in &heads {
             if before != after {
                 sqlx::query("update rooms set last_seq = ?1, last_ts = ?3 where id = ?2")
                     .bind(after)
@@ -462,6 +497,18 @@ impl MessageStore for SqliteStore {
     async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {
         let sql = "delete from room_members where room_id = ?1 and user_id = ?2";
         self.exec_room_user(sql, room, user).await.map(drop)
+    }
+
+    async fn members(&self, room: &RoomId, limit: u32) -> Result<Vec<UserId>, StoreError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "select user_id from room_members where room_id = ?1 order by user_id limit ?2",
+        )
+        .bind(room.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_err)?;
+        super::user_ids(rows)
     }
 
     async fn ban(&self, room: &RoomId, user: &UserId) -> Result<(), StoreError> {

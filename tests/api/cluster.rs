@@ -1080,3 +1080,75 @@ async fn a_backend_event_reaches_the_users_sockets_on_every_node_and_only_their_
     assert_eq!(v["connections"], 3, "{v}");
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_private_rooms_message_reaches_members_not_in_it_as_inbox_on_every_node_without_its_body()
+{
+    let c = Cluster::start(3, &redis_url(), &[]).await;
+    let room = unique_room("dm");
+    let public = unique_room("pub");
+    let (ann, bob, eve) = (unique_room("ann"), unique_room("bob"), unique_room("eve"));
+    let (st, _) = c
+        .api(
+            0,
+            "PUT",
+            &format!("/api/v1/rooms/{room}"),
+            Some(json!({"private": true})),
+        )
+        .await;
+    assert_eq!(st, 204);
+    for u in [&ann, &bob] {
+        let (st, _) = c
+            .api(1, "PUT", &format!("/api/v1/rooms/{room}/members/{u}"), None)
+            .await;
+        assert_eq!(st, 204);
+    }
+    // Ann: joined on node 0, not joined on nodes 1 (JSON) and 2 (MessagePack). Eve is no member.
+    let mut a_in = c.connect(0, &ann).await;
+    let mut a1 = c.connect(1, &ann).await;
+    let mut a2 = c.connect_msgpack(2, &ann).await;
+    let mut b0 = c.connect(0, &bob).await;
+    let mut e2 = c.connect(2, &eve).await;
+    assert_eq!(a_in.join(&room).await["type"], "joined");
+    assert_eq!(b0.join(&room).await["type"], "joined");
+    let ann_ch = format!("chatty:user:{ann}");
+    eventually("ann's nodes listen on her channel", || async {
+        listeners(&ann_ch).await == 3
+    })
+    .await;
+    let ack = b0.send_msg(&room, "b1", "secret words").await;
+    let seq = ack["seq"].as_u64().unwrap();
+    for s in [&mut a1, &mut a2] {
+        let f = s.next_of("inbox").await;
+        assert_eq!(f["room"], room.as_str(), "{f}");
+        assert_eq!(f["seq"].as_u64(), Some(seq), "{f}");
+        assert_eq!(f["from"], bob.as_str(), "{f}");
+        assert!(f["ts"].as_i64().unwrap() > 0, "{f}");
+        assert!(f.get("body").is_none(), "no body in an inbox frame: {f}");
+    }
+    // The joined socket gets the message itself, not an inbox.
+    assert_eq!(a_in.next_of("message").await["body"], "secret words");
+    // A message published over HTTP on a third node reaches them the same way.
+    let (st, v) = c
+        .api(
+            2,
+            "POST",
+            &format!("/api/v1/rooms/{room}/messages"),
+            Some(json!({"from": bob, "cid": "h1", "body": "from the backend"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    for s in [&mut a1, &mut a2] {
+        assert_eq!(s.next_of("inbox").await["seq"].as_u64(), Some(seq + 1));
+    }
+    // Public rooms send no inbox; a non-member hears nothing; the joined socket gets none.
+    let mut p = c.connect(1, &bob).await;
+    p.join(&public).await;
+    p.send_msg(&public, "p1", "hello all").await;
+    a_in.assert_quiet(Duration::from_millis(300), &["message"])
+        .await;
+    e2.assert_quiet(Duration::from_millis(300), &[]).await;
+    a1.assert_quiet(Duration::from_millis(300), &[]).await;
+    assert!(c.metric(1, "chatty_inbox_frames_total").await >= 2.0);
+    c.stop().await;
+}

@@ -23,6 +23,7 @@ use crate::connections::{ConnRegistry, ConnectionSupervisorMsg};
 use crate::expiry::Expiry;
 use crate::handle::{ConnHandle, Connection};
 use crate::ids::{Body, Cid, ConnId, DisplayName, Meta, RoomId, Seq, UserId};
+use crate::inbox::{Inbox, InboxDeps};
 use crate::metrics::Metrics;
 use crate::moderation::{By, ModError, Moderation};
 use crate::outbox::{ConnShared, Outbox};
@@ -51,6 +52,8 @@ pub struct NodeArgs {
     pub config: NodeConfig,
     /// The actor tree's metrics (registered by the caller).
     pub metrics: Metrics,
+    /// Told when a user's first socket on this node opens and their last closes (webhooks).
+    pub socket_watch: Option<Arc<dyn crate::ports::SocketWatch>>,
 }
 
 /// A running node: the supervision tree plus the handles the edge needs.
@@ -93,7 +96,20 @@ impl Node {
         let rooms = RoomRegistry::new();
         let writer = WriterHandle::new(args.metrics.clone());
         let presence = Arc::new(RwLock::new(None));
-        let conns = Arc::new(ConnRegistry::new(args.bus.clone(), &args.metrics));
+        let conns = Arc::new(ConnRegistry::new(
+            args.bus.clone(),
+            &args.metrics,
+            args.socket_watch.clone(),
+        ));
+        let inbox = Inbox::start(
+            InboxDeps {
+                store: args.store.clone(),
+                conns: conns.clone(),
+                rooms: rooms.clone(),
+                bus: args.bus.clone(),
+            },
+            &args.metrics,
+        );
         let conn_sup = Arc::new(RwLock::new(None));
         let moderation = Arc::new(Moderation {
             store: args.store.clone(),
@@ -115,6 +131,7 @@ impl Node {
             presence_index: Arc::new(PresenceIndex::default()),
             conns: conns.clone(),
             conn_sup: conn_sup.clone(),
+            inbox,
         };
         let (root, _) = Actor::spawn(None, NodeSupervisor, root_args)
             .await

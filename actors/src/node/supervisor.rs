@@ -38,6 +38,7 @@ pub struct RootArgs {
     pub(super) presence_index: Arc<PresenceIndex>,
     pub(super) conns: Arc<ConnRegistry>,
     pub(super) conn_sup: Arc<RwLock<Option<ActorRef<ConnectionSupervisorMsg>>>>,
+    pub(super) inbox: crate::inbox::Inbox,
 }
 
 /// The children, by role, so failures are matched by who failed.
@@ -80,6 +81,7 @@ impl NodeState {
             Child::Writer => {
                 let args = WriterArgs {
                     store: a.store.clone(),
+                    inbox: a.inbox.clone(),
                     rooms: a.rooms.clone(),
                     bus: a.bus.clone(),
                     config: a.config.clone(),

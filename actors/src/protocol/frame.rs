@@ -138,6 +138,20 @@ pub enum ServerFrame<'a> {
         /// The backend's JSON object, as given.
         data: &'a Meta,
     },
+    /// v1.1: a message was committed in a private room the user is a member of and this
+    /// socket has not joined: enough for a badge or a notification, never the body.
+    Inbox {
+        /// The private room.
+        room: &'a RoomId,
+        /// The message's seq there.
+        seq: Seq,
+        /// Its sender.
+        from: &'a UserId,
+        /// The sender's display name.
+        name: &'a DisplayName,
+        /// Its commit time (ms since the Unix epoch).
+        ts: i64,
+    },
     /// v1.1: reply to `rooms`: the user's conversation list, most recently active first.
     Rooms {
         /// The `rooms`'s `ref`.

@@ -303,6 +303,7 @@ impl TestNode {
             presence_store,
             config,
             metrics: Metrics::new(&prometheus::Registry::new()),
+            socket_watch: None,
         })
         .await
         .expect("the node starts");

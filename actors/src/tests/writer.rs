@@ -23,9 +23,12 @@ async fn start() -> Harness {
     let bus = MemBus::new();
     let metrics = Metrics::new(&prometheus::Registry::new());
     let writer = WriterHandle::new(metrics.clone());
+    let rooms = RoomRegistry::new();
+    let inbox = crate::inbox::Inbox::for_tests(store.clone(), rooms.clone(), bus.clone(), &metrics);
     let args = WriterArgs {
         store: store.clone(),
-        rooms: RoomRegistry::new(),
+        inbox,
+        rooms,
         bus: bus.clone(),
         config: config(),
         metrics,

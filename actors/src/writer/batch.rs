@@ -52,17 +52,19 @@ impl Assembled {
     }
 
     /// The newly stored messages grouped by room, each run in ascending seq, rooms in the order
-    /// they first appear in the batch. Duplicates are left out: they were delivered when first
-    /// stored.
-    pub fn visible(&self, results: &[Appended]) -> Vec<Arc<[StoredMessage]>> {
+    /// they first appear in the batch, with whether the room is private. Duplicates are left
+    /// out: they were delivered when first stored.
+    pub fn visible(&self, results: &[Appended]) -> Vec<(Arc<[StoredMessage]>, bool)> {
         let mut index: HashMap<&str, usize, Fast> = HashMap::with_hasher(Fast::default());
         let mut runs: Vec<Vec<StoredMessage>> = Vec::new();
+        let mut private: Vec<bool> = Vec::new();
         for (m, r) in self.unique.iter().zip(results) {
             if r.duplicate {
                 continue;
             }
             let i = *index.entry(m.room.as_str()).or_insert_with(|| {
                 runs.push(Vec::new());
+                private.push(r.private);
                 runs.len() - 1
             });
             runs[i].push(StoredMessage {
@@ -78,11 +80,12 @@ impl Assembled {
             });
         }
         runs.into_iter()
-            .map(|mut run| {
+            .zip(private)
+            .map(|(mut run, private)| {
                 // A store assigns a room's seqs in batch order, so this is already sorted; the
                 // sort is a guard that costs nothing on sorted input.
                 run.sort_by_key(|m| m.seq);
-                run.into()
+                (run.into(), private)
             })
             .collect()
     }
@@ -98,6 +101,7 @@ mod tests {
             seq,
             ts: 1,
             duplicate: false,
+            private: false,
         }
     }
 
@@ -135,9 +139,10 @@ mod tests {
                 seq: 3,
                 ts: 0,
                 duplicate: true,
+                private: false,
             },
         ];
-        let runs = a.visible(&results);
+        let runs: Vec<_> = a.visible(&results).into_iter().map(|(r, _)| r).collect();
         assert_eq!(runs.len(), 2);
         assert_eq!(runs[0][0].room.as_str(), "x");
         assert_eq!(runs[0].iter().map(|m| m.seq).collect::<Vec<_>>(), [7, 8]);

@@ -265,10 +265,13 @@ async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
     a.metrics.writer_batch_size.observe(asm.unique.len() as f64);
 
     let runs = asm.visible(&results);
-    let persisted: usize = runs.iter().map(|r| r.len()).sum();
+    let persisted: usize = runs.iter().map(|(r, _)| r.len()).sum();
     a.metrics.messages_persisted.inc_by(persisted as u64);
-    for run in runs {
+    for (run, private) in runs {
         a.rooms.deliver(run.clone(), committed);
+        if private {
+            a.inbox.offer(run.clone());
+        }
         a.bus.publish(crate::ports::BusEvent::Messages(run));
     }
 

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::bus::LocalBus;
 use crate::ids::{Body, Cid, DisplayName, RoomId, Seq, UserId};
+use crate::inbox::Inbox;
 use crate::ports::{BusEvent, JoinInfo, StoreError};
 use crate::protocol::StoredMessage;
 
@@ -78,6 +79,7 @@ impl MessageStore for FakeStore {
                         seq,
                         ts,
                         duplicate: true,
+                        private: false,
                     };
                 }
                 let head = heads.entry(key.0.clone()).or_default();
@@ -87,6 +89,7 @@ impl MessageStore for FakeStore {
                     seq: *head,
                     ts: 1,
                     duplicate: false,
+                    private: false,
                 }
             })
             .collect();
@@ -163,6 +166,9 @@ impl MessageStore for FakeStore {
     async fn remove_member(&self, _: &RoomId, _: &UserId) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn members(&self, _: &RoomId, _: u32) -> Result<Vec<UserId>, StoreError> {
+        Ok(Vec::new())
+    }
     async fn ban(&self, _: &RoomId, _: &UserId) -> Result<(), StoreError> {
         Ok(())
     }
@@ -219,9 +225,12 @@ async fn start_with_bus(
 ) -> (WriterHandle, ActorRef<WriterMsg>) {
     let metrics = Metrics::new(&prometheus::Registry::new());
     let handle = WriterHandle::new(metrics.clone());
+    let rooms = RoomRegistry::new();
+    let inbox = Inbox::for_tests(store.clone(), rooms.clone(), bus.clone(), &metrics);
     let args = WriterArgs {
         store,
-        rooms: RoomRegistry::new(),
+        inbox,
+        rooms,
         bus,
         config,
         metrics,
@@ -450,12 +459,15 @@ async fn a_restarted_writer_keeps_each_rooms_order() {
     );
     // A second Writer takes over the same handle while the first's lanes still hold sends.
     first.stop(None);
+    let metrics = Metrics::new(&prometheus::Registry::new());
+    let (rooms, bus): (_, Arc<dyn ClusterBus>) = (RoomRegistry::new(), LocalBus::new());
     let args = WriterArgs {
         store: store.clone(),
-        rooms: RoomRegistry::new(),
-        bus: LocalBus::new(),
+        inbox: Inbox::for_tests(store.clone(), rooms.clone(), bus.clone(), &metrics),
+        rooms,
+        bus,
         config: config(2, 10_000),
-        metrics: Metrics::new(&prometheus::Registry::new()),
+        metrics,
         handle: w.clone(),
     };
     let (_second, _) = Actor::spawn(None, Writer, args).await.unwrap();
