@@ -67,15 +67,25 @@ impl Application {
             };
         let mut config = settings.node_config();
         config.writer_lanes = db.writer_lanes(config.writer_lanes);
+        let webhooks = crate::webhooks::Webhooks::build(
+            &settings,
+            &db,
+            &registry,
+            edge_metrics.redis_errors.clone(),
+        )
+        .context("webhooks")?;
         let node = Node::start(NodeArgs {
-            store: db.store(),
+            store: db.store_with_webhooks(webhooks.is_some()),
             bus,
             presence_store,
             config,
             metrics,
-            socket_watch: None,
+            socket_watch: webhooks.as_ref().map(|w| w.socket_watch()),
         })
         .await?;
+        if let Some(w) = &webhooks {
+            w.run();
+        }
         let listener = bind(&settings.server.host, settings.server.port)
             .await
             .with_context(|| {
@@ -117,6 +127,7 @@ impl Application {
             edge_metrics,
             registry,
             db,
+            webhooks,
         }));
         Ok(Self {
             listener,
@@ -187,6 +198,9 @@ impl Application {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), accept).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), metrics_srv).await;
+        if let Some(w) = &state.webhooks {
+            w.stop().await;
+        }
         state.db.close().await;
         tracing::info!(
             clean,

@@ -27,6 +27,8 @@ pub struct AppStateInner {
     pub(crate) draining: AtomicBool,
     pub(crate) registry: Registry,
     pub(crate) db: Database,
+    /// Webhooks, when `webhooks.url` is set: stopped after the node at shutdown.
+    pub(crate) webhooks: Option<std::sync::Arc<crate::webhooks::Webhooks>>,
 }
 
 /// What every handler gets: a cheap clone of the shared state.

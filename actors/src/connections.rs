@@ -109,16 +109,6 @@ impl ConnRegistry {
         self.inner.lock().conns.len()
     }
 
-    /// The user has a socket on this node.
-    pub fn has_user(&self, user: &UserId) -> bool {
-        self.inner.lock().users.contains_key(user)
-    }
-
-    /// Every user with a socket on this node.
-    pub fn users(&self) -> Vec<UserId> {
-        self.inner.lock().users.keys().cloned().collect()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -44,8 +44,8 @@ pub use moderation::ModError;
 pub use node::{Node, NodeArgs, NodeError};
 pub use outbox::{close, CloseState, CloseWatch, ConnShared, Out, Outbox};
 pub use ports::{
-    Appended, Beat, BoxFuture, BusEvent, Cause, ChangeOutcome, ClusterBus, EventReply, Heads,
-    InboxItem, JoinInfo, MessageStore, NewChange, NewMessage, PresenceItem, PresenceStore,
+    timed, Appended, Beat, BoxFuture, BusEvent, Cause, ChangeOutcome, ClusterBus, EventReply,
+    Heads, InboxItem, JoinInfo, MessageStore, NewChange, NewMessage, PresenceItem, PresenceStore,
     RoomSummary, SocketWatch, StoreError, ROOMS_LIST_MAX,
 };
 pub use protocol::{

@@ -12,6 +12,9 @@ create table webhook_events (
     -- The sender of a message event; the user of a user event.
     user_id    text collate "C" not null,
     name       text,
+    -- message.offline: the offline members as the first attempt found them (a JSON array), so
+    -- every retry of the event says the same.
+    users      text,
     ts         bigint not null,
     state      text collate "C" not null default 'pending' check (state in ('pending', 'dead')),
     attempts   integer not null default 0,

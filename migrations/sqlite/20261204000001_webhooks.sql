@@ -7,6 +7,7 @@ create table webhook_events (
     seq        integer,
     user_id    text not null,
     name       text,
+    users      text,
     ts         integer not null,
     state      text not null default 'pending' check (state in ('pending', 'dead')),
     attempts   integer not null default 0,

@@ -72,6 +72,7 @@ pub struct Settings {
     pub limits: Limits,
     pub writer: WriterSettings,
     pub presence: PresenceSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
     pub debug: DebugSettings,
     #[serde(skip, default = "default_env")]
@@ -192,6 +193,33 @@ pub struct PresenceSettings {
     pub reconcile_ms: u64,
     pub coalesce_ms: u64,
     pub gap_wait_ms: u64,
+}
+
+/// v1.1: signed HTTP events for a product's backend (see docs/webhooks.md).
+#[derive(Clone, Debug, Deserialize)]
+pub struct WebhookSettings {
+    /// Where events are POSTed; empty turns webhooks off (nothing is written to the outbox).
+    pub url: String,
+    /// The HMAC-SHA256 key of `Chatty-Signature`.
+    pub secret: Secret,
+    /// A request not answered 2xx within this is a failure.
+    pub timeout_ms: u64,
+    /// Requests outstanding at once (at most one per room or user).
+    pub max_in_flight: usize,
+    /// The wait after the first failure; it doubles per failure up to `retry_max_ms`, with
+    /// jitter.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// An event still failing at this age is dead-lettered (kept, no longer retried).
+    pub dead_after_s: u64,
+    /// How often the dispatching node looks for due events when none were signalled.
+    pub poll_ms: u64,
+}
+
+impl WebhookSettings {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

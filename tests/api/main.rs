@@ -18,3 +18,4 @@ mod presence;
 mod reach;
 mod resilience;
 mod shutdown;
+mod webhooks;

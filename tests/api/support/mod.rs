@@ -9,6 +9,7 @@
 //! - `prom`: the one parser of the Prometheus text format.
 //! - `tokens`: JWTs built by hand (any header, any claims, any signature).
 //! - `fixtures`: bystanders, row counts, the process's memory.
+//! - `webhook`: a real HTTP receiver of webhooks, and the signature check receivers do.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ mod fixtures;
 mod prom;
 mod raw;
 mod tokens;
+mod webhook;
 
 pub use app::*;
 pub use client::*;
@@ -27,6 +29,7 @@ pub use fixtures::*;
 pub use prom::*;
 pub use raw::*;
 pub use tokens::*;
+pub use webhook::*;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,0 +1,368 @@
+//! Who is online anywhere, for webhooks: `message.offline` names the members with no socket on
+//! any node, and `user.offline` is recorded when a user's last socket anywhere went and they
+//! did not come back within the presence grace.
+//!
+//! Each node counts a user online from their first socket on it until the grace after their
+//! last one ends. In cluster mode it mirrors that set in Redis (`chatty:online:<node>`) and asks
+//! the sets of the live nodes (those registered in presence's `chatty:pnodes`), so a node that
+//! died stops counting at once. The grace ends with one script that takes the user out of this
+//! node's set and looks at every other live node's in the same atomic step, so when two nodes
+//! lose a user's last sockets at the same time exactly one of them sees "nowhere" and records
+//! the event.
+//!
+//! Known gap: a node that dies (or is stopped) takes its users' grace timers with it; its set
+//! is ignored from then on, but no `user.offline` is recorded for them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chatty_actors::{SocketWatch, StoreError, UserId};
+use parking_lot::Mutex;
+use prometheus::IntCounter;
+use redis::aio::ConnectionManager;
+use redis::Script;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::outbox::Outbox;
+
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often this node renews its Redis set's expiry (and rewrites it when Redis lost it).
+const REFRESH: Duration = Duration::from_secs(20);
+/// A node's set outlives its last renewal by this much, so the sets of dead nodes go away.
+const SET_TTL_S: u64 = 120;
+/// Arrivals and departures waiting for the worker.
+const QUEUE: usize = 65_536;
+
+const NODES: &str = "chatty:pnodes";
+
+fn set_key(node: &str) -> String {
+    format!("chatty:online:{node}")
+}
+
+/// The live nodes (Redis' clock, as presence registers them), then whether `u` is in any of
+/// their sets.
+const LIVE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+local function online(u)
+  for _, n in ipairs(nodes) do
+    if redis.call('SISMEMBER', 'chatty:online:' .. n, u) == 1 then return true end
+  end
+  return false
+end
+"#;
+
+/// KEYS: pnodes. ARGV: users. The users no live node has.
+const OFFLINE: &str = r#"
+local out = {}
+for i = 1, #ARGV do
+  if not online(ARGV[i]) then out[#out + 1] = ARGV[i] end
+end
+return out
+"#;
+
+/// KEYS: pnodes, this node's set. ARGV: user. Take the user out of this node's set; 1 when no
+/// live node has them any more.
+const GONE: &str = r#"
+redis.call('SREM', KEYS[2], ARGV[1])
+if online(ARGV[1]) then return 0 end
+return 1
+"#;
+
+enum Cmd {
+    Came(UserId),
+    Left(UserId),
+}
+
+/// The node's view of who is online, and its side of the cluster's.
+pub struct Online {
+    /// Users this node counts online: `true` while a socket is open, `false` during the grace.
+    local: Arc<Mutex<HashMap<UserId, bool>>>,
+    tx: mpsc::Sender<Cmd>,
+    redis: Option<Redis>,
+    /// Arrivals or departures the worker never heard of (its queue was full): the next
+    /// refresh rewrites this node's set.
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+    errors: IntCounter,
+}
+
+#[derive(Clone)]
+struct Redis {
+    conn: ConnectionManager,
+    node: Arc<str>,
+    offline: Arc<Script>,
+    gone: Arc<Script>,
+}
+
+impl Online {
+    /// Start the worker. `redis`: the cluster's Redis URL and this node's id; `None` for a
+    /// single node.
+    pub fn start(
+        redis: Option<(&str, Arc<str>)>,
+        grace: Duration,
+        outbox: Arc<dyn Outbox>,
+        errors: IntCounter,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let redis = match redis {
+            Some((url, node)) => {
+                let client = redis::Client::open(url)?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(OP_TIMEOUT))
+                    .set_connection_timeout(Some(OP_TIMEOUT));
+                Some(Redis {
+                    conn: ConnectionManager::new_lazy_with_config(client, config)?,
+                    node,
+                    offline: Arc::new(Script::new(&format!("{LIVE}{OFFLINE}"))),
+                    gone: Arc::new(Script::new(&format!("{LIVE}{GONE}"))),
+                })
+            }
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let online = Arc::new(Self {
+            local: Arc::default(),
+            tx,
+            redis,
+            // The first refresh (at once) rewrites this node's set: a previous process with
+            // the same node id may have left users in it.
+            dropped: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            errors,
+        });
+        let worker = Worker {
+            online: online.clone(),
+            grace,
+            outbox,
+            wake,
+            left_at: HashMap::new(),
+            expiring: VecDeque::new(),
+        };
+        tokio::spawn(worker.run(rx));
+        Ok(online)
+    }
+
+    /// Of `users`, those with no socket on any node (nor in a grace period).
+    pub async fn offline(&self, users: Vec<UserId>) -> Result<Vec<UserId>, StoreError> {
+        match &self.redis {
+            None => {
+                let local = self.local.lock();
+                Ok(users
+                    .into_iter()
+                    .filter(|u| !local.contains_key(u))
+                    .collect())
+            }
+            Some(r) => {
+                if users.is_empty() {
+                    return Ok(users);
+                }
+                let mut inv = r.offline.key(NODES);
+                for u in &users {
+                    inv.arg(u.as_str());
+                }
+                let mut conn = r.conn.clone();
+                let names: Vec<String> = inv
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                Ok(users
+                    .into_iter()
+                    .filter(|u| names.iter().any(|n| n == u.as_str()))
+                    .collect())
+            }
+        }
+    }
+
+    fn fail(&self, e: redis::RedisError) -> StoreError {
+        self.errors.inc();
+        StoreError::Unavailable(chatty_actors::Cause::of(e))
+    }
+
+    fn queue(&self, cmd: Cmd) {
+        if self.tx.try_send(cmd).is_err() {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+impl SocketWatch for Online {
+    fn first(&self, user: &UserId) {
+        self.local.lock().insert(user.clone(), true);
+        self.queue(Cmd::Came(user.clone()));
+    }
+
+    fn last(&self, user: &UserId) {
+        if let Some(connected) = self.local.lock().get_mut(user) {
+            *connected = false;
+        }
+        self.queue(Cmd::Left(user.clone()));
+    }
+}
+
+struct Worker {
+    online: Arc<Online>,
+    grace: Duration,
+    outbox: Arc<dyn Outbox>,
+    wake: Arc<tokio::sync::Notify>,
+    /// Each departed user's latest departure: only the grace of that one counts.
+    left_at: HashMap<UserId, Instant>,
+    /// Graces in the order they end (one fixed length, so a queue is already sorted).
+    expiring: VecDeque<(Instant, UserId)>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut refresh = tokio::time::interval(REFRESH);
+        loop {
+            let next = self.expiring.front().map(|(at, _)| *at);
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Came(u)) => self.came(u).await,
+                    Some(Cmd::Left(u)) => {
+                        let at = Instant::now() + self.grace;
+                        self.left_at.insert(u.clone(), at);
+                        self.expiring.push_back((at, u));
+                    }
+                    None => return,
+                },
+                _ = sleep_until(next) => {
+                    if let Some((at, u)) = self.expiring.pop_front() {
+                        self.expire(at, u).await;
+                    }
+                }
+                _ = refresh.tick() => self.refresh().await,
+            }
+        }
+    }
+
+    async fn came(&mut self, u: UserId) {
+        self.left_at.remove(&u);
+        if let Some(r) = &self.online.redis {
+            let mut conn = r.conn.clone();
+            let res: Result<(), _> = redis::pipe()
+                .sadd(set_key(&r.node), u.as_str())
+                .ignore()
+                .expire(set_key(&r.node), SET_TTL_S as i64)
+                .ignore()
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = res {
+                self.online.fail(e);
+                self.online
+                    .dropped
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+
+    /// A grace ended: if it is the user's latest and they did not come back, they are gone
+    /// from this node; when no node has them, record `user.offline`.
+    async fn expire(&mut self, at: Instant, u: UserId) {
+        if self.left_at.get(&u) != Some(&at) {
+            return; // came back since, or left again later (that grace counts)
+        }
+        self.left_at.remove(&u);
+        {
+            let mut local = self.online.local.lock();
+            if local.get(&u) != Some(&false) {
+                return; // a socket is open again
+            }
+            local.remove(&u);
+        }
+        let gone = match &self.online.redis {
+            None => true,
+            Some(r) => {
+                let mut conn = r.conn.clone();
+                let res: Result<i64, _> = r
+                    .gone
+                    .key(NODES)
+                    .key(set_key(&r.node))
+                    .arg(u.as_str())
+                    .invoke_async(&mut conn)
+                    .await;
+                match res {
+                    Ok(n) => n == 1,
+                    Err(e) => {
+                        // Unknown: better no event than an invented one. The set is rewritten
+                        // at the next refresh.
+                        tracing::warn!(user = %u, error = %e, "webhooks: cannot tell whether the user is gone");
+                        self.online.fail(e);
+                        self.online
+                            .dropped
+                            .store(true, std::sync::atomic::Ordering::Release);
+                        false
+                    }
+                }
+            }
+        };
+        if gone {
+            let ts = super::now_ms();
+            match chatty_actors::timed(self.outbox.user_offline(&u, ts)).await {
+                Ok(()) => self.wake.notify_one(),
+                Err(e) => {
+                    tracing::error!(user = %u, error = %e, "webhooks: user.offline not recorded")
+                }
+            }
+        }
+    }
+
+    /// Renew this node's set; rewrite it whole when Redis lost it or an update was lost.
+    async fn refresh(&mut self) {
+        let Some(r) = &self.online.redis else { return };
+        let key = set_key(&r.node);
+        let mut conn = r.conn.clone();
+        let lost = self
+            .online
+            .dropped
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let users: Vec<String> = self
+            .online
+            .local
+            .lock()
+            .keys()
+            .map(|u| u.as_str().to_owned())
+            .collect();
+        let res: Result<bool, redis::RedisError> = async {
+            let kept: bool = redis::cmd("EXPIRE")
+                .arg(&key)
+                .arg(SET_TTL_S)
+                .query_async(&mut conn)
+                .await?;
+            if lost || (!kept && !users.is_empty()) {
+                let mut p = redis::pipe();
+                p.atomic().del(&key).ignore();
+                for chunk in users.chunks(1000) {
+                    p.sadd(&key, chunk).ignore();
+                }
+                p.expire(&key, SET_TTL_S as i64).ignore();
+                p.query_async::<()>(&mut conn).await?;
+                return Ok(true);
+            }
+            Ok(false)
+        }
+        .await;
+        match res {
+            Ok(true) => tracing::info!(
+                users = users.len(),
+                "webhooks: this node's online set rewritten"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                self.online.fail(e);
+                self.online
+                    .dropped
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
