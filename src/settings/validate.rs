@@ -165,6 +165,41 @@ impl Settings {
             "presence.heartbeat_ms",
             "must be >= 50 and at most half of presence.ttl_ms",
         );
+        let w = &self.webhooks;
+        if w.enabled() {
+            need(
+                url::Url::parse(&w.url)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host()),
+                "webhooks.url",
+                "must be an http:// or https:// URL (or empty: webhooks off)",
+            );
+            need(
+                w.secret.expose().len() >= 16,
+                "webhooks.secret",
+                "must be set, at least 16 bytes, when webhooks.url is",
+            );
+        }
+        need(
+            (100..=60_000).contains(&w.timeout_ms),
+            "webhooks.timeout_ms",
+            "must be 100..=60000",
+        );
+        need(
+            (1..=1024).contains(&w.max_in_flight),
+            "webhooks.max_in_flight",
+            "must be 1..=1024",
+        );
+        need(
+            w.retry_base_ms >= 1 && w.retry_base_ms <= w.retry_max_ms,
+            "webhooks.retry_base_ms",
+            "must be >= 1 and at most webhooks.retry_max_ms",
+        );
+        need(w.dead_after_s >= 1, "webhooks.dead_after_s", "must be >= 1");
+        need(
+            (10..=60_000).contains(&w.poll_ms),
+            "webhooks.poll_ms",
+            "must be 10..=60000",
+        );
         need(
             self.presence.reconcile_ms >= self.presence.heartbeat_ms,
             "presence.reconcile_ms",
@@ -209,5 +244,46 @@ impl Settings {
         } else {
             Err(errs.join("; "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::settings::{Secret, Settings};
+
+    fn local() -> Settings {
+        Settings::load(std::path::Path::new("config")).expect("the local settings load")
+    }
+
+    #[test]
+    fn webhooks_need_an_http_url_and_a_long_secret_and_are_off_by_default() {
+        let s = local();
+        assert!(!s.webhooks.enabled());
+        let err = |f: &dyn Fn(&mut Settings)| {
+            let mut s = local();
+            f(&mut s);
+            s.validate().err().unwrap_or_default()
+        };
+        assert!(
+            err(&|s| s.webhooks.url = "http://hooks.example/chatty".into())
+                .contains("webhooks.secret")
+        );
+        assert!(err(&|s| {
+            s.webhooks.url = "ftp://hooks.example/".into();
+            s.webhooks.secret = Secret::new("0123456789abcdef");
+        })
+        .contains("webhooks.url"));
+        assert!(
+            err(&|s| s.webhooks.retry_base_ms = s.webhooks.retry_max_ms + 1)
+                .contains("webhooks.retry_base_ms")
+        );
+        assert!(err(&|s| s.webhooks.max_in_flight = 0).contains("webhooks.max_in_flight"));
+        assert_eq!(
+            err(&|s| {
+                s.webhooks.url = "https://hooks.example/chatty".into();
+                s.webhooks.secret = Secret::new("0123456789abcdef");
+            }),
+            ""
+        );
     }
 }

@@ -103,6 +103,11 @@ impl Cluster {
         for (child, _) in &mut self.nodes {
             let _ = terminate(child).await;
         }
+        self.start_all_again().await;
+    }
+
+    /// Start every node again with its settings (after `sigkill`).
+    async fn start_all_again(&mut self) {
         for (i, env) in self.envs.iter().enumerate() {
             let env: Vec<(&str, &str)> =
                 env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -1150,5 +1155,105 @@ async fn a_private_rooms_message_reaches_members_not_in_it_as_inbox_on_every_nod
     e2.assert_quiet(Duration::from_millis(300), &[]).await;
     a1.assert_quiet(Duration::from_millis(300), &[]).await;
     assert!(c.metric(1, "chatty_inbox_frames_total").await >= 2.0);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn one_node_dispatches_webhooks_and_pending_events_survive_every_node_being_sigkilled() {
+    let rx = Receiver::start(Mode::FailFirst(0)).await;
+    let secret = "whsec-cluster-0123456789";
+    let mut c = Cluster::start(
+        3,
+        &redis_url(),
+        &[
+            ("CHATTY__WEBHOOKS__URL", rx.url.as_str()),
+            ("CHATTY__WEBHOOKS__SECRET", secret),
+            ("CHATTY__WEBHOOKS__RETRY_BASE_MS", "20"),
+            ("CHATTY__WEBHOOKS__RETRY_MAX_MS", "100"),
+            ("CHATTY__WEBHOOKS__POLL_MS", "20"),
+        ],
+    )
+    .await;
+    let room = unique_room("whc");
+    let (bob, cal) = (unique_room("bob"), unique_room("cal"));
+    let (st, _) = c
+        .api(
+            0,
+            "PUT",
+            &format!("/api/v1/rooms/{room}"),
+            Some(json!({"private": true})),
+        )
+        .await;
+    assert_eq!(st, 204);
+    for u in [&bob, &cal] {
+        let (st, _) = c
+            .api(1, "PUT", &format!("/api/v1/rooms/{room}/members/{u}"), None)
+            .await;
+        assert_eq!(st, 204);
+    }
+    // Bob sends from all three nodes; Cal never connects.
+    let mut senders = Vec::new();
+    for n in 0..3 {
+        let mut s = c.connect(n, &bob).await;
+        s.join(&room).await;
+        senders.push(s);
+    }
+    for i in 1..=9usize {
+        senders[i % 3]
+            .send_msg(&room, &format!("m{i}"), "hello")
+            .await;
+    }
+    eventually("the first nine events are accepted", || async {
+        rx.accepted().len() == 9
+    })
+    .await;
+    // One dispatcher: each event was sent once, and one node says it dispatches.
+    assert_eq!(rx.hits().len(), 9, "every event sent once: {:?}", rx.hits());
+    let mut leaders = 0.0;
+    for n in 0..3 {
+        leaders += c.metric(n, "chatty_webhook_dispatcher").await;
+    }
+    assert_eq!(leaders, 1.0);
+
+    // The receiver goes down; more events wait in the outbox; then every node dies at once.
+    rx.set_mode(Mode::Down);
+    for i in 10..=18usize {
+        senders[i % 3]
+            .send_msg(&room, &format!("m{i}"), "hello")
+            .await;
+    }
+    eventually(
+        "an event of the second batch was tried and failed",
+        || async { rx.hits().iter().any(|h| h.status == 503) },
+    )
+    .await;
+    for n in 0..3 {
+        c.sigkill(n).await;
+    }
+    let pending: i64 =
+        sqlx::query_scalar("select count(*) from webhook_events where state = 'pending'")
+            .fetch_one(&c.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 9, "the second batch is pending while no node runs");
+    rx.set_mode(Mode::FailFirst(0));
+    c.start_all_again().await;
+    eventually("every event is delivered after the restart", || async {
+        rx.accepted().len() == 18
+    })
+    .await;
+    let seqs: Vec<u64> = rx
+        .accepted()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=18).collect::<Vec<_>>());
+    assert_commit_order_per_room(&rx.hits());
+    for e in rx.accepted() {
+        assert_eq!(e["users"], json!([cal]), "{e}");
+    }
+    for h in rx.hits() {
+        assert!(verify_signature(secret, &h.signature, &h.body));
+    }
     c.stop().await;
 }

@@ -121,3 +121,74 @@ async fn cluster_settings_with_the_embedded_store_are_refused_at_startup() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_embedded_store_dispatches_webhooks_from_its_one_process() {
+    let rx = Receiver::start(Mode::FailFirst(1)).await;
+    let dir = std::env::temp_dir().join(format!("chatty-hooks-{}", uuid::Uuid::new_v4().simple()));
+    let path = dir.join("chatty.db");
+    let env = [
+        ("CHATTY__DATABASE__URL", ""),
+        ("CHATTY__REDIS__URL", ""),
+        ("CHATTY__DATABASE__SQLITE_PATH", path.to_str().unwrap()),
+        ("CHATTY__WEBHOOKS__URL", rx.url.as_str()),
+        ("CHATTY__WEBHOOKS__SECRET", "whsec-embedded-0123456789"),
+        ("CHATTY__WEBHOOKS__RETRY_BASE_MS", "20"),
+        ("CHATTY__WEBHOOKS__RETRY_MAX_MS", "100"),
+        ("CHATTY__WEBHOOKS__POLL_MS", "20"),
+        ("CHATTY__PRESENCE__GRACE_MS", "200"),
+    ];
+    let (mut child, port) = start_binary(&env).await;
+    let key = "local-api-key";
+    let (st, _) = api_call(
+        port,
+        key,
+        "PUT",
+        "/api/v1/rooms/dm",
+        Some(json!({"private": true})),
+    )
+    .await;
+    assert_eq!(st, 204);
+    for u in ["ann", "bea"] {
+        let (st, _) = api_call(
+            port,
+            key,
+            "PUT",
+            &format!("/api/v1/rooms/dm/members/{u}"),
+            None,
+        )
+        .await;
+        assert_eq!(st, 204);
+    }
+    for i in 1..=3 {
+        let (st, v) = api_call(
+            port,
+            key,
+            "POST",
+            "/api/v1/rooms/dm/messages",
+            Some(json!({"from": "ann", "cid": format!("c{i}"), "body": "hi"})),
+        )
+        .await;
+        assert_eq!(st, 201, "{v}");
+    }
+    eventually("three message.offline events", || async {
+        rx.accepted().len() == 3
+    })
+    .await;
+    let got: Vec<(u64, Value)> = rx
+        .accepted()
+        .iter()
+        .map(|e| (e["seq"].as_u64().unwrap(), e["users"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, json!(["bea"])),
+            (2, json!(["bea"])),
+            (3, json!(["bea"]))
+        ]
+    );
+    assert_commit_order_per_room(&rx.hits());
+    assert_eq!(terminate(&mut child).await, Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -61,7 +61,8 @@ fn user(u: &str) -> UserId {
     UserId::parse(u).unwrap()
 }
 
-async fn postgres() -> Arc<dyn MessageStore> {
+/// A fresh PostgreSQL database.
+async fn postgres_db() -> Database {
     let mut s = Settings::load(std::path::Path::new("config")).unwrap();
     let base = std::env::var("CHATTY_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
@@ -70,15 +71,23 @@ async fn postgres() -> Arc<dyn MessageStore> {
     Database::open(&s, true)
         .await
         .expect("PostgreSQL must be reachable (set CHATTY_TEST_DATABASE_URL)")
-        .store()
 }
 
-async fn sqlite() -> Arc<dyn MessageStore> {
+/// A fresh SQLite file.
+async fn sqlite_db() -> Database {
     let mut s = Settings::load(std::path::Path::new("config")).unwrap();
     let dir = std::env::temp_dir().join(format!("chatty-store-{}", uuid::Uuid::new_v4().simple()));
     s.database.url = chatty::settings::Secret::new("");
     s.database.sqlite_path = dir.join("chatty.db").to_string_lossy().into_owned();
-    Database::open(&s, true).await.unwrap().store()
+    Database::open(&s, true).await.unwrap()
+}
+
+async fn postgres() -> Arc<dyn MessageStore> {
+    postgres_db().await.store()
+}
+
+async fn sqlite() -> Arc<dyn MessageStore> {
+    sqlite_db().await.store()
 }
 
 /// Generate one test per store for each contract function.
@@ -108,7 +117,89 @@ contract!(
     a_user_has_at_most_the_allowed_reaction_keys_and_sees_their_own,
     a_users_rooms_come_most_recently_active_first_with_unread_counts,
     an_edit_repeating_the_stored_meta_changes_nothing,
+    appends_say_whether_the_room_is_private_and_members_are_listed_in_order,
 );
+
+async fn appends_say_whether_the_room_is_private_and_members_are_listed_in_order(
+    s: Arc<dyn MessageStore>,
+) {
+    let r = room("dm");
+    s.set_private(&r, true).await.unwrap();
+    for u in ["cy", "ann", "bo"] {
+        s.set_member(&r, &user(u), None).await.unwrap();
+    }
+    let out = s
+        .append(&[msg("dm", "ann", "1", "x"), msg("open", "ann", "1", "y")])
+        .await
+        .unwrap();
+    assert_eq!((out[0].private, out[1].private), (true, false));
+    let names = |v: Vec<UserId>| v.iter().map(|u| u.as_str().to_owned()).collect::<Vec<_>>();
+    assert_eq!(names(s.members(&r, 10).await.unwrap()), ["ann", "bo", "cy"]);
+    assert_eq!(names(s.members(&r, 2).await.unwrap()), ["ann", "bo"]);
+    assert!(s.members(&room("open"), 10).await.unwrap().is_empty());
+}
+
+/// With webhooks on, an append writes one `message.offline` outbox row per new message of a
+/// private room, in its own statement: none for a public room's, none for a repeated cid.
+async fn outbox_rows_follow_the_append(db: Database) {
+    let s = db.store_with_webhooks(true);
+    let r = room("dm");
+    s.set_private(&r, true).await.unwrap();
+    s.append(&[
+        msg("dm", "ann", "1", "x"),
+        msg("open", "ann", "1", "y"),
+        msg("dm", "bo", "1", "z"),
+    ])
+    .await
+    .unwrap();
+    s.append(&[msg("dm", "ann", "1", "x"), msg("dm", "ann", "2", "w")])
+        .await
+        .unwrap();
+    let sql = "select okey, kind, room_id, seq, user_id from webhook_events order by id";
+    type Row = (String, String, Option<String>, Option<i64>, String);
+    let rows: Vec<Row> = match &db {
+        Database::Postgres { pool, .. } => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+        Database::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+    };
+    let want = |seq: i64, u: &str| {
+        (
+            "r:dm".to_owned(),
+            "message.offline".to_owned(),
+            Some("dm".to_owned()),
+            Some(seq),
+            u.to_owned(),
+        )
+    };
+    assert_eq!(rows, [want(1, "ann"), want(2, "bo"), want(3, "ann")]);
+    // The same store with webhooks off writes none.
+    db.store()
+        .append(&[msg("dm", "ann", "3", "v")])
+        .await
+        .unwrap();
+    let n: i64 = match &db {
+        Database::Postgres { pool, .. } => {
+            sqlx::query_scalar("select count(*) from webhook_events")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        }
+        Database::Sqlite(pool) => sqlx::query_scalar("select count(*) from webhook_events")
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+    };
+    assert_eq!(n, 3);
+}
+
+#[tokio::test]
+async fn outbox_rows_follow_the_append_on_postgres() {
+    outbox_rows_follow_the_append(postgres_db().await).await;
+}
+
+#[tokio::test]
+async fn outbox_rows_follow_the_append_on_sqlite() {
+    outbox_rows_follow_the_append(sqlite_db().await).await;
+}
 
 async fn an_edit_repeating_the_stored_meta_changes_nothing(s: Arc<dyn MessageStore>) {
     s.append(&[msg("em", "ann", "1", "x")]).await.unwrap();

@@ -1,7 +1,7 @@
 //! A real HTTP webhook receiver in the test process: it records every request (headers and raw
 //! body) and answers as its `Mode` says, per attempt of each event id.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,9 +139,6 @@ impl Receiver {
             .collect()
     }
 
-    pub fn stop(&self) {
-        self.task.abort();
-    }
 }
 
 impl Drop for Receiver {
@@ -173,4 +170,24 @@ pub fn verify_signature(secret: &str, header: &str, body: &[u8]) -> bool {
     mac.update(b".");
     mac.update(body);
     mac.verify_slice(&expected).is_ok()
+}
+
+/// Every attempt of a room's events came after the previous event of the room was accepted:
+/// seen in arrival order, a seq never appears while an earlier one is still unaccepted (an
+/// accepted one may come again: delivery is at least once).
+pub fn assert_commit_order_per_room(hits: &[Hit]) {
+    let mut accepted: BTreeMap<String, u64> = BTreeMap::new();
+    for h in hits.iter().filter(|h| h.json["type"] == "message.offline") {
+        let room = h.json["room"].as_str().unwrap().to_owned();
+        let seq = h.json["seq"].as_u64().unwrap();
+        let done = accepted.get(&room).copied().unwrap_or(0);
+        assert!(
+            seq <= done + 1,
+            "{room}: an attempt at seq {seq} while seq {} was not yet accepted",
+            done + 1
+        );
+        if (200..300).contains(&h.status) {
+            accepted.insert(room, seq.max(done));
+        }
+    }
 }
