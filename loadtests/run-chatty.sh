@@ -9,6 +9,9 @@
 # (default: all but cluster, which needs CLUSTER_URLS="ws://...,ws://..." of running nodes).
 # Rates (messages/s) can be set with HOT_RATES, MANY_RATES, DURABLE_RATES, SLOW_RATES, MIXED_RATES;
 # DURATION (15), WARMUP (3), DRAIN (5).
+# PRIVATE_ROOMS=1 makes many-rooms' rooms private (each with one member who never connects, so
+# every message is one the inbox and webhooks are about); WEBHOOKS=blackhole turns webhooks on,
+# pointed at a listener that accepts connections and never answers (every request times out).
 #
 # A scenario whose run is INVALID (planned connections refused or failed, connections closed by
 # the server mid-run, a saturated generator: the generator exits 3) or that fails is recorded
@@ -45,6 +48,20 @@ record() {
 
 build_loadtest
 [ -x "$CHATTY_BIN" ] || (cd "$REPO_DIR" && cargo build --release --locked -q)
+
+if [ "${WEBHOOKS:-}" = blackhole ]; then
+    # Accept, never read, never answer: the dispatcher's requests all time out.
+    python3 -c '
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 18099)); s.listen(1024); held = []
+while True:
+    c, _ = s.accept(); held.append(c)
+' &
+    BLACKHOLE_PID=$!
+    trap 'stop_server; kill $BLACKHOLE_PID 2>/dev/null || true' EXIT
+    export CHATTY_WEBHOOKS_URL=http://127.0.0.1:18099/hook
+fi
 
 # PostgreSQL's own speed right now, as a reference for the durable numbers: one client doing
 # one-row transactions (the commit floor), and 8 clients.
@@ -97,7 +114,9 @@ for s in $SCENARIOS; do
         hot-room)
             loadtest run --scenario hot-room --conns 5000 --senders 10 --rates "${HOT_RATES:-10,20,30,40}" "${common[@]}" --note "$note" ;;
         many-rooms)
-            loadtest run --scenario many-rooms --conns 10000 --room-size 5 --rates "${MANY_RATES:-1000,2000,5000,10000}" "${common[@]}" --note "$note" ;;
+            loadtest run --scenario many-rooms --conns 10000 --room-size 5 --rates "${MANY_RATES:-1000,2000,5000,10000}" \
+                ${PRIVATE_ROOMS:+--private-rooms --db-url "$PG_BASE/$DB"} "${common[@]}" \
+                --note "$note${PRIVATE_ROOMS:+; private rooms}${CHATTY_WEBHOOKS_URL:+; webhooks to a black hole}" ;;
         durable)
             loadtest run --scenario durable --conns 200 --rates "${DURABLE_RATES:-1000,2000,5000,10000,30000}" \
                 --db-url "$PG_BASE/$DB" --copy-compare "${common[@]}" --note "$note" ;;

@@ -7,6 +7,10 @@
 //! which only the nodes with a socket of that member hear (a member with no socket anywhere
 //! costs one publish nobody receives). The queue is bounded: past it a run's inbox frames are
 //! dropped and counted. An inbox frame is a notification; the conversation list is the truth.
+//!
+//! A room with more than `INBOX_MEMBERS_MAX` members sends no inbox at all: one publish per
+//! member per batch would crowd the bus (which carries every room's messages) for a frame the
+//! conversation list replaces. Such rooms are channels, not conversations.
 
 use std::sync::Arc;
 
@@ -19,15 +23,15 @@ use crate::ports::{timed, BusEvent, ClusterBus, InboxItem, MessageStore};
 use crate::protocol::StoredMessage;
 use crate::rooms::RoomRegistry;
 
-/// The most members of one private room whose sockets hear of its messages.
-pub const INBOX_MEMBERS_MAX: u32 = 10_000;
+/// The most members a private room may have for its messages to send `inbox` frames.
+pub const INBOX_MEMBERS_MAX: u32 = 1_000;
 /// Private rooms' runs waiting for their members to be read.
 const QUEUE: usize = 4096;
 
 /// The writer lanes' end of the inbox.
 #[derive(Clone)]
 pub struct Inbox {
-    tx: mpsc::Sender<Arc<[StoredMessage]>>,
+    tx: mpsc::Sender<Arc<[InboxItem]>>,
     dropped: prometheus::IntCounter,
 }
 
@@ -48,31 +52,9 @@ impl Inbox {
         Self { tx, dropped }
     }
 
-    /// A private room's newly committed messages (one room, ascending seq). Never waits.
-    pub fn offer(&self, run: Arc<[StoredMessage]>) {
-        if self.tx.try_send(run).is_err() {
-            self.dropped.inc();
-        }
-    }
-}
-
-async fn run(
-    mut rx: mpsc::Receiver<Arc<[StoredMessage]>>,
-    deps: InboxDeps,
-    dropped: prometheus::IntCounter,
-) {
-    while let Some(run) = rx.recv().await {
-        let Some(room) = run.first().map(|m| m.room.clone()) else {
-            continue;
-        };
-        let members = match timed(deps.store.members(&room, INBOX_MEMBERS_MAX)).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(room = %room, error = %e, "inbox: cannot read the room's members");
-                dropped.inc();
-                continue;
-            }
-        };
+    /// A private room's newly committed messages (one room, ascending seq). Never waits; only
+    /// what the frame says is queued, never the bodies.
+    pub fn offer(&self, run: &[StoredMessage]) {
         let items: Arc<[InboxItem]> = run
             .iter()
             .map(|m| InboxItem {
@@ -83,6 +65,30 @@ async fn run(
                 ts: m.ts,
             })
             .collect();
+        if self.tx.try_send(items).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Arc<[InboxItem]>>,
+    deps: InboxDeps,
+    dropped: prometheus::IntCounter,
+) {
+    while let Some(items) = rx.recv().await {
+        let Some(room) = items.first().map(|m| m.room.clone()) else {
+            continue;
+        };
+        let members = match timed(deps.store.members(&room, INBOX_MEMBERS_MAX + 1)).await {
+            Ok(m) if m.len() > INBOX_MEMBERS_MAX as usize => continue,
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "inbox: cannot read the room's members");
+                dropped.inc();
+                continue;
+            }
+        };
         for user in members {
             deliver_here(&deps.conns, &deps.rooms, &room, &user, &items);
             deps.bus.publish(BusEvent::Inbox {

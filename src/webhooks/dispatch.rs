@@ -4,11 +4,11 @@
 //! failed ones wait `backoff` (exponential, equal jitter), and one still failing at
 //! `dead_after` is dead-lettered so its key moves on.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatty_actors::{MessageStore, UserId, INBOX_MEMBERS_MAX};
+use chatty_actors::{MessageStore, UserId};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -18,8 +18,10 @@ use super::outbox::{Event, EventKind, Outbox};
 use super::{now_ms, sign, WebhookMetrics};
 use crate::settings::WebhookSettings;
 
-/// How long a node that does not lead waits before trying again.
+/// How long a node that does not lead (or lost the outbox) waits before trying again.
 const LEAD_RETRY: Duration = Duration::from_secs(2);
+/// The most members of a room a `message.offline` event considers.
+const MEMBERS_MAX: u32 = 10_000;
 
 pub(super) struct Dispatcher {
     pub outbox: Arc<dyn Outbox>,
@@ -41,12 +43,17 @@ enum Outcome {
         /// What the attempt decided, kept for the retries.
         users: Option<Vec<UserId>>,
     },
+    /// The row cannot be read: dead-lettered at once.
+    Invalid(String),
 }
 
 impl Dispatcher {
     pub async fn run(self: Arc<Self>) {
         let mut leading = false;
         let mut flying: JoinSet<(Event, Outcome)> = JoinSet::new();
+        // What each request in flight is sending: a task that panics still frees its key
+        // (and its event is retried with backoff like any failure).
+        let mut sending: HashMap<tokio::task::Id, Event> = HashMap::new();
         let mut busy: HashSet<String> = HashSet::new();
         let poll = Duration::from_millis(self.settings.poll_ms.max(10));
         let mut last_gauge = tokio::time::Instant::now() - Duration::from_secs(60);
@@ -70,6 +77,7 @@ impl Dispatcher {
                 }
             }
             let room = self.settings.max_in_flight.saturating_sub(flying.len());
+            let mut failed = None;
             if room > 0 {
                 let keys: Vec<String> = busy.iter().cloned().collect();
                 match self.outbox.due(now_ms(), &keys, room).await {
@@ -77,21 +85,19 @@ impl Dispatcher {
                         for e in events {
                             busy.insert(e.okey.clone());
                             let me = self.clone();
-                            flying.spawn(async move {
-                                let outcome = me.attempt(&e).await;
-                                (e, outcome)
+                            let event = e.clone();
+                            let task = flying.spawn(async move {
+                                let outcome = me.attempt(&event).await;
+                                (event, outcome)
                             });
+                            sending.insert(task.id(), e);
                         }
                     }
-                    Err(e) => {
-                        self.lost_lead(&e.to_string());
-                        leading = false;
-                        continue;
-                    }
+                    Err(e) => failed = Some(e),
                 }
             }
             self.metrics.in_flight.set(flying.len() as i64);
-            if last_gauge.elapsed() >= Duration::from_secs(1) {
+            if failed.is_none() && last_gauge.elapsed() >= Duration::from_secs(1) {
                 last_gauge = tokio::time::Instant::now();
                 match self.outbox.backlog().await {
                     Ok((n, oldest)) => {
@@ -99,24 +105,44 @@ impl Dispatcher {
                         let age = oldest.map_or(0, |t| (now_ms() - t).max(0));
                         self.metrics.oldest.set(age as f64 / 1000.0);
                     }
-                    Err(e) => {
-                        self.lost_lead(&e.to_string());
-                        leading = false;
-                        continue;
-                    }
+                    Err(e) => failed = Some(e),
                 }
             }
-            tokio::select! {
-                Some(done) = flying.join_next(), if !flying.is_empty() => {
-                    let Ok((event, outcome)) = done else { continue };
-                    busy.remove(&event.okey);
-                    if let Err(e) = self.record(&event, outcome).await {
-                        self.lost_lead(&e.to_string());
-                        leading = false;
+            if failed.is_none() {
+                tokio::select! {
+                    Some(done) = flying.join_next_with_id(), if !flying.is_empty() => {
+                        let (event, outcome) = match done {
+                            Ok((id, done)) => {
+                                sending.remove(&id);
+                                done
+                            }
+                            Err(err) => {
+                                let Some(event) = sending.remove(&err.id()) else { continue };
+                                let error = "the delivery task failed".to_owned();
+                                tracing::error!(id = event.id, error = %err, "webhooks: delivery task failed");
+                                (event, Outcome::Failed { error, users: None })
+                            }
+                        };
+                        busy.remove(&event.okey);
+                        if let Err(e) = self.record(&event, outcome).await {
+                            failed = Some(e);
+                        }
                     }
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = self.wake.notified() => {}
                 }
-                _ = tokio::time::sleep(poll) => {}
-                _ = self.wake.notified() => {}
+            }
+            if let Some(e) = failed {
+                // Whatever is in flight may be sent again by the next leader: stop it here so
+                // one key never has two requests out at once, and wait before leading again
+                // (an outbox that keeps failing must not be hammered).
+                self.lost_lead(&e.to_string());
+                leading = false;
+                flying.abort_all();
+                while flying.join_next().await.is_some() {}
+                sending.clear();
+                busy.clear();
+                tokio::time::sleep(LEAD_RETRY).await;
             }
         }
     }
@@ -161,6 +187,9 @@ impl Dispatcher {
                 });
                 (body, Some(users))
             }
+            EventKind::Invalid(error) => {
+                return Outcome::Invalid(error.clone());
+            }
             EventKind::UserOffline { user } => {
                 let body = json!({
                     "id": e.id.to_string(),
@@ -195,7 +224,9 @@ impl Dispatcher {
                 error: if err.is_timeout() {
                     "timed out".to_owned()
                 } else {
-                    format!("request failed: {err}")
+                    // Without the URL: it may hold a credential, and this goes to the log and
+                    // to the row.
+                    format!("request failed: {}", err.without_url())
                 },
                 users,
             },
@@ -208,7 +239,7 @@ impl Dispatcher {
         room: &chatty_actors::RoomId,
         from: &UserId,
     ) -> Result<Vec<UserId>, String> {
-        let members = chatty_actors::timed(self.store.members(room, INBOX_MEMBERS_MAX))
+        let members = chatty_actors::timed(self.store.members(room, MEMBERS_MAX))
             .await
             .map_err(|e| format!("members: {e}"))?;
         let others: Vec<UserId> = members.into_iter().filter(|u| u != from).collect();
@@ -227,6 +258,11 @@ impl Dispatcher {
             Outcome::Skipped => {
                 self.metrics.result("skipped");
                 self.outbox.delivered(e.id).await
+            }
+            Outcome::Invalid(error) => {
+                tracing::error!(id = e.id, error, "webhooks: unreadable event dead-lettered");
+                self.metrics.result("dead");
+                self.outbox.dead(e.id, &error).await
             }
             Outcome::Failed { error, users } => {
                 let now = now_ms();

@@ -79,14 +79,33 @@ enum Cmd {
 
 /// The node's view of who is online, and its side of the cluster's.
 pub struct Online {
-    /// Users this node counts online: `true` while a socket is open, `false` during the grace.
-    local: Arc<Mutex<HashMap<UserId, bool>>>,
+    shared: Arc<Shared>,
+    /// The worker's queue; dropping the last `Online` ends the worker.
     tx: mpsc::Sender<Cmd>,
+}
+
+/// What the sockets' side and the worker share.
+struct Shared {
+    /// Users this node counts online: `true` while a socket is open, `false` during the grace.
+    local: Mutex<HashMap<UserId, bool>>,
     redis: Option<Redis>,
-    /// Arrivals or departures the worker never heard of (its queue was full): the next
-    /// refresh rewrites this node's set.
-    dropped: Arc<std::sync::atomic::AtomicBool>,
+    /// Arrivals or departures the worker never heard of (its queue was full), or a Redis write
+    /// that failed: the next refresh rewrites this node's set.
+    dropped: std::sync::atomic::AtomicBool,
     errors: IntCounter,
+}
+
+impl Shared {
+    fn fail(&self, e: redis::RedisError) -> StoreError {
+        self.errors.inc();
+        self.lost();
+        StoreError::Unavailable(chatty_actors::Cause::of(e))
+    }
+
+    fn lost(&self) {
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 #[derive(Clone)]
@@ -123,17 +142,20 @@ impl Online {
             None => None,
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        let online = Arc::new(Self {
-            local: Arc::default(),
-            tx,
+        let shared = Arc::new(Shared {
+            local: Mutex::default(),
             redis,
             // The first refresh (at once) rewrites this node's set: a previous process with
             // the same node id may have left users in it.
-            dropped: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            dropped: std::sync::atomic::AtomicBool::new(true),
             errors,
         });
+        let online = Arc::new(Self {
+            shared: shared.clone(),
+            tx,
+        });
         let worker = Worker {
-            online: online.clone(),
+            shared,
             grace,
             outbox,
             wake,
@@ -146,9 +168,9 @@ impl Online {
 
     /// Of `users`, those with no socket on any node (nor in a grace period).
     pub async fn offline(&self, users: Vec<UserId>) -> Result<Vec<UserId>, StoreError> {
-        match &self.redis {
+        match &self.shared.redis {
             None => {
-                let local = self.local.lock();
+                let local = self.shared.local.lock();
                 Ok(users
                     .into_iter()
                     .filter(|u| !local.contains_key(u))
@@ -163,10 +185,11 @@ impl Online {
                     inv.arg(u.as_str());
                 }
                 let mut conn = r.conn.clone();
-                let names: Vec<String> = inv
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(|e| self.fail(e))?;
+                let names: Vec<String> = inv.invoke_async(&mut conn).await.map_err(|e| {
+                    // A failed read changes nothing here: count it without a rewrite.
+                    self.shared.errors.inc();
+                    StoreError::Unavailable(chatty_actors::Cause::of(e))
+                })?;
                 Ok(users
                     .into_iter()
                     .filter(|u| names.iter().any(|n| n == u.as_str()))
@@ -175,27 +198,21 @@ impl Online {
         }
     }
 
-    fn fail(&self, e: redis::RedisError) -> StoreError {
-        self.errors.inc();
-        StoreError::Unavailable(chatty_actors::Cause::of(e))
-    }
-
     fn queue(&self, cmd: Cmd) {
         if self.tx.try_send(cmd).is_err() {
-            self.dropped
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.shared.lost();
         }
     }
 }
 
 impl SocketWatch for Online {
     fn first(&self, user: &UserId) {
-        self.local.lock().insert(user.clone(), true);
+        self.shared.local.lock().insert(user.clone(), true);
         self.queue(Cmd::Came(user.clone()));
     }
 
     fn last(&self, user: &UserId) {
-        if let Some(connected) = self.local.lock().get_mut(user) {
+        if let Some(connected) = self.shared.local.lock().get_mut(user) {
             *connected = false;
         }
         self.queue(Cmd::Left(user.clone()));
@@ -203,7 +220,7 @@ impl SocketWatch for Online {
 }
 
 struct Worker {
-    online: Arc<Online>,
+    shared: Arc<Shared>,
     grace: Duration,
     outbox: Arc<dyn Outbox>,
     wake: Arc<tokio::sync::Notify>,
@@ -240,7 +257,7 @@ impl Worker {
 
     async fn came(&mut self, u: UserId) {
         self.left_at.remove(&u);
-        if let Some(r) = &self.online.redis {
+        if let Some(r) = &self.shared.redis {
             let mut conn = r.conn.clone();
             let res: Result<(), _> = redis::pipe()
                 .sadd(set_key(&r.node), u.as_str())
@@ -250,10 +267,7 @@ impl Worker {
                 .query_async(&mut conn)
                 .await;
             if let Err(e) = res {
-                self.online.fail(e);
-                self.online
-                    .dropped
-                    .store(true, std::sync::atomic::Ordering::Release);
+                self.shared.fail(e);
             }
         }
     }
@@ -266,13 +280,13 @@ impl Worker {
         }
         self.left_at.remove(&u);
         {
-            let mut local = self.online.local.lock();
+            let mut local = self.shared.local.lock();
             if local.get(&u) != Some(&false) {
                 return; // a socket is open again
             }
             local.remove(&u);
         }
-        let gone = match &self.online.redis {
+        let gone = match &self.shared.redis {
             None => true,
             Some(r) => {
                 let mut conn = r.conn.clone();
@@ -289,10 +303,7 @@ impl Worker {
                         // Unknown: better no event than an invented one. The set is rewritten
                         // at the next refresh.
                         tracing::warn!(user = %u, error = %e, "webhooks: cannot tell whether the user is gone");
-                        self.online.fail(e);
-                        self.online
-                            .dropped
-                            .store(true, std::sync::atomic::Ordering::Release);
+                        self.shared.fail(e);
                         false
                     }
                 }
@@ -309,17 +320,34 @@ impl Worker {
         }
     }
 
-    /// Renew this node's set; rewrite it whole when Redis lost it or an update was lost.
+    /// Renew this node's set; rewrite it whole when Redis lost it or an update was lost. A
+    /// lost departure would leave its user counted online for good: every user in their grace
+    /// with no grace running gets one now.
     async fn refresh(&mut self) {
-        let Some(r) = &self.online.redis else { return };
-        let key = set_key(&r.node);
-        let mut conn = r.conn.clone();
         let lost = self
-            .online
+            .shared
             .dropped
             .swap(false, std::sync::atomic::Ordering::AcqRel);
+        if lost {
+            let orphans: Vec<UserId> = self
+                .shared
+                .local
+                .lock()
+                .iter()
+                .filter(|(u, connected)| !**connected && !self.left_at.contains_key(*u))
+                .map(|(u, _)| u.clone())
+                .collect();
+            for u in orphans {
+                let at = Instant::now() + self.grace;
+                self.left_at.insert(u.clone(), at);
+                self.expiring.push_back((at, u));
+            }
+        }
+        let Some(r) = &self.shared.redis else { return };
+        let key = set_key(&r.node);
+        let mut conn = r.conn.clone();
         let users: Vec<String> = self
-            .online
+            .shared
             .local
             .lock()
             .keys()
@@ -351,10 +379,7 @@ impl Worker {
             ),
             Ok(false) => {}
             Err(e) => {
-                self.online.fail(e);
-                self.online
-                    .dropped
-                    .store(true, std::sync::atomic::Ordering::Release);
+                self.shared.fail(e);
             }
         }
     }

@@ -21,6 +21,10 @@ use crate::store::store_err;
 
 /// The lock's key: any fixed number no other part of Chatty uses ("chatty-wh").
 const LEADER_LOCK: i64 = 0x6368_6174_7479_7768;
+/// The longest any statement on the leading connection (or connecting it) may take: a
+/// connection that hangs (half-open TCP) is dropped, and with it the lead, instead of holding
+/// the whole cluster's dispatch.
+const LEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What an event is about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,9 @@ pub enum EventKind {
     },
     /// The user's last socket anywhere closed.
     UserOffline { user: UserId },
+    /// A row this binary cannot read (the reason): dead-lettered at once rather than holding
+    /// its key, or the whole dispatcher, back.
+    Invalid(String),
 }
 
 /// One pending event.
@@ -79,23 +86,43 @@ pub trait Outbox: Send + Sync + 'static {
     async fn user_offline(&self, user: &UserId, ts: i64) -> Result<(), StoreError>;
 }
 
+/// The head (oldest pending event) of every key, found by skipping from key to key along the
+/// `(okey, id)` index (a loose index scan): its cost follows the number of keys with pending
+/// events, not the number of pending events, which a receiver outage makes large.
 const DUE_PG: &str = "
-select id, okey, kind, room_id, seq, user_id, name, users, ts, attempts, created_at
-  from webhook_events e
- where state = 'pending' and next_at <= $1 and okey <> all($2)
-   and not exists (select 1 from webhook_events p
-                    where p.okey = e.okey and p.state = 'pending' and p.id < e.id)
- order by id
+with recursive k(okey) as (
+    (select okey from webhook_events where state = 'pending' order by okey limit 1)
+    union all
+    select (select okey from webhook_events
+             where state = 'pending' and okey > k.okey order by okey limit 1)
+      from k where k.okey is not null
+)
+select h.id, h.okey, h.kind, h.room_id, h.seq, h.user_id, h.name, h.users, h.ts, h.attempts,
+       h.created_at
+  from k cross join lateral (
+      select * from webhook_events e
+       where e.state = 'pending' and e.okey = k.okey order by e.id limit 1
+  ) h
+ where k.okey is not null and h.next_at <= $1 and h.okey <> all($2)
+ order by h.id
  limit $3";
 
 const DUE_SQLITE: &str = "
-select id, okey, kind, room_id, seq, user_id, name, users, ts, attempts, created_at
-  from webhook_events e
- where state = 'pending' and next_at <= ?1
-   and okey not in (select value from json_each(?2))
-   and not exists (select 1 from webhook_events p
-                    where p.okey = e.okey and p.state = 'pending' and p.id < e.id)
- order by id
+with recursive k(okey) as (
+    select (select okey from webhook_events where state = 'pending' order by okey limit 1)
+    union all
+    select (select okey from webhook_events
+             where state = 'pending' and okey > k.okey order by okey limit 1)
+      from k where k.okey is not null
+)
+select h.id, h.okey, h.kind, h.room_id, h.seq, h.user_id, h.name, h.users, h.ts, h.attempts,
+       h.created_at
+  from k join webhook_events h
+    on h.id = (select e.id from webhook_events e
+                where e.state = 'pending' and e.okey = k.okey order by e.id limit 1)
+ where k.okey is not null and h.next_at <= ?1
+   and h.okey not in (select value from json_each(?2))
+ order by h.id
  limit ?3";
 
 const USER_OFFLINE_PG: &str = "insert into webhook_events
@@ -111,6 +138,32 @@ where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> i32: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let id: i64 = r.try_get("id").map_err(store_err)?;
+    let okey: String = r.try_get("okey").map_err(store_err)?;
+    let (ts, attempts, created_at) = (
+        r.try_get("ts").map_err(store_err)?,
+        r.try_get("attempts").map_err(store_err)?,
+        r.try_get("created_at").map_err(store_err)?,
+    );
+    let kind = decode_kind(r).unwrap_or_else(|e| EventKind::Invalid(e.to_string()));
+    Ok(Event {
+        id,
+        okey,
+        kind,
+        ts,
+        attempts,
+        created_at,
+    })
+}
+
+/// What the row is about; an error for a row this binary cannot read.
+fn decode_kind<R: Row>(r: &R) -> Result<EventKind, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
     for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
@@ -152,14 +205,7 @@ where
         "user.offline" => EventKind::UserOffline { user },
         _ => return Err(bad("kind")),
     };
-    Ok(Event {
-        id: r.try_get("id").map_err(store_err)?,
-        okey: r.try_get("okey").map_err(store_err)?,
-        kind,
-        ts: r.try_get("ts").map_err(store_err)?,
-        attempts: r.try_get("attempts").map_err(store_err)?,
-        created_at: r.try_get("created_at").map_err(store_err)?,
-    })
+    Ok(kind)
 }
 
 fn users_json(users: Option<&[UserId]>) -> Option<String> {
@@ -179,8 +225,13 @@ pub struct PgOutbox {
 
 impl PgOutbox {
     pub fn new(pool: sqlx::PgPool) -> Arc<Self> {
+        // The server ends a statement that runs too long, too (and with the session, the
+        // lock goes when the TCP connection is found dead).
+        let opts = (*pool.connect_options())
+            .clone()
+            .options([("statement_timeout", "10000")]);
         Arc::new(Self {
-            opts: (*pool.connect_options()).clone(),
+            opts,
             pool,
             conn: Mutex::new(None),
         })
@@ -198,11 +249,17 @@ impl PgOutbox {
         let Some(conn) = guard.as_mut() else {
             return Err(StoreError::Unavailable("this node does not lead".into()));
         };
-        match f(conn).await {
-            Ok(v) => Ok(v),
-            Err(e) => {
+        match tokio::time::timeout(LEAD_TIMEOUT, f(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
                 *guard = None;
                 Err(store_err(e))
+            }
+            Err(_) => {
+                *guard = None;
+                Err(StoreError::Unavailable(
+                    "the leading connection timed out".into(),
+                ))
             }
         }
     }
@@ -214,17 +271,25 @@ impl Outbox for PgOutbox {
         let mut guard = self.conn.lock().await;
         if let Some(conn) = guard.as_mut() {
             // Still the same session (so still the lock)?
-            if conn.ping().await.is_ok() {
+            if let Ok(Ok(())) = tokio::time::timeout(LEAD_TIMEOUT, conn.ping()).await {
                 return Ok(true);
             }
             *guard = None;
         }
-        let mut conn = self.opts.connect().await.map_err(store_err)?;
-        let got: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut conn)
+        let timed_out = || StoreError::Unavailable("connecting to lead timed out".into());
+        let mut conn = tokio::time::timeout(LEAD_TIMEOUT, self.opts.connect())
             .await
+            .map_err(|_| timed_out())?
             .map_err(store_err)?;
+        let got: bool = tokio::time::timeout(
+            LEAD_TIMEOUT,
+            sqlx::query_scalar("select pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut conn),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(store_err)?;
         if got {
             *guard = Some(conn);
         } else {

@@ -118,7 +118,9 @@ async fn a_receiver_failing_three_times_gets_each_event_once_in_commit_order_per
 #[tokio::test]
 async fn users_offline_after_the_grace_make_one_event_and_online_members_none() {
     let rx = Receiver::start(Mode::FailFirst(0)).await;
-    let app = app_with_hooks(&rx.url, |_| {}).await;
+    // A grace long enough for a reconnect on a loaded machine; the quiet checks wait for two.
+    let grace = Duration::from_millis(1500);
+    let app = app_with_hooks(&rx.url, |s| s.presence.grace_ms = 1500).await;
     private_room(&app, "wh-dm", &["ann", "bob"]).await;
     let ann = app.connect("ann").await;
     let ann2 = app.connect_msgpack("ann").await;
@@ -134,7 +136,7 @@ async fn users_offline_after_the_grace_make_one_event_and_online_members_none() 
     .await;
     // One of Ann's two sockets goes: she is still online.
     ann2.close().await;
-    tokio::time::sleep(Duration::from_millis(600)).await; // twice the test grace
+    tokio::time::sleep(grace * 2).await;
     assert!(rx.hits().is_empty(), "{:?}", rx.hits());
     // Her last socket goes and she does not come back: one user.offline.
     ann.close().await;
@@ -158,12 +160,23 @@ async fn users_offline_after_the_grace_make_one_event_and_online_members_none() 
         (e["type"].as_str(), e["seq"].as_u64(), &e["users"]),
         (Some("message.offline"), Some(2), &json!(["ann"]))
     );
-    // A user whose only socket closes and reopens within the grace makes no event.
+    // A user whose only socket closes and reopens within the grace makes no event; when the
+    // new one closes for good, one.
     let cal = app.connect("cal").await;
     cal.close().await;
-    let _cal = app.connect("cal").await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let cal = app.connect("cal").await;
+    tokio::time::sleep(grace * 2).await;
     assert_eq!(rx.accepted().len(), 2, "{:?}", rx.accepted());
+    cal.close().await;
+    eventually("cal's user.offline", || async { rx.accepted().len() == 3 }).await;
+    assert_eq!(rx.accepted()[2]["user"], "cal");
+    tokio::time::sleep(grace).await;
+    assert_eq!(
+        rx.hits().len(),
+        3,
+        "one event per departure: {:?}",
+        rx.hits()
+    );
 }
 
 #[tokio::test]
@@ -230,4 +243,37 @@ async fn with_webhooks_off_nothing_is_written_to_the_outbox() {
         .await
         .unwrap();
     assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn a_row_that_cannot_be_read_is_dead_lettered_and_holds_nothing_back() {
+    let rx = Receiver::start(Mode::FailFirst(0)).await;
+    let app = app_with_hooks(&rx.url, |_| {}).await;
+    // A user id no Chatty would write (a control character): as if written by a future or
+    // broken binary.
+    sqlx::query(
+        "insert into webhook_events (okey, kind, user_id, ts, created_at, next_at)
+         values ('u:bad', 'user.offline', 'bad' || chr(7), 1, 1, 1)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    private_room(&app, "wh-next", &["bob", "cal"]).await;
+    let mut bob = app.connect("bob").await;
+    bob.join("wh-next").await;
+    bob.send_msg("wh-next", "n1", "hi").await;
+    eventually("the readable event is delivered", || async {
+        rx.accepted().len() == 1
+    })
+    .await;
+    eventually("the unreadable one is dead", || async {
+        let state: String =
+            sqlx::query_scalar("select state from webhook_events where okey = 'u:bad'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        state == "dead"
+    })
+    .await;
+    assert_eq!(rx.accepted()[0]["room"], "wh-next");
 }

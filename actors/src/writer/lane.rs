@@ -270,7 +270,7 @@ async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
     for (run, private) in runs {
         a.rooms.deliver(run.clone(), committed);
         if private {
-            a.inbox.offer(run.clone());
+            a.inbox.offer(&run);
         }
         a.bus.publish(crate::ports::BusEvent::Messages(run));
     }

@@ -77,6 +77,10 @@ pub struct RunArgs {
     /// PostgreSQL URL (for psql) to check that every acked message is committed, gap-free.
     #[arg(long)]
     pub db_url: Option<String>,
+    /// Make every room private (through --db-url) with one member who never connects, so
+    /// every message is one the inbox and webhooks are about.
+    #[arg(long)]
+    pub private_rooms: bool,
     /// Durable: also time a raw COPY of as many rows into a scratch copy of `messages`.
     #[arg(long)]
     pub copy_compare: bool,

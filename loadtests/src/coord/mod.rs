@@ -47,6 +47,14 @@ pub fn run(a: RunArgs) -> Result<bool> {
     let load_before = stats::loadavg();
     let metrics_before = a.metrics_url.as_deref().map(report::scrape);
 
+    if a.private_rooms {
+        let db = a
+            .db_url
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--private-rooms needs --db-url"))?;
+        report::make_private(db, &run_id, &layout.groups)?;
+    }
+
     // Start the workers.
     let (mut ws, mut pump) = start_workers(&a, &layout, workers, &run_id)?;
 

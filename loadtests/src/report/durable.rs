@@ -21,6 +21,33 @@ fn psql(db: &str, sql: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Make every room of the run private before anyone joins, with its connections' users as
+/// members and one more member who never connects, so every message of the run is one a
+/// webhook (`message.offline`) and the inbox are about. Written straight into the tables the
+/// server reads at each join.
+pub fn make_private(db: &str, run_id: &str, groups: &[crate::plan::Group]) -> Result<()> {
+    let mut sql = String::from("begin;\n");
+    for g in groups {
+        let room = format!("'lt{run_id}-{}-' || r", g.name);
+        let last = g.rooms.saturating_sub(1);
+        sql.push_str(&format!(
+            "insert into rooms (id, private) select {room}, true from generate_series(0, {last}) r \
+             on conflict (id) do update set private = true;\n\
+             insert into room_members (room_id, user_id) select {room}, 'lt{run_id}-away' \
+             from generate_series(0, {last}) r on conflict do nothing;\n\
+             insert into room_members (room_id, user_id) \
+             select 'lt{run_id}-{}-' || ((c - {first}) / {size}), 'lt{run_id}-u' || c \
+             from generate_series({first}, {end}) c on conflict do nothing;\n",
+            g.name,
+            first = g.first_conn,
+            size = g.room_size.max(1),
+            end = (g.first_conn + g.conns()).saturating_sub(1),
+        ));
+    }
+    sql.push_str("commit;");
+    psql(db, &sql).map(drop)
+}
+
 /// Every acked message of this run is in `messages`, and every room's seqs are exactly 1..=n.
 /// Optionally time a raw COPY of as many rows into a scratch copy of the table.
 pub fn verify_db(

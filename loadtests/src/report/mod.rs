@@ -25,7 +25,7 @@ mod verdict;
 // What `coord` and `main` name; the other result types reach them through these signatures.
 pub use chart::chart;
 pub use combine::combine;
-pub use durable::verify_db;
+pub use durable::{make_private, verify_db};
 pub use merge::{merge_connect, step_result};
 pub use metrics::{diff, scrape};
 pub use model::{utc_now, MemoryPerConn, RunResult, ServerSample};

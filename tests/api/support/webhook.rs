@@ -138,7 +138,6 @@ impl Receiver {
             .map(|h| h.json)
             .collect()
     }
-
 }
 
 impl Drop for Receiver {
