@@ -106,6 +106,19 @@ impl Cluster {
         self.start_all_again().await;
     }
 
+    /// Make `room` private with `members` (plain members), through node 0.
+    async fn private_room(&self, room: &str, members: &[&str]) {
+        let private = Some(json!({"private": true}));
+        let (st, _) = self
+            .api(0, "PUT", &format!("/api/v1/rooms/{room}"), private)
+            .await;
+        assert_eq!(st, 204);
+        for u in members {
+            let path = format!("/api/v1/rooms/{room}/members/{u}");
+            assert_eq!(self.api(0, "PUT", &path, None).await.0, 204);
+        }
+    }
+
     /// Start every node again with its settings (after `sigkill`).
     async fn start_all_again(&mut self) {
         for (i, env) in self.envs.iter().enumerate() {
@@ -1093,21 +1106,7 @@ async fn a_private_rooms_message_reaches_members_not_in_it_as_inbox_on_every_nod
     let room = unique_room("dm");
     let public = unique_room("pub");
     let (ann, bob, eve) = (unique_room("ann"), unique_room("bob"), unique_room("eve"));
-    let (st, _) = c
-        .api(
-            0,
-            "PUT",
-            &format!("/api/v1/rooms/{room}"),
-            Some(json!({"private": true})),
-        )
-        .await;
-    assert_eq!(st, 204);
-    for u in [&ann, &bob] {
-        let (st, _) = c
-            .api(1, "PUT", &format!("/api/v1/rooms/{room}/members/{u}"), None)
-            .await;
-        assert_eq!(st, 204);
-    }
+    c.private_room(&room, &[&ann, &bob]).await;
     // Ann: joined on node 0, not joined on nodes 1 (JSON) and 2 (MessagePack). Eve is no member.
     let mut a_in = c.connect(0, &ann).await;
     let mut a1 = c.connect(1, &ann).await;
@@ -1176,21 +1175,7 @@ async fn one_node_dispatches_webhooks_and_pending_events_survive_every_node_bein
     .await;
     let room = unique_room("whc");
     let (bob, cal) = (unique_room("bob"), unique_room("cal"));
-    let (st, _) = c
-        .api(
-            0,
-            "PUT",
-            &format!("/api/v1/rooms/{room}"),
-            Some(json!({"private": true})),
-        )
-        .await;
-    assert_eq!(st, 204);
-    for u in [&bob, &cal] {
-        let (st, _) = c
-            .api(1, "PUT", &format!("/api/v1/rooms/{room}/members/{u}"), None)
-            .await;
-        assert_eq!(st, 204);
-    }
+    c.private_room(&room, &[&bob, &cal]).await;
     // Bob sends from all three nodes; Cal never connects.
     let mut senders = Vec::new();
     for n in 0..3 {
@@ -1242,12 +1227,7 @@ async fn one_node_dispatches_webhooks_and_pending_events_survive_every_node_bein
         rx.accepted().len() == 18
     })
     .await;
-    let seqs: Vec<u64> = rx
-        .accepted()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, (1..=18).collect::<Vec<_>>());
+    assert_eq!(rx.accepted_seqs(), (1..=18).collect::<Vec<_>>());
     assert_commit_order_per_room(&rx.hits());
     for e in rx.accepted() {
         assert_eq!(e["users"], json!([cal]), "{e}");

@@ -216,12 +216,7 @@ async fn a_receiver_that_times_out_is_retried_and_a_dead_letter_lets_the_room_mo
         rx.accepted().len() == 19
     })
     .await;
-    let seqs: Vec<u64> = rx
-        .accepted()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, (2..=20).collect::<Vec<_>>());
+    assert_eq!(rx.accepted_seqs(), (2..=20).collect::<Vec<_>>());
     assert_eq!(
         app.metric("chatty_webhook_deliveries_total{result=\"dead\"}")
             .await,

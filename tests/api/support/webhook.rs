@@ -140,6 +140,16 @@ impl Receiver {
     }
 }
 
+impl Receiver {
+    /// The `seq` of each accepted event, in the order accepted.
+    pub fn accepted_seqs(&self) -> Vec<u64> {
+        self.accepted()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap_or_default())
+            .collect()
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         self.task.abort();
