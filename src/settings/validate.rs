@@ -165,6 +165,11 @@ impl Settings {
             "presence.heartbeat_ms",
             "must be >= 50 and at most half of presence.ttl_ms",
         );
+        need(
+            self.presence.grace_ms <= 3_600_000,
+            "presence.grace_ms",
+            "must be at most 3600000 (an hour)",
+        );
         let w = &self.webhooks;
         if w.enabled() {
             need(

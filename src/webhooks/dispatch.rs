@@ -20,6 +20,8 @@ use crate::settings::WebhookSettings;
 
 /// How long a node that does not lead (or lost the outbox) waits before trying again.
 const LEAD_RETRY: Duration = Duration::from_secs(2);
+/// How often the leader counts the backlog for its gauges.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// The most members of a room a `message.offline` event considers.
 const MEMBERS_MAX: u32 = 10_000;
 
@@ -97,7 +99,9 @@ impl Dispatcher {
                 }
             }
             self.metrics.in_flight.set(flying.len() as i64);
-            if failed.is_none() && last_gauge.elapsed() >= Duration::from_secs(1) {
+            // A count over the pending rows: cheap on the partial index, but not free on a
+            // large backlog, so not every turn.
+            if failed.is_none() && last_gauge.elapsed() >= BACKLOG_EVERY {
                 last_gauge = tokio::time::Instant::now();
                 match self.outbox.backlog().await {
                     Ok((n, oldest)) => {

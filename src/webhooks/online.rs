@@ -190,9 +190,11 @@ impl Online {
                     self.shared.errors.inc();
                     StoreError::Unavailable(chatty_actors::Cause::of(e))
                 })?;
+                let names: std::collections::HashSet<&str> =
+                    names.iter().map(String::as_str).collect();
                 Ok(users
                     .into_iter()
-                    .filter(|u| names.iter().any(|n| n == u.as_str()))
+                    .filter(|u| names.contains(u.as_str()))
                     .collect())
             }
         }

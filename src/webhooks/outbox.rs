@@ -225,11 +225,17 @@ pub struct PgOutbox {
 
 impl PgOutbox {
     pub fn new(pool: sqlx::PgPool) -> Arc<Self> {
-        // The server ends a statement that runs too long, too (and with the session, the
-        // lock goes when the TCP connection is found dead).
-        let opts = (*pool.connect_options())
-            .clone()
-            .options([("statement_timeout", "10000")]);
+        // The server ends a statement that runs too long, and finds a dead client within
+        // about half a minute (keepalives, and a cap on unacknowledged sends): only then does
+        // the session, and with it the lock, go, so another node can lead. The defaults would
+        // keep a half-open session's lock for about two hours.
+        let opts = (*pool.connect_options()).clone().options([
+            ("statement_timeout", "10000"),
+            ("tcp_keepalives_idle", "10"),
+            ("tcp_keepalives_interval", "5"),
+            ("tcp_keepalives_count", "3"),
+            ("tcp_user_timeout", "30000"),
+        ]);
         Arc::new(Self {
             opts,
             pool,

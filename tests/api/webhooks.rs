@@ -97,22 +97,22 @@ async fn a_receiver_failing_three_times_gets_each_event_once_in_commit_order_per
         assert!(!verify_signature(SECRET, &h.signature, &tampered));
         assert_eq!(h.event_id, h.json["id"].as_str().unwrap());
     }
-    // Delivered rows leave the outbox.
-    let left: i64 = sqlx::query_scalar("select count(*) from webhook_events")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 0);
-    assert_eq!(
-        app.metric("chatty_webhook_deliveries_total{result=\"ok\"}")
-            .await,
-        9.0
-    );
-    assert_eq!(
-        app.metric("chatty_webhook_deliveries_total{result=\"failed\"}")
-            .await,
-        27.0
-    );
+    // Delivered rows leave the outbox (the receiver saw the last answer before the dispatcher
+    // recorded it, hence the wait).
+    eventually("the outbox is empty and every outcome counted", || async {
+        let left: i64 = sqlx::query_scalar("select count(*) from webhook_events")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        let ok = app
+            .metric("chatty_webhook_deliveries_total{result=\"ok\"}")
+            .await;
+        let failed = app
+            .metric("chatty_webhook_deliveries_total{result=\"failed\"}")
+            .await;
+        (left, ok, failed) == (0, 9.0, 27.0)
+    })
+    .await;
 }
 
 #[tokio::test]
