@@ -474,6 +474,19 @@ pub async fn disconnect(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The OpenAPI 3.1 description of the API and health routes, embedded at build time;
+/// `tests/api/openapi.rs` checks it against the running server.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// `GET /api/v1/openapi.json`: the description, without the key (it holds no data).
+pub async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI_JSON,
+    )
+        .into_response()
+}
+
 /// `GET /healthz`: the process is alive.
 pub async fn healthz() -> &'static str {
     "ok\n"

@@ -24,6 +24,7 @@ pub fn public(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/health", get(api::health))
+        .route("/api/v1/openapi.json", get(api::openapi))
         .route(
             "/api/v1/rooms/{room}/messages",
             post(api::publish).get(api::history),

@@ -14,6 +14,7 @@ mod lifecycle;
 mod messaging;
 mod moderation;
 mod observability;
+mod openapi;
 mod presence;
 mod reach;
 mod resilience;
