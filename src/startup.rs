@@ -70,7 +70,7 @@ impl Application {
         let webhooks = crate::webhooks::Webhooks::build(
             &settings,
             &db,
-            &registry,
+            crate::webhooks::WebhookMetrics::new(&registry)?,
             edge_metrics.redis_errors.clone(),
         )
         .context("webhooks")?;

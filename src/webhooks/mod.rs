@@ -45,9 +45,10 @@ pub fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The dispatcher's metrics.
+/// The dispatcher's metrics. Registered whether webhooks are on or not, so dashboards and
+/// alerts find their series (at 0) on every node.
 #[derive(Clone)]
-pub(crate) struct WebhookMetrics {
+pub struct WebhookMetrics {
     backlog: IntGauge,
     oldest: Gauge,
     in_flight: IntGauge,
@@ -56,7 +57,7 @@ pub(crate) struct WebhookMetrics {
 }
 
 impl WebhookMetrics {
-    fn new(r: &Registry) -> anyhow::Result<Self> {
+    pub fn new(r: &Registry) -> anyhow::Result<Self> {
         let m = Self {
             backlog: IntGauge::new(
                 "chatty_webhook_backlog",
@@ -110,7 +111,7 @@ impl Webhooks {
     pub fn build(
         settings: &Settings,
         db: &Database,
-        registry: &Registry,
+        metrics: WebhookMetrics,
         redis_errors: IntCounter,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         let w = &settings.webhooks;
@@ -144,7 +145,7 @@ impl Webhooks {
             online: online.clone(),
             http,
             settings: w.clone(),
-            metrics: WebhookMetrics::new(registry)?,
+            metrics,
             wake,
         });
         Ok(Some(Arc::new(Self {
