@@ -536,6 +536,7 @@ export class ChattyClient {
    */
   opened(timeoutMs?: number): Promise<void> {
     if (this.state === 'open') return Promise.resolve();
+    if (this.state === 'closed') return Promise.reject(new ChattyError('disconnected', 'closed: call connect() first'));
     return new Promise((resolve, reject) => {
       let timer: Timer | null = null;
       const off = this.on('state', ({ state, reason, code }) => {
@@ -589,8 +590,16 @@ export class ChattyClient {
       try {
         this.codec = await loadMsgpack();
       } catch (e) {
-        this.emit('error', { code: 'codec', message: `cannot load @msgpack/msgpack: ${errorMessage(e)}` });
+        const message = `cannot load @msgpack/msgpack: ${errorMessage(e)}`;
+        this.emit('error', { code: 'codec', message });
         this.setState('closed', { reason: 'codec', error: e });
+        // No socket can open without it: nothing that waits for one would ever be answered.
+        for (const [room, r] of [...this.roomState]) if (!r.info) this.forget(room, r, 'codec', message);
+        for (const p of [...this.pending.values()]) this.failSend(p, 'codec', message);
+        for (const [ref, q] of [...this.requests]) {
+          this.requests.delete(ref);
+          q.reject(new ChattyError('codec', message, ref));
+        }
         return;
       }
       if (this.state === 'closed') return;
@@ -676,6 +685,7 @@ export class ChattyClient {
    */
   async refresh(): Promise<number> {
     if (typeof this.token !== 'function') throw new ChattyError('bad_request', 'refresh needs a token function');
+    if (!this.isOpen()) throw new ChattyError('disconnected', 'not connected');
     const token = await this.token();
     // Not resent after a reconnect: the new socket is opened with a fresh token anyway.
     const r = await this.request({ type: 'refresh', token }, 'reject');

@@ -9,7 +9,7 @@ import * as msgpack from '@msgpack/msgpack';
 import WebSocket from 'ws';
 
 import { ChattyClient, ChattyError, CloseCode, tokenClaims } from '../dist/index.js';
-import { mintToken, Server } from './server.mjs';
+import { freePort, mintToken, Server } from './server.mjs';
 import { nextEvent, record, tap, until, within } from './helpers.mjs';
 
 const T = { timeout: 30000 };
@@ -511,4 +511,31 @@ test('typed errors: a private room, a body too large, a room not joined', T, asy
   await assert.rejects(big.acked, (e) => e instanceof ChattyError && e.code === 'too_large' && typeof e.ref === 'string');
   assert.throws(() => c.send(open, 'x', { cid: 'not a cid!' }), (e) => e.code === 'bad_request');
   c.close();
+});
+
+test('backoff: exponential with equal jitter while nothing listens, reconnectNow skips the wait', T, async () => {
+  const port = await freePort(); // nobody listens there
+  const c = new ChattyClient({ url: `ws://127.0.0.1:${port}/ws`, token: mintToken('nobody'), WebSocket, minBackoffMs: 40, maxBackoffMs: 200 });
+  clients.add(c);
+  const delays = [];
+  const disconnects = record(c, ['disconnect']);
+  c.on('state', (s) => s.state === 'reconnecting' && s.delay !== undefined && delays.push(s.delay));
+  c.connect();
+  await until(() => delays.length >= 6, 10000, 'six retries');
+  c.close();
+  const caps = [40, 80, 160, 200, 200, 200];
+  delays.slice(0, 6).forEach((d, i) => assert.ok(d >= caps[i] / 2 && d <= caps[i], `delay ${i}: ${d} within [${caps[i] / 2}, ${caps[i]}]`));
+  assert.ok(disconnects.every(([, d]) => d.opened === false), 'no attempt connected');
+
+  // reconnectNow: a long backoff is cut short.
+  const slow = new ChattyClient({ url: `ws://127.0.0.1:${port}/ws`, token: mintToken('nobody'), WebSocket, minBackoffMs: 60000, maxBackoffMs: 60000 });
+  clients.add(slow);
+  const waiting = nextEvent(slow, 'state', (s) => s.state === 'reconnecting' && s.delay !== undefined);
+  slow.connect();
+  await waiting;
+  const again = nextEvent(slow, 'disconnect', () => true, 5000);
+  slow.reconnectNow();
+  await again; // a second attempt long before the 30 s minimum delay
+  slow.close();
+  await assert.rejects(slow.opened(), (e) => e instanceof ChattyError && e.code === 'disconnected');
 });

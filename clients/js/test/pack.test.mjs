@@ -63,6 +63,23 @@ for (const encoding of ['json', 'msgpack']) {
 console.log(JSON.stringify(out));
 `;
 
+const NO_CODEC = `
+import { ChattyClient, ChattyError } from '@chatty/client';
+import WebSocket from 'ws';
+
+const [origin] = process.argv.slice(2);
+const url = origin.replace(/^http/, 'ws') + '/ws';
+const token = async (name) =>
+  (await (await fetch(origin + '/dev/token', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }) })).json()).token;
+const c = new ChattyClient({ url, token: await token('nocodec'), WebSocket, encoding: 'msgpack' }).connect();
+const e = await c.join('nocodec').then(() => null, (e) => e);
+const j = new ChattyClient({ url, token: await token('nocodec-json'), WebSocket }).connect();
+await j.join('nocodec');
+const { seq } = await j.send('nocodec', 'json needs no codec').acked;
+j.close();
+console.log(JSON.stringify({ code: e && e.code, typed: e instanceof ChattyError, state: c.state, json: seq }));
+`;
+
 const TYPES = `
 import { ChattyClient, type ServerFrame, type ChattyErrorCode } from '@chatty/client';
 declare const WS: ConstructorParameters<typeof ChattyClient>[0]['WebSocket'];
@@ -87,11 +104,14 @@ test('npm pack, npm install the tarball, chat in both encodings', { timeout: 240
   rmSync(app, { recursive: true, force: true });
   await run('mkdir', ['-p', app]);
   writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'chatty-pack-check', private: true, type: 'module' }));
-  await run(npm, ['install', '--no-audit', '--no-fund', '--prefer-offline', tarball, '@msgpack/msgpack', 'ws'], {
-    cwd: app,
-    maxBuffer: 16 << 20,
-    timeout: 180000,
-  });
+  const install = (...pkgs) =>
+    run(npm, ['install', '--no-audit', '--no-fund', '--prefer-offline', ...pkgs], { cwd: app, maxBuffer: 16 << 20, timeout: 180000 });
+  await install(tarball, 'ws');
+  // Without the optional peer, MessagePack fails with a typed error and JSON still works.
+  writeFileSync(path.join(app, 'nocodec.mjs'), NO_CODEC);
+  const nc = await run(process.execPath, ['nocodec.mjs', server.origin], { cwd: app, timeout: 30000 });
+  assert.deepEqual(JSON.parse(nc.stdout.trim().split('\n').at(-1)), { code: 'codec', typed: true, state: 'closed', json: 1 });
+  await install('@msgpack/msgpack');
   assert.ok(existsSync(path.join(app, 'node_modules', '@chatty', 'client', 'dist', 'chatty-client.js')));
   assert.deepEqual(readdirSync(path.join(app, 'node_modules', '@chatty', 'client')).sort(), ['README.md', 'dist', 'package.json']);
 
