@@ -859,10 +859,16 @@ export class ChattyClient {
       if (p.room === room) this.failSend(p, code, message);
     }
     for (const [ref, q] of [...this.requests]) {
-      if (q.room === room) {
-        this.requests.delete(ref);
-        q.reject(new ChattyError(code, message, ref));
+      if (q.room !== room) continue;
+      if (q.sentOn !== null && q.sentOn === this.ws) {
+        // Already on its way (e.g. a `read` just before a `leave`): the server answers it, but
+        // it is not asked again on another socket, where the room is not joined.
+        q.room = null;
+        q.onLost = 'reject';
+        continue;
       }
+      this.requests.delete(ref);
+      q.reject(new ChattyError(code, message, ref));
     }
   }
 

@@ -25,6 +25,17 @@ let result;
 let browser;
 let profile;
 
+// Whatever happens to the test process, the browser (its own process group) dies with it.
+process.on('exit', () => {
+  if (browser && browser.exitCode === null && browser.signalCode === null) {
+    try {
+      process.kill(-browser.pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+});
+
 const PAGE = (wsUrl, tokens) => `<!doctype html>
 <meta charset="utf-8">
 <script type="importmap">{"imports": {"@msgpack/msgpack": "/msgpack/index.mjs"}}</script>
@@ -60,7 +71,7 @@ await fetch('/result', { method: 'POST', body: JSON.stringify(out) });
 before(async () => {
   if (skip) return;
   webPort = await freePort();
-  server = await new Server({ CHATTY__AUTH__ALLOWED_ORIGINS: `http://127.0.0.1:${webPort}` }).init();
+  server = await new Server({ CHATTY__AUTH__ALLOWED_ORIGINS: `http://127.0.0.1:${webPort}` }, 'browser').init();
   await server.start();
   let report;
   result = new Promise((r) => (report = r));
@@ -98,13 +109,23 @@ before(async () => {
 });
 
 after(async () => {
-  if (browser && browser.exitCode === null) {
-    browser.kill('SIGKILL');
-    await new Promise((r) => browser.once('exit', r));
+  try {
+    if (browser && browser.exitCode === null && browser.signalCode === null) {
+      const exited = new Promise((r) => browser.once('exit', r));
+      // Chromium's helpers (zygote, GPU, renderers) are in the process group it leads.
+      try {
+        process.kill(-browser.pid, 'SIGKILL');
+      } catch {
+        browser.kill('SIGKILL');
+      }
+      await exited;
+    }
+    if (profile) rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+  } finally {
+    web?.close();
+    web?.closeAllConnections();
+    await server?.dispose();
   }
-  if (profile) rmSync(profile, { recursive: true, force: true });
-  web?.close();
-  await server?.dispose();
 });
 
 test('a page chats in both encodings with dist/chatty-client.js', { skip, timeout: 60000 }, async () => {
@@ -112,7 +133,7 @@ test('a page chats in both encodings with dist/chatty-client.js', { skip, timeou
   browser = spawn(
     CHROMIUM,
     ['--headless=new', '--no-sandbox', '--enable-logging=stderr', '--disable-gpu', '--no-first-run', `--user-data-dir=${profile}`, `http://127.0.0.1:${webPort}/`],
-    { stdio: ['ignore', 'ignore', process.env.CHROMIUM_LOG ? 'inherit' : 'ignore'] },
+    { stdio: ['ignore', 'ignore', process.env.CHROMIUM_LOG ? 'inherit' : 'ignore'], detached: true },
   );
   const out = await within(result, 45000, 'the page');
   assert.equal(out.error, undefined, out.error);

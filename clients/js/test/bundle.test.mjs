@@ -18,7 +18,7 @@ const dist = path.join(PKG, 'dist');
 let server;
 
 before(async () => {
-  server = await new Server().init();
+  server = await new Server({}, 'bundle').init();
   await server.start();
 });
 

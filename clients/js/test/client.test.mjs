@@ -20,13 +20,13 @@ let n = 0;
 const uniq = (base) => `${base}-${process.pid}-${++n}`;
 
 before(async () => {
-  server = await new Server({ CHATTY__LIMITS__MESSAGES_PER_SECOND: '1000', CHATTY__LIMITS__MESSAGE_BURST: '1000' }).init();
+  server = await new Server({ CHATTY__LIMITS__MESSAGES_PER_SECOND: '1000', CHATTY__LIMITS__MESSAGE_BURST: '1000' }, 'client').init();
   await server.start();
 });
 
 after(async () => {
   for (const c of clients) c.close();
-  await server?.dispose({ keep: process.exitCode ? true : false });
+  await server?.dispose();
 });
 
 /** A client of the test server (closed after the tests); `user` gets a fresh long-lived token. */
@@ -138,7 +138,9 @@ for (const encoding of ['json', 'msgpack']) {
 
       // Leave: bob's live messages of the room stop; alice sees bob go.
       const gone = nextEvent(a, 'presence', (p) => p.room === room && p.leaves.some((l) => l.user === bob));
+      const lastRead = b.read(room, 11); // on its way when the room is left: still answered
       await b.leave(room);
+      assert.equal(await lastRead, 11);
       assert.deepEqual(b.joinedRooms, []);
       await within(gone, 5000, 'presence leave');
       a.close();
@@ -268,6 +270,7 @@ for (const encoding of ['json', 'msgpack']) {
       await b.join(room);
       const first = a.send(room, 'before the crash');
       assert.equal((await first.acked).seq, 1);
+      await until(() => am.length === 1, 5000, 'the echo of the first'); // the ack may come first
 
       // The next send is committed, but its ack (and echo) never reach the client: the
       // server dies before the client hears of it.
@@ -538,4 +541,34 @@ test('backoff: exponential with equal jitter while nothing listens, reconnectNow
   await again; // a second attempt long before the 30 s minimum delay
   slow.close();
   await assert.rejects(slow.opened(), (e) => e instanceof ChattyError && e.code === 'disconnected');
+});
+
+test('moderation over the socket: kick with ban, unban, set a role', T, async () => {
+  const room = uniq('mod');
+  const owner = uniq('owner');
+  const bob = uniq('bob');
+  assert.equal((await server.api('PUT', `/api/v1/rooms/${room}/members/${owner}`, { role: 'owner' })).status, 204);
+  const o = client(owner).connect();
+  const b = client(bob).connect();
+  const info = await o.join(room);
+  assert.equal(info.role, 'owner');
+  assert.equal(o.canModerate(room), true);
+  assert.equal((await b.join(room)).role, 'member');
+  assert.equal(b.canModerate(room), false);
+  await assert.rejects(b.kick(room, owner), (e) => e instanceof ChattyError && e.code === 'forbidden');
+
+  const removed = nextEvent(b, 'removed');
+  await o.kick(room, bob, { ban: true });
+  assert.deepEqual(await removed, { room, reason: 'banned' });
+  await assert.rejects(b.join(room), (e) => e instanceof ChattyError && e.code === 'forbidden');
+  await o.unban(room, bob);
+  await b.join(room);
+  await o.setRole(room, bob, 'moderator');
+  // The role is read at every moderation request: bob may now kick a member.
+  const carol = client(uniq('carol')).connect();
+  await carol.join(room);
+  const out = nextEvent(carol, 'removed');
+  await b.kick(room, carol.user);
+  assert.equal((await out).reason, 'kicked');
+  for (const c of [o, b, carol]) c.close();
 });

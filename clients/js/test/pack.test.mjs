@@ -19,7 +19,7 @@ let server;
 let dir;
 
 before(async () => {
-  server = await new Server().init();
+  server = await new Server({}, 'pack').init();
   await server.start();
   dir = mkdtempSync(path.join(os.tmpdir(), 'chatty-pack-'));
 });

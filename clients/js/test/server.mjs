@@ -4,7 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -43,13 +43,14 @@ export function mintToken(sub, { name = sub, ttlS = 3600, exp, roles } = {}) {
 }
 
 export class Server {
-  /** `extra`: more CHATTY__* settings. */
-  constructor(extra = {}) {
+  /** `extra`: more CHATTY__* settings; `name`: the log is test-output/<name>.server.log. */
+  constructor(extra = {}, name = 'test') {
     this.extra = extra;
     this.bin = BIN;
     this.dir = mkdtempSync(path.join(os.tmpdir(), 'chatty-sdk-'));
     this.sqlitePath = path.join(this.dir, `chatty-${randomBytes(4).toString('hex')}.db`);
-    this.logPath = path.join(this.dir, 'server.log');
+    mkdirSync(path.join(PKG, 'test-output'), { recursive: true });
+    this.logPath = path.join(PKG, 'test-output', `${name}.server.log`);
     this.child = null;
     this.runs = 0;
   }
@@ -135,11 +136,11 @@ export class Server {
     clearTimeout(timer);
   }
 
-  /** Stop, and remove the database and logs (kept when `keep`). */
-  async dispose({ keep = false } = {}) {
+  /** Stop, and remove the database (the log stays in test-output/). */
+  async dispose() {
     await this.stop();
     await new Promise((r) => this.log.end(r));
-    if (!keep) rmSync(this.dir, { recursive: true, force: true });
+    rmSync(this.dir, { recursive: true, force: true });
   }
 
   /** A call to the backend HTTP API with the API key. Resolves {status, body}. */
