@@ -660,7 +660,10 @@ export class ChattyClient {
     // Refresh `refreshLeadMs` before expiry, or halfway through a lifetime shorter than twice
     // that (never at once: a new token would be refreshed again at once, in a loop).
     const left = exp * 1000 - Date.now();
-    const delay = Math.max(left - this.opts.refreshLeadMs, left / 2, 0);
+    // Too late to be worth it (e.g. a token function that returns the same token again):
+    // the 1008 close at expiry brings a reconnect with a fresh token instead of a refresh loop.
+    if (left < 500) return;
+    const delay = Math.max(left - this.opts.refreshLeadMs, left / 2);
     const attempt = () =>
       this.refresh().catch(() => {
         // Refused or lost (a busy server, a closed socket): try once more while it is worth
@@ -1158,12 +1161,11 @@ export class ChattyClient {
         f = JSON.parse(data);
       } else {
         if (typeof data === 'string' || !this.codec) return null; // MessagePack is binary only
-        const bytes =
-          data instanceof ArrayBuffer
-            ? new Uint8Array(data)
-            : ArrayBuffer.isView(data)
-              ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
-              : null;
+        const bytes = ArrayBuffer.isView(data)
+          ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+          : data instanceof ArrayBuffer || Object.prototype.toString.call(data) === '[object ArrayBuffer]'
+            ? new Uint8Array(data as ArrayBuffer)
+            : null;
         if (!bytes) return null;
         f = this.codec.decode(bytes);
       }
