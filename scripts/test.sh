@@ -136,6 +136,25 @@ log "load generator: lints and unit tests (its own workspace)"
 log "browser end-to-end test (headless Chromium)"
 e2e/run.sh
 
+log "client package clients/js: type check, lint, the page's copy, tests against the real binary, the packed tarball"
+# The release binary e2e/run.sh just built, and the browser it found or installed.
+chatty_bin="${CHATTY_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/release/chatty}"
+chromium="${CHATTY_E2E_CHROMIUM:-}"
+if [ -z "$chromium" ]; then
+  for candidate in /usr/bin/chromium /usr/bin/google-chrome /usr/bin/google-chrome-stable; do
+    if [ -x "$candidate" ]; then chromium=$candidate; break; fi
+  done
+fi
+(
+  cd clients/js
+  npm ci --no-audit --no-fund --loglevel=error
+  npm run typecheck
+  npm run lint
+  npm run check-web
+  CHATTY_BIN="$chatty_bin" CHATTY_E2E_CHROMIUM="$chromium" npm test
+  CHATTY_BIN="$chatty_bin" npm run test:pack
+)
+
 log "WebSocket conformance (Autobahn|Testsuite against the real read path)"
 scripts/autobahn.sh
 

@@ -4,6 +4,9 @@
 // - dist/chatty-client.global.js: the same code as a classic script that sets
 //   `globalThis.Chatty` ({ChattyClient, ChattyError, connect, …}).
 // Either copy is one file; `out=<dir>` writes them to another directory too.
+// The chat page's copy: `web=<file>` writes the module there with a header saying where it
+// comes from (`npm run web`); `check-web=<file>` exits 1 when that copy is not what this build
+// would write (CI runs it, so the committed page never drifts from the package).
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -38,6 +41,29 @@ const body = lines
   })
   .join('\n');
 const global = `(function () {\n'use strict';\n${body}\nglobalThis.Chatty = { ${names.join(', ')} };\n})();\n`;
+
+const header = '// Generated from clients/js (@chatty/client) by `npm run web`: do not edit here.\n';
+const arg = (name) => process.argv.find((a) => a.startsWith(`${name}=`))?.slice(name.length + 1);
+const check = arg('check-web');
+if (check) {
+  let committed = '';
+  try {
+    committed = readFileSync(path.resolve(check), 'utf8');
+  } catch {
+    // missing: differs
+  }
+  if (committed !== header + src) {
+    console.error(`${check} is not the build of clients/js: run \`npm run web\` in clients/js and commit it`);
+    process.exit(1);
+  }
+  console.log(`${check} matches the build of clients/js`);
+  process.exit(0);
+}
+const web = arg('web');
+if (web) {
+  writeFileSync(path.resolve(web), header + src);
+  console.log(`wrote ${path.resolve(web)}`);
+}
 
 const outs = [path.join(root, 'dist')];
 const extra = process.argv.find((a) => a.startsWith('out='));

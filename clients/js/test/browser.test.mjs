@@ -1,5 +1,5 @@
-// The browser build in a real browser (headless Chromium, when installed: CHROMIUM or
-// /usr/bin/chromium; skipped otherwise): a page loads dist/chatty-client.js as a module and
+// The browser build in a real browser (headless Chromium: CHATTY_E2E_CHROMIUM, CHROMIUM or
+// /usr/bin/chromium; a missing browser fails the test, it is never skipped): a page loads dist/chatty-client.js as a module and
 // chats with the real server in both encodings, the MessagePack codec coming from the
 // client's own dynamic import('@msgpack/msgpack') through an import map. The page posts its
 // results back to the little HTTP server that served it.
@@ -15,8 +15,10 @@ import { after, before, test } from 'node:test';
 import { freePort, mintToken, PKG, Server } from './server.mjs';
 import { within } from './helpers.mjs';
 
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-const skip = existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM}`;
+const CHROMIUM = process.env.CHATTY_E2E_CHROMIUM || process.env.CHROMIUM || '/usr/bin/chromium';
+if (!existsSync(CHROMIUM)) {
+  throw new Error(`no Chromium at ${CHROMIUM}: install Debian's chromium (e2e/run.sh does) or set CHATTY_E2E_CHROMIUM`);
+}
 
 let server;
 let web;
@@ -69,7 +71,6 @@ await fetch('/result', { method: 'POST', body: JSON.stringify(out) });
 </script>`;
 
 before(async () => {
-  if (skip) return;
   webPort = await freePort();
   server = await new Server({ CHATTY__AUTH__ALLOWED_ORIGINS: `http://127.0.0.1:${webPort}` }, 'browser').init();
   await server.start();
@@ -128,7 +129,7 @@ after(async () => {
   }
 });
 
-test('a page chats in both encodings with dist/chatty-client.js', { skip, timeout: 60000 }, async () => {
+test('a page chats in both encodings with dist/chatty-client.js', { timeout: 60000 }, async () => {
   profile = mkdtempSync(path.join(os.tmpdir(), 'chatty-chromium-'));
   browser = spawn(
     CHROMIUM,

@@ -1,4 +1,4 @@
-// @chatty/client against the real chatty binary (CHATTY_BIN, default /tmp/chatty-new): both
+// @chatty/client against the real chatty binary (CHATTY_BIN, default target/release/chatty): both
 // encodings, the v1.1 frames, a crash and restart with unacked sends, recovery order with
 // since/since_rev, token refresh, the unacked cap and typed errors.
 

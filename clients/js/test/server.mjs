@@ -12,7 +12,10 @@ import { fileURLToPath } from 'node:url';
 
 export const PKG = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const REPO = path.resolve(PKG, '..', '..');
-export const BIN = process.env.CHATTY_BIN || '/tmp/chatty-new';
+// CHATTY_BIN, else the release build of this repository (`cargo build --release -p chatty`).
+export const BIN =
+  process.env.CHATTY_BIN ||
+  path.join(process.env.CARGO_TARGET_DIR || path.join(REPO, 'target'), 'release', 'chatty');
 // From config/local.toml.
 export const JWT_SECRET = 'local-development-secret-change-me';
 export const API_KEY = 'local-api-key';
