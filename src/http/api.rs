@@ -1,8 +1,16 @@
 //! The server HTTP API for backends (behind the API key) and the health endpoints. Handlers
 //! only translate between HTTP and the node; every rule lives in the actors and the store.
+//!
+//! The contract every keyed route keeps: the key is checked first ([`require_key`], a layer
+//! on those routes, before any extractor reads the path, the query or the body), and every
+//! error is `{error, message}` with one of [`ApiError`]'s codes. Handlers therefore take their
+//! input through [`ApiPath`], [`ApiQuery`], [`ApiJson`] and [`OptionalJson`], never through
+//! axum's own extractors, whose rejections are plain text with other statuses (415, 422).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -22,8 +30,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     BadRequest(String),
-    #[error("body larger than max_body_bytes")]
-    TooLarge,
+    #[error("{0}")]
+    TooLarge(String),
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("no such message")]
@@ -39,7 +47,7 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -85,9 +93,108 @@ impl From<chatty_actors::StoreError> for ApiError {
     }
 }
 
+/// The most a request body may have on the public port (`DefaultBodyLimit`); more is 413.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// An extractor's rejection as the API's error: a body above [`MAX_REQUEST_BYTES`] is
+/// `too_large`, a server-side failure (a route whose extractors do not fit it) `internal`,
+/// anything else the caller's `bad_request`, with axum's short reason as the message.
+fn rejected(status: StatusCode, reason: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(format!(
+            "request body larger than {} KiB",
+            MAX_REQUEST_BYTES / 1024
+        ))
+    } else if status.is_server_error() {
+        ApiError::Internal(reason)
+    } else {
+        ApiError::BadRequest(reason)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        rejected(r.status(), r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        rejected(r.status(), r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        rejected(r.status(), r.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        rejected(r.status(), r.body_text())
+    }
+}
+
+/// `axum::Json` with the API's errors: a missing or wrong content type, malformed JSON, a
+/// missing, mistyped or unknown field are 400, a body above the limit 413.
+#[derive(FromRequest)]
+#[from_request(via(Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Path` with the API's errors: a segment that is not UTF-8 or does not parse
+/// (a seq that is not a number) is 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// `axum::extract::Query` with the API's errors: a parameter that does not parse, or one the
+/// route does not know (every query type refuses unknown fields), is 400.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// The query of a route that takes no parameters: any is refused, as on every other route.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
+/// An optional JSON body, whatever its content type: none (or only whitespace) is `None`;
+/// anything else must parse (unknown fields refused by the body types), else 400.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let body = Bytes::from_request(req, state).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(None));
+        }
+        serde_json::from_slice(&body)
+            .map(|v| OptionalJson(Some(v)))
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
 /// Constant-time comparison, so the key cannot be guessed byte by byte from timings.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The layer on every keyed route (see `http::keyed`): the key before anything else, so a
+/// caller without it learns nothing about its input but 401.
+pub async fn require_key(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    check_key(&state, req.headers())?;
+    Ok(next.run(req).await)
 }
 
 fn check_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -110,27 +217,13 @@ fn user_id(user: &str) -> Result<UserId, ApiError> {
     UserId::parse(user).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// The start of every call about one user in one room: the key checked, both ids parsed.
-fn room_user(
-    state: &AppState,
-    headers: &HeaderMap,
-    (room, user): &(String, String),
-) -> Result<(RoomId, UserId), ApiError> {
-    check_key(state, headers)?;
+/// Both ids of a call about one user in one room, parsed.
+fn room_user((room, user): &(String, String)) -> Result<(RoomId, UserId), ApiError> {
     Ok((room_id(room)?, user_id(user)?))
 }
 
-/// An optional JSON body: none (or only whitespace) is `None`; anything else must parse.
-fn optional_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<Option<T>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice(body)
-        .map(Some)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
-}
-
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PublishBody {
     from: String,
     name: Option<String>,
@@ -151,11 +244,10 @@ struct Published {
 /// `POST /api/v1/rooms/{room}/messages`
 pub async fn publish(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(room): Path<String>,
-    Json(b): Json<PublishBody>,
+    ApiPath(room): ApiPath<String>,
+    _: ApiQuery<NoQuery>,
+    ApiJson(b): ApiJson<PublishBody>,
 ) -> Result<Response, ApiError> {
-    check_key(&state, &headers)?;
     let room = room_id(&room)?;
     let from = UserId::parse(&b.from).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let cid = Cid::parse(&b.cid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -179,7 +271,7 @@ pub async fn publish(
 /// A body, checked as a socket's is.
 fn body(state: &AppState, b: &str) -> Result<Body, ApiError> {
     Body::parse(b, state.settings.limits.max_body_bytes).map_err(|e| match e {
-        BodyError::TooLarge => ApiError::TooLarge,
+        BodyError::TooLarge => ApiError::TooLarge("body larger than max_body_bytes".into()),
         BodyError::Empty => ApiError::BadRequest("body must not be empty".into()),
         BodyError::Nul => ApiError::BadRequest("body must not contain NUL".into()),
     })
@@ -191,7 +283,7 @@ fn meta(state: &AppState, m: Option<serde_json::Value>) -> Result<Option<Meta>, 
     Meta::parse(m, state.settings.limits.max_meta_bytes)
         .map(Some)
         .map_err(|e| match e {
-            MetaError::TooLarge => ApiError::TooLarge,
+            MetaError::TooLarge => ApiError::TooLarge("meta larger than max_meta_bytes".into()),
             e => ApiError::BadRequest(e.message().into()),
         })
 }
@@ -222,11 +314,9 @@ pub struct DeleteQuery {
 /// `DELETE /api/v1/rooms/{room}/messages/{seq}`: a moderation delete (any message).
 pub async fn delete_message(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path((room, seq)): Path<(String, u64)>,
-    Query(q): Query<DeleteQuery>,
+    ApiPath((room, seq)): ApiPath<(String, u64)>,
+    ApiQuery(q): ApiQuery<DeleteQuery>,
 ) -> Result<Response, ApiError> {
-    check_key(&state, &headers)?;
     let room = room_id(&room)?;
     let by = UserId::parse(q.by.as_deref().unwrap_or("backend"))
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -251,11 +341,10 @@ pub struct EditBody {
 /// `PATCH /api/v1/rooms/{room}/messages/{seq}`: an edit on behalf of the author (`from`).
 pub async fn edit_message(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path((room, seq)): Path<(String, u64)>,
-    Json(b): Json<EditBody>,
+    ApiPath((room, seq)): ApiPath<(String, u64)>,
+    _: ApiQuery<NoQuery>,
+    ApiJson(b): ApiJson<EditBody>,
 ) -> Result<Response, ApiError> {
-    check_key(&state, &headers)?;
     let room = room_id(&room)?;
     let by = UserId::parse(&b.from).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let c = NewChange {
@@ -281,17 +370,17 @@ pub struct EventBody {
 /// every node; 202 with how many sockets it was handed to (0 for a user with none).
 pub async fn user_event(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(user): Path<String>,
-    body: Bytes,
+    ApiPath(user): ApiPath<String>,
+    _: ApiQuery<NoQuery>,
+    OptionalJson(b): OptionalJson<EventBody>,
 ) -> Result<Response, ApiError> {
-    check_key(&state, &headers)?;
     let user = UserId::parse(&user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    // Read by hand so that a missing `data` or an unknown field is a 400 like the rest.
-    let b: EventBody = optional_json(&body)?
-        .ok_or_else(|| ApiError::BadRequest("a body {data} is required".into()))?;
+    let b = b.ok_or_else(|| ApiError::BadRequest("a body {data} is required".into()))?;
     let data = Meta::object(b.data, crate::redis::MAX_EVENT_BYTES).map_err(|e| match e {
-        MetaError::TooLarge => ApiError::TooLarge,
+        MetaError::TooLarge => ApiError::TooLarge(format!(
+            "data larger than {} bytes",
+            crate::redis::MAX_EVENT_BYTES
+        )),
         _ => ApiError::BadRequest("data must be a JSON object".into()),
     })?;
     let connections = state.node.user_event(user, data).await;
@@ -311,11 +400,9 @@ pub struct RoomsQuery {
 /// `GET /api/v1/users/{user}/rooms?limit=` (v1.1): the user's conversation list.
 pub async fn user_rooms(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(user): Path<String>,
-    Query(q): Query<RoomsQuery>,
+    ApiPath(user): ApiPath<String>,
+    ApiQuery(q): ApiQuery<RoomsQuery>,
 ) -> Result<Response, ApiError> {
-    check_key(&state, &headers)?;
     let user = UserId::parse(&user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let limit = q.limit.unwrap_or(chatty_actors::ROOMS_LIST_MAX);
     if limit == 0 {
@@ -326,6 +413,7 @@ pub async fn user_rooms(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     before: Option<u64>,
     limit: Option<u32>,
@@ -334,11 +422,9 @@ pub struct HistoryQuery {
 /// `GET /api/v1/rooms/{room}/messages?before=&limit=`
 pub async fn history(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(room): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    ApiPath(room): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> Result<Response, ApiError> {
-    check_key(&state, &headers)?;
     let room = room_id(&room)?;
     let limit = q.limit.unwrap_or(50);
     if limit == 0 {
@@ -352,16 +438,16 @@ pub async fn history(
 /// `GET /api/v1/rooms/{room}/presence`
 pub async fn presence(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
+    _: ApiQuery<NoQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_key(&state, &headers)?;
     let room = room_id(&room)?;
     let users: Vec<PresenceEntry> = state.node.presence(&room).await?;
     Ok(Json(json!({ "users": users })))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RoomBody {
     private: bool,
 }
@@ -369,11 +455,10 @@ pub struct RoomBody {
 /// `PUT /api/v1/rooms/{room}`
 pub async fn put_room(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(room): Path<String>,
-    Json(b): Json<RoomBody>,
+    ApiPath(room): ApiPath<String>,
+    _: ApiQuery<NoQuery>,
+    ApiJson(b): ApiJson<RoomBody>,
 ) -> Result<StatusCode, ApiError> {
-    check_key(&state, &headers)?;
     let room = room_id(&room)?;
     state.node.store().set_private(&room, b.private).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -389,12 +474,12 @@ pub struct MemberBody {
 /// the user becomes a member and keeps any role they had.
 pub async fn put_member(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(ids): Path<(String, String)>,
-    body: Bytes,
+    ApiPath(ids): ApiPath<(String, String)>,
+    _: ApiQuery<NoQuery>,
+    OptionalJson(b): OptionalJson<MemberBody>,
 ) -> Result<StatusCode, ApiError> {
-    let (room, user) = room_user(&state, &headers, &ids)?;
-    let role = match optional_json::<MemberBody>(&body)? {
+    let (room, user) = room_user(&ids)?;
+    let role = match b {
         None => None,
         Some(b) => Some(RoomRole::parse(&b.role).ok_or_else(|| {
             ApiError::BadRequest("role must be member, moderator or owner".into())
@@ -408,10 +493,10 @@ pub async fn put_member(
 /// taken out of it on every node (`removed`, reason `removed`).
 pub async fn delete_member(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(ids): Path<(String, String)>,
+    ApiPath(ids): ApiPath<(String, String)>,
+    _: ApiQuery<NoQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let (room, user) = room_user(&state, &headers, &ids)?;
+    let (room, user) = room_user(&ids)?;
     state.node.remove_member(&room, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -427,11 +512,10 @@ pub struct KickBody {
 /// `POST /api/v1/rooms/{room}/kick {user, ban?}`
 pub async fn kick(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(room): Path<String>,
-    Json(b): Json<KickBody>,
+    ApiPath(room): ApiPath<String>,
+    _: ApiQuery<NoQuery>,
+    ApiJson(b): ApiJson<KickBody>,
 ) -> Result<StatusCode, ApiError> {
-    check_key(&state, &headers)?;
     let room = room_id(&room)?;
     let user = user_id(&b.user)?;
     state.node.kick(&room, &user, b.ban).await?;
@@ -441,10 +525,10 @@ pub async fn kick(
 /// `DELETE /api/v1/rooms/{room}/bans/{user}`
 pub async fn unban(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(ids): Path<(String, String)>,
+    ApiPath(ids): ApiPath<(String, String)>,
+    _: ApiQuery<NoQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let (room, user) = room_user(&state, &headers, &ids)?;
+    let (room, user) = room_user(&ids)?;
     state.node.unban(&room, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -459,13 +543,12 @@ pub struct DisconnectBody {
 /// is closed with 4003. The reason goes to this node's log, not to the client.
 pub async fn disconnect(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(user): Path<String>,
-    body: Bytes,
+    ApiPath(user): ApiPath<String>,
+    _: ApiQuery<NoQuery>,
+    OptionalJson(b): OptionalJson<DisconnectBody>,
 ) -> Result<StatusCode, ApiError> {
-    check_key(&state, &headers)?;
     let user = user_id(&user)?;
-    let reason = optional_json::<DisconnectBody>(&body)?.and_then(|b| b.reason);
+    let reason = b.and_then(|b| b.reason);
     if reason.as_ref().is_some_and(|r| r.len() > 256) {
         return Err(ApiError::BadRequest("reason longer than 256 bytes".into()));
     }
@@ -519,10 +602,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
 /// Fault injection (`debug.fault_injection` only): `POST /debug/rooms/{room}/panic`.
 pub async fn inject_room_panic(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(room): Path<String>,
+    ApiPath(room): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    check_key(&state, &headers)?;
     let room = room_id(&room)?;
     if state.node.inject_room_panic(&room) {
         Ok(StatusCode::ACCEPTED)
@@ -532,11 +613,7 @@ pub async fn inject_room_panic(
 }
 
 /// Fault injection (`debug.fault_injection` only): `POST /debug/writer/panic`.
-pub async fn inject_writer_panic(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    check_key(&state, &headers)?;
+pub async fn inject_writer_panic(State(state): State<AppState>) -> Result<StatusCode, ApiError> {
     if state.node.inject_writer_panic() {
         Ok(StatusCode::ACCEPTED)
     } else {

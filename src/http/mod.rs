@@ -25,6 +25,26 @@ pub fn public(state: AppState) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/health", get(api::health))
         .route("/api/v1/openapi.json", get(api::openapi))
+        .merge(keyed(&state));
+    if state.settings.debug.echo_endpoint {
+        r = r.route("/debug/echo", get(crate::ws::echo::upgrade));
+    }
+    if state.settings.auth.dev_tokens {
+        r = r.route("/dev/token", post(web::dev_token));
+    }
+    r.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        track_http,
+    ))
+    .layer(axum::extract::DefaultBodyLimit::max(api::MAX_REQUEST_BYTES))
+    .with_state(state)
+}
+
+/// Every route that needs the API key, behind [`api::require_key`]: the key is checked before
+/// a handler's extractors read the path, the query or the body, so a call without it is 401
+/// whatever else is wrong with it. A keyed route must be added here, and nowhere else.
+fn keyed(state: &AppState) -> Router<AppState> {
+    let mut r = Router::new()
         .route(
             "/api/v1/rooms/{room}/messages",
             post(api::publish).get(api::history),
@@ -47,23 +67,15 @@ pub fn public(state: AppState) -> Router {
         .route("/api/v1/users/{user}/disconnect", post(api::disconnect))
         .route("/api/v1/users/{user}/events", post(api::user_event))
         .route("/api/v1/users/{user}/rooms", get(api::user_rooms));
-    if state.settings.debug.echo_endpoint {
-        r = r.route("/debug/echo", get(crate::ws::echo::upgrade));
-    }
-    if state.settings.auth.dev_tokens {
-        r = r.route("/dev/token", post(web::dev_token));
-    }
     if state.settings.debug.fault_injection {
         r = r
             .route("/debug/rooms/{room}/panic", post(api::inject_room_panic))
             .route("/debug/writer/panic", post(api::inject_writer_panic));
     }
-    r.layer(axum::middleware::from_fn_with_state(
+    r.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
-        track_http,
+        api::require_key,
     ))
-    .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-    .with_state(state)
 }
 
 /// The metrics port: `/metrics` and health, never on the public port.

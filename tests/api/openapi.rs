@@ -149,7 +149,7 @@ fn live() -> Vec<Case> {
         publish(json!({"from": "ann", "cid": "c1", "body": "hello", "meta": {"reply_to": 0}})),
         publish(json!({"from": "ann", "cid": "c1", "body": "hello", "meta": {"reply_to": 0}})),
         publish(json!({"from": "bob", "name": "Bob", "cid": "c2", "body": "second", "meta": null})),
-        publish(json!({"from": "ann", "cid": "c3", "body": "third", "ignored": true})),
+        publish(json!({"from": "ann", "cid": "c3", "body": "third"})),
         case("POST", MESSAGES, 400, "/api/v1/rooms/bad%20room/messages").json(ok_publish.clone()),
         bad_publish(400, json!({"from": "ann", "cid": "bad cid", "body": "x"})),
         bad_publish(400, json!({"from": "", "cid": "c9", "body": "x"})),
@@ -159,14 +159,31 @@ fn live() -> Vec<Case> {
             400,
             json!({"from": "ann", "cid": "c9", "body": "x", "meta": [1]}),
         ),
+        bad_publish(
+            400,
+            json!({"from": "ann", "cid": "c9", "body": "x", "ignored": true}),
+        ),
+        bad_publish(400, json!({"from": "ann", "body": "x"})),
+        bad_publish(400, json!({"from": "ann", "cid": "c9", "body": 5})),
         case("POST", MESSAGES, 400, "/api/v1/rooms/oa/messages").raw("application/json", "{"),
+        case("POST", MESSAGES, 400, "/api/v1/rooms/oa/messages")
+            .raw("text/plain", ok_publish.to_string()),
+        case("POST", MESSAGES, 400, "/api/v1/rooms/oa/messages").raw("", ok_publish.to_string()),
         case("POST", MESSAGES, 400, "/api/v1/rooms/%FF/messages").json(ok_publish.clone()),
+        case("POST", MESSAGES, 400, "/api/v1/rooms/oa/messages?x=1").json(ok_publish.clone()),
         case("POST", MESSAGES, 401, "/api/v1/rooms/oa/messages")
             .json(ok_publish.clone())
             .no_key(),
         case("POST", MESSAGES, 401, "/api/v1/rooms/oa/messages")
             .json(ok_publish.clone())
             .wrong_key(),
+        // The key comes first: a call without it learns nothing about the rest of its input.
+        case("POST", MESSAGES, 401, "/api/v1/rooms/oa/messages")
+            .raw("", ok_publish.to_string())
+            .no_key(),
+        case("POST", MESSAGES, 401, "/api/v1/rooms/%FF/messages")
+            .raw("application/json", "{")
+            .no_key(),
         bad_publish(
             413,
             json!({"from": "ann", "cid": "c9", "body": "x".repeat(5000)}),
@@ -176,30 +193,18 @@ fn live() -> Vec<Case> {
             json!({"from": "ann", "cid": "c9", "body": "x", "meta": {"k": "v".repeat(3000)}}),
         ),
         case("POST", MESSAGES, 413, "/api/v1/rooms/oa/messages").oversized(),
-        case("POST", MESSAGES, 415, "/api/v1/rooms/oa/messages")
-            .raw("text/plain", ok_publish.to_string()),
-        case("POST", MESSAGES, 415, "/api/v1/rooms/oa/messages").raw("", ok_publish.to_string()),
-        // The framework's rejections come before the key is checked.
-        case("POST", MESSAGES, 415, "/api/v1/rooms/oa/messages")
-            .raw("", ok_publish.to_string())
-            .no_key(),
-        bad_publish(422, json!({"from": "ann", "body": "x"})),
-        bad_publish(422, json!({"from": "ann", "cid": "c9", "body": 5})),
         // History.
         case("GET", MESSAGES, 200, "/api/v1/rooms/oa/messages?limit=1"),
-        case(
-            "GET",
-            MESSAGES,
-            200,
-            "/api/v1/rooms/oa/messages?before=2&unknown=1",
-        ),
+        case("GET", MESSAGES, 200, "/api/v1/rooms/oa/messages?before=2"),
         case("GET", MESSAGES, 200, "/api/v1/rooms/empty/messages"),
         case("GET", MESSAGES, 400, "/api/v1/rooms/oa/messages?limit=0"),
         case("GET", MESSAGES, 400, "/api/v1/rooms/bad%20room/messages"),
         case("GET", MESSAGES, 400, "/api/v1/rooms/oa/messages?limit=abc"),
         case("GET", MESSAGES, 400, "/api/v1/rooms/oa/messages?before=-1"),
         case("GET", MESSAGES, 400, "/api/v1/rooms/%FF/messages"),
+        case("GET", MESSAGES, 400, "/api/v1/rooms/oa/messages?unknown=1"),
         case("GET", MESSAGES, 401, "/api/v1/rooms/oa/messages").no_key(),
+        case("GET", MESSAGES, 401, "/api/v1/rooms/oa/messages?limit=abc").no_key(),
         // Delete (seq 3), then again (unchanged).
         case("DELETE", MESSAGE, 200, "/api/v1/rooms/oa/messages/3?by=mod"),
         case("DELETE", MESSAGE, 200, "/api/v1/rooms/oa/messages/3"),
@@ -224,6 +229,13 @@ fn live() -> Vec<Case> {
             "/api/v1/rooms/oa/messages/1?who=mod",
         ),
         case("DELETE", MESSAGE, 401, "/api/v1/rooms/oa/messages/1").no_key(),
+        case(
+            "DELETE",
+            MESSAGE,
+            401,
+            "/api/v1/rooms/oa/messages/abc?who=x",
+        )
+        .no_key(),
         case("DELETE", MESSAGE, 404, "/api/v1/rooms/oa/messages/99"),
         case("DELETE", MESSAGE, 404, "/api/v1/rooms/nowhere/messages/1"),
         // Edit seq 1 (the author's), then the same again (unchanged); seq 2 never changed.
@@ -240,36 +252,42 @@ fn live() -> Vec<Case> {
         case("PATCH", MESSAGE, 400, "/api/v1/rooms/bad%20room/messages/1").json(ok_edit.clone()),
         case("PATCH", MESSAGE, 400, "/api/v1/rooms/oa/messages/1").raw("application/json", "{"),
         case("PATCH", MESSAGE, 400, "/api/v1/rooms/oa/messages/abc").json(ok_edit.clone()),
+        case("PATCH", MESSAGE, 400, "/api/v1/rooms/oa/messages/1").raw("", ok_edit.to_string()),
+        case("PATCH", MESSAGE, 400, "/api/v1/rooms/oa/messages/1?x=1").json(ok_edit.clone()),
+        edit(400, "1", json!({"from": "ann", "body": "x", "extra": 1})),
+        edit(400, "1", json!({"from": "ann"})),
         edit(401, "1", ok_edit.clone()).no_key(),
+        case("PATCH", MESSAGE, 401, "/api/v1/rooms/oa/messages/abc")
+            .raw("", "{")
+            .no_key(),
         edit(403, "1", json!({"from": "bob", "body": "not mine"})),
         edit(403, "3", json!({"from": "ann", "body": "deleted"})),
         edit(404, "99", ok_edit.clone()),
         edit(413, "1", json!({"from": "ann", "body": "x".repeat(5000)})),
         case("PATCH", MESSAGE, 413, "/api/v1/rooms/oa/messages/1").oversized(),
-        case("PATCH", MESSAGE, 415, "/api/v1/rooms/oa/messages/1").raw("", ok_edit.to_string()),
-        edit(422, "1", json!({"from": "ann", "body": "x", "extra": 1})),
-        edit(422, "1", json!({"from": "ann"})),
         // Presence.
         case("GET", PRESENCE, 200, "/api/v1/rooms/oa/presence"),
         case("GET", PRESENCE, 400, "/api/v1/rooms/bad%20room/presence"),
         case("GET", PRESENCE, 400, "/api/v1/rooms/%FF/presence"),
+        case("GET", PRESENCE, 400, "/api/v1/rooms/oa/presence?x=1"),
         case("GET", PRESENCE, 401, "/api/v1/rooms/oa/presence").wrong_key(),
         // Rooms.
         case("PUT", ROOM, 204, "/api/v1/rooms/oa").json(json!({"private": false})),
-        case("PUT", ROOM, 204, "/api/v1/rooms/vip").json(json!({"private": true, "note": 1})),
+        case("PUT", ROOM, 204, "/api/v1/rooms/vip").json(json!({"private": true})),
+        case("PUT", ROOM, 400, "/api/v1/rooms/vip").json(json!({"private": true, "note": 1})),
+        case("PUT", ROOM, 400, "/api/v1/rooms/vip").raw("text/plain", r#"{"private":true}"#),
+        case("PUT", ROOM, 400, "/api/v1/rooms/vip").json(json!({"private": "yes"})),
+        case("PUT", ROOM, 400, "/api/v1/rooms/vip").json(json!({})),
         case("PUT", ROOM, 400, "/api/v1/rooms/bad%20room").json(json!({"private": true})),
         case("PUT", ROOM, 400, "/api/v1/rooms/vip").raw("application/json", "{"),
         case("PUT", ROOM, 400, "/api/v1/rooms/%FF").json(json!({"private": true})),
         case("PUT", ROOM, 401, "/api/v1/rooms/vip")
             .json(json!({"private": true}))
             .no_key(),
-        case("PUT", ROOM, 413, "/api/v1/rooms/vip").oversized(),
-        case("PUT", ROOM, 415, "/api/v1/rooms/vip").raw("text/plain", r#"{"private":true}"#),
-        case("PUT", ROOM, 422, "/api/v1/rooms/vip").json(json!({"private": "yes"})),
-        case("PUT", ROOM, 422, "/api/v1/rooms/vip").json(json!({})),
-        case("PUT", ROOM, 422, "/api/v1/rooms/vip")
+        case("PUT", ROOM, 401, "/api/v1/rooms/vip")
             .json(json!({}))
             .no_key(),
+        case("PUT", ROOM, 413, "/api/v1/rooms/vip").oversized(),
         // Members.
         case("PUT", MEMBER, 204, "/api/v1/rooms/vip/members/ann"),
         case("PUT", MEMBER, 204, "/api/v1/rooms/vip/members/bob")
@@ -282,6 +300,12 @@ fn live() -> Vec<Case> {
         case("PUT", MEMBER, 400, "/api/v1/rooms/vip/members/a%0Ab"),
         case("PUT", MEMBER, 400, "/api/v1/rooms/bad%20room/members/bob"),
         case("PUT", MEMBER, 400, "/api/v1/rooms/vip/members/%FF"),
+        case(
+            "PUT",
+            MEMBER,
+            400,
+            "/api/v1/rooms/vip/members/bob?role=owner",
+        ),
         case("PUT", MEMBER, 401, "/api/v1/rooms/vip/members/bob").no_key(),
         case("PUT", MEMBER, 413, "/api/v1/rooms/vip/members/bob").oversized(),
         case("DELETE", MEMBER, 204, "/api/v1/rooms/vip/members/bob"),
@@ -296,17 +320,18 @@ fn live() -> Vec<Case> {
         case("POST", KICK, 400, "/api/v1/rooms/bad%20room/kick").json(json!({"user": "bob"})),
         case("POST", KICK, 400, "/api/v1/rooms/oa/kick").raw("application/json", "{"),
         case("POST", KICK, 400, "/api/v1/rooms/%FF/kick").json(json!({"user": "bob"})),
+        case("POST", KICK, 400, "/api/v1/rooms/oa/kick").raw("", r#"{"user":"bob"}"#),
+        case("POST", KICK, 400, "/api/v1/rooms/oa/kick").json(json!({"user": "bob", "x": 1})),
+        case("POST", KICK, 400, "/api/v1/rooms/oa/kick").json(json!({})),
         case("POST", KICK, 401, "/api/v1/rooms/oa/kick")
             .json(json!({"user": "bob"}))
             .no_key(),
         case("POST", KICK, 413, "/api/v1/rooms/oa/kick").oversized(),
-        case("POST", KICK, 415, "/api/v1/rooms/oa/kick").raw("", r#"{"user":"bob"}"#),
-        case("POST", KICK, 422, "/api/v1/rooms/oa/kick").json(json!({"user": "bob", "x": 1})),
-        case("POST", KICK, 422, "/api/v1/rooms/oa/kick").json(json!({})),
         case("DELETE", BAN, 204, "/api/v1/rooms/oa/bans/carl"),
         case("DELETE", BAN, 204, "/api/v1/rooms/oa/bans/nobody"),
         case("DELETE", BAN, 400, "/api/v1/rooms/oa/bans/a%0Ab"),
         case("DELETE", BAN, 400, "/api/v1/rooms/%FF/bans/carl"),
+        case("DELETE", BAN, 400, "/api/v1/rooms/oa/bans/carl?all=1"),
         case("DELETE", BAN, 401, "/api/v1/rooms/oa/bans/carl").wrong_key(),
         // Users.
         case("POST", DISCONNECT, 204, "/api/v1/users/zed/disconnect"),
@@ -346,10 +371,11 @@ fn live() -> Vec<Case> {
             400,
             "/api/v1/users/ann/rooms?limit=4294967296",
         ),
-        case("GET", ROOMS, 400, "/api/v1/users/ann/rooms?limit=-1").no_key(),
+        case("GET", ROOMS, 400, "/api/v1/users/ann/rooms?limit=-1"),
         case("GET", ROOMS, 400, "/api/v1/users/ann/rooms?unknown=1"),
         case("GET", ROOMS, 400, "/api/v1/users/%FF/rooms"),
         case("GET", ROOMS, 401, "/api/v1/users/ann/rooms").no_key(),
+        case("GET", ROOMS, 401, "/api/v1/users/%FF/rooms?limit=-1").no_key(),
     ]
 }
 
@@ -650,7 +676,8 @@ fn check_coverage(doc: &Value, cases: &[&Case]) {
 }
 
 /// The document's own rules: OpenAPI 3.1, every reference resolves, the API key on every
-/// `/api/v1` operation but the document itself, and none elsewhere.
+/// `/api/v1` operation but the document itself, and none elsewhere; every error of a keyed
+/// operation is `application/json` with the `Error` schema, and nothing else.
 fn check_document(doc: &Value) {
     assert_eq!(doc["openapi"], "3.1.0");
     fn refs(doc: &Value, v: &Value) {
@@ -685,6 +712,27 @@ fn check_document(doc: &Value) {
                 keyed,
                 "{method} {path}: 401 documented exactly where the key is needed"
             );
+            if !keyed {
+                continue;
+            }
+            // Every error of a keyed operation is the JSON `Error`, whatever refused the call.
+            for (status, response) in op["responses"].as_object().unwrap() {
+                if status.parse::<u16>().is_ok_and(|s| s < 400) {
+                    continue;
+                }
+                let content = resolve(doc, response)["content"].as_object();
+                let media: Vec<&String> = content.map(|c| c.keys().collect()).unwrap_or_default();
+                assert_eq!(
+                    media,
+                    ["application/json"],
+                    "{method} {path} {status}: an error is JSON only"
+                );
+                let schema = &content.unwrap()["application/json"]["schema"];
+                assert_eq!(
+                    schema["allOf"][0]["$ref"], "#/components/schemas/Error",
+                    "{method} {path} {status}: an error is the `Error` schema"
+                );
+            }
         }
     }
 }
