@@ -154,11 +154,6 @@ pub struct ApiPath<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-/// The query of a route that takes no parameters: any is refused, as on every other route.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoQuery {}
-
 /// An optional JSON body, whatever its content type: none (or only whitespace) is `None`;
 /// anything else must parse (unknown fields refused by the body types), else 400.
 pub struct OptionalJson<T>(pub Option<T>);
@@ -222,8 +217,8 @@ fn room_user((room, user): &(String, String)) -> Result<(RoomId, UserId), ApiErr
     Ok((room_id(room)?, user_id(user)?))
 }
 
+/// Unknown fields are ignored, as they always were here (v1 callers may send more).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PublishBody {
     from: String,
     name: Option<String>,
@@ -245,7 +240,6 @@ struct Published {
 pub async fn publish(
     State(state): State<AppState>,
     ApiPath(room): ApiPath<String>,
-    _: ApiQuery<NoQuery>,
     ApiJson(b): ApiJson<PublishBody>,
 ) -> Result<Response, ApiError> {
     let room = room_id(&room)?;
@@ -342,7 +336,6 @@ pub struct EditBody {
 pub async fn edit_message(
     State(state): State<AppState>,
     ApiPath((room, seq)): ApiPath<(String, u64)>,
-    _: ApiQuery<NoQuery>,
     ApiJson(b): ApiJson<EditBody>,
 ) -> Result<Response, ApiError> {
     let room = room_id(&room)?;
@@ -371,7 +364,6 @@ pub struct EventBody {
 pub async fn user_event(
     State(state): State<AppState>,
     ApiPath(user): ApiPath<String>,
-    _: ApiQuery<NoQuery>,
     OptionalJson(b): OptionalJson<EventBody>,
 ) -> Result<Response, ApiError> {
     let user = UserId::parse(&user).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -412,8 +404,8 @@ pub async fn user_rooms(
     Ok(Json(json!({ "rooms": rooms })).into_response())
 }
 
+/// Unknown fields are ignored, as they always were here (v1 callers may send more).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     before: Option<u64>,
     limit: Option<u32>,
@@ -439,15 +431,14 @@ pub async fn history(
 pub async fn presence(
     State(state): State<AppState>,
     ApiPath(room): ApiPath<String>,
-    _: ApiQuery<NoQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let room = room_id(&room)?;
     let users: Vec<PresenceEntry> = state.node.presence(&room).await?;
     Ok(Json(json!({ "users": users })))
 }
 
+/// Unknown fields are ignored, as they always were here (v1 callers may send more).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RoomBody {
     private: bool,
 }
@@ -456,7 +447,6 @@ pub struct RoomBody {
 pub async fn put_room(
     State(state): State<AppState>,
     ApiPath(room): ApiPath<String>,
-    _: ApiQuery<NoQuery>,
     ApiJson(b): ApiJson<RoomBody>,
 ) -> Result<StatusCode, ApiError> {
     let room = room_id(&room)?;
@@ -475,7 +465,6 @@ pub struct MemberBody {
 pub async fn put_member(
     State(state): State<AppState>,
     ApiPath(ids): ApiPath<(String, String)>,
-    _: ApiQuery<NoQuery>,
     OptionalJson(b): OptionalJson<MemberBody>,
 ) -> Result<StatusCode, ApiError> {
     let (room, user) = room_user(&ids)?;
@@ -494,7 +483,6 @@ pub async fn put_member(
 pub async fn delete_member(
     State(state): State<AppState>,
     ApiPath(ids): ApiPath<(String, String)>,
-    _: ApiQuery<NoQuery>,
 ) -> Result<StatusCode, ApiError> {
     let (room, user) = room_user(&ids)?;
     state.node.remove_member(&room, &user).await?;
@@ -513,7 +501,6 @@ pub struct KickBody {
 pub async fn kick(
     State(state): State<AppState>,
     ApiPath(room): ApiPath<String>,
-    _: ApiQuery<NoQuery>,
     ApiJson(b): ApiJson<KickBody>,
 ) -> Result<StatusCode, ApiError> {
     let room = room_id(&room)?;
@@ -526,7 +513,6 @@ pub async fn kick(
 pub async fn unban(
     State(state): State<AppState>,
     ApiPath(ids): ApiPath<(String, String)>,
-    _: ApiQuery<NoQuery>,
 ) -> Result<StatusCode, ApiError> {
     let (room, user) = room_user(&ids)?;
     state.node.unban(&room, &user).await?;
@@ -544,7 +530,6 @@ pub struct DisconnectBody {
 pub async fn disconnect(
     State(state): State<AppState>,
     ApiPath(user): ApiPath<String>,
-    _: ApiQuery<NoQuery>,
     OptionalJson(b): OptionalJson<DisconnectBody>,
 ) -> Result<StatusCode, ApiError> {
     let user = user_id(&user)?;
