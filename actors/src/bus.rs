@@ -54,6 +54,8 @@ pub struct BusListenerArgs {
     pub bus: Arc<dyn ClusterBus>,
     pub rooms: Arc<RoomRegistry>,
     pub conns: Arc<ConnRegistry>,
+    /// Told when a room's members changed on another node.
+    pub inbox: crate::inbox::Inbox,
     pub metrics: Metrics,
 }
 
@@ -81,12 +83,13 @@ impl Actor for BusListener {
         let pump = args.bus.take_receiver().map(|mut rx| {
             let rooms = args.rooms.clone();
             let conns = args.conns.clone();
+            let inbox = args.inbox.clone();
             let metrics = args.metrics.clone();
             let bus = args.bus.clone();
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     metrics.bus_received.inc();
-                    route(&rooms, &conns, &*bus, ev);
+                    route(&rooms, &conns, &inbox, &*bus, ev);
                 }
             })
         });
@@ -108,8 +111,18 @@ impl Actor for BusListener {
     }
 }
 
-fn route(rooms: &RoomRegistry, conns: &ConnRegistry, bus: &dyn ClusterBus, ev: BusEvent) {
+fn route(
+    rooms: &RoomRegistry,
+    conns: &ConnRegistry,
+    inbox: &crate::inbox::Inbox,
+    bus: &dyn ClusterBus,
+    ev: BusEvent,
+) {
     match ev {
+        BusEvent::MembersChanged { room } => {
+            inbox.invalidate(&room);
+            return;
+        }
         BusEvent::Disconnect { user } => {
             conns.close_user(&user, close::DISCONNECTED);
             return;
@@ -161,7 +174,10 @@ fn route(rooms: &RoomRegistry, conns: &ConnRegistry, bus: &dyn ClusterBus, ev: B
             seq,
             except: None,
         },
-        BusEvent::Disconnect { .. } | BusEvent::UserEvent { .. } | BusEvent::Inbox { .. } => return,
+        BusEvent::Disconnect { .. }
+        | BusEvent::UserEvent { .. }
+        | BusEvent::Inbox { .. }
+        | BusEvent::MembersChanged { .. } => return,
     };
     h.cast(msg);
 }

@@ -66,6 +66,8 @@ pub struct Moderation {
     pub(crate) rooms: Arc<RoomRegistry>,
     pub(crate) bus: Arc<dyn ClusterBus>,
     pub(crate) conns: Arc<ConnRegistry>,
+    /// Whose cached members a change drops (here; the bus tells the other nodes).
+    pub(crate) inbox: crate::inbox::Inbox,
     pub(crate) metrics: Metrics,
 }
 
@@ -172,6 +174,7 @@ impl Moderation {
             .map_err(ModError::Forbidden)?;
         }
         timed(self.store.set_member(room, target, role)).await?;
+        self.members_changed(room);
         self.count("set_role", by);
         Ok(())
     }
@@ -180,12 +183,20 @@ impl Moderation {
     /// right to be there, so their sockets are taken out of it everywhere.
     pub async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<(), ModError> {
         timed(self.store.remove_member(room, user)).await?;
+        self.members_changed(room);
         let info = timed(self.store.join_info(room, user)).await?;
         if !info.allowed {
             self.remove(room, user, RemoveReason::Removed, true);
         }
         self.count("remove_member", &By::Backend);
         Ok(())
+    }
+
+    /// The room's member rows changed: every node reads them again for its inbox frames.
+    fn members_changed(&self, room: &RoomId) {
+        self.inbox.invalidate(room);
+        self.bus
+            .publish(BusEvent::MembersChanged { room: room.clone() });
     }
 
     /// Take the user's sockets out of the room here and on every other node.

@@ -330,6 +330,12 @@ pub enum BusEvent {
         /// Where to say how many sockets took it (the node that asks waits for the answers).
         reply: Option<EventReply>,
     },
+    /// A room's members changed (added, removed, role changed): every node drops what it
+    /// cached of them. Not a room's event: every node hears it.
+    MembersChanged {
+        /// The room whose member rows changed.
+        room: RoomId,
+    },
     /// v1.1: new messages of a private room the user is a member of, for the user's sockets
     /// that have not joined it. On the user's own channel, like `UserEvent`.
     Inbox {
@@ -375,9 +381,10 @@ impl BusEvent {
             | BusEvent::Resync { room }
             | BusEvent::Remove { room, .. }
             | BusEvent::Read { room, .. } => Some(room),
-            BusEvent::Disconnect { .. } | BusEvent::UserEvent { .. } | BusEvent::Inbox { .. } => {
-                None
-            }
+            BusEvent::Disconnect { .. }
+            | BusEvent::UserEvent { .. }
+            | BusEvent::Inbox { .. }
+            | BusEvent::MembersChanged { .. } => None,
         }
     }
 }

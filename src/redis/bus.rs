@@ -172,7 +172,10 @@ impl RedisBus {
 
 impl ClusterBus for RedisBus {
     fn publish(&self, event: BusEvent) {
-        let revocation = matches!(event, BusEvent::Remove { .. } | BusEvent::Disconnect { .. });
+        let revocation = matches!(
+            event,
+            BusEvent::Remove { .. } | BusEvent::Disconnect { .. } | BusEvent::MembersChanged { .. }
+        );
         let Some((target, wire)) = to_wire(&event) else {
             return;
         };

@@ -84,6 +84,10 @@ pub(super) enum WireEvent {
     Disconnect {
         user: String,
     },
+    /// A room's member rows changed: drop the cached members (every node, control channel).
+    MembersChanged {
+        room: String,
+    },
     /// v1.1: a backend's event for the user's sockets; answer `Delivered` to `reply_node`
     /// when it is set.
     UserEvent {
@@ -282,6 +286,12 @@ pub(super) fn to_wire(ev: &BusEvent) -> Option<(Target, WireEvent)> {
                 user: user.as_str().to_owned(),
             },
         ),
+        BusEvent::MembersChanged { room } => (
+            Target::Control,
+            WireEvent::MembersChanged {
+                room: room.as_str().to_owned(),
+            },
+        ),
         BusEvent::UserEvent { user, data, reply } => (
             Target::User(user.clone()),
             WireEvent::UserEvent {
@@ -382,6 +392,12 @@ pub(super) fn from_wire(ev: WireEvent) -> Option<(BusEvent, Option<u64>)> {
                 room: RoomId::parse(&room).ok()?,
                 user: UserId::parse(&user).ok()?,
                 seq,
+            },
+            None,
+        ),
+        WireEvent::MembersChanged { room } => (
+            BusEvent::MembersChanged {
+                room: RoomId::parse(&room).ok()?,
             },
             None,
         ),

@@ -1154,6 +1154,28 @@ async fn a_private_rooms_message_reaches_members_not_in_it_as_inbox_on_every_nod
     e2.assert_quiet(Duration::from_millis(300), &[]).await;
     a1.assert_quiet(Duration::from_millis(300), &[]).await;
     assert!(c.metric(1, "chatty_inbox_frames_total").await >= 2.0);
+    // Eve is made a member through node 2. Node 0, which commits Bob's messages, has the
+    // room's members cached for 10 s; the change reaches it on the bus within milliseconds,
+    // so one of Bob's next messages (one every 100 ms) tells Eve well before that.
+    let (st, _) = c
+        .api(
+            2,
+            "PUT",
+            &format!("/api/v1/rooms/{room}/members/{eve}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let mut told = None;
+    for i in 0..20 {
+        b0.send_msg(&room, &format!("w{i}"), "welcome").await;
+        if let Ok(f) = tokio::time::timeout(Duration::from_millis(100), e2.next_of("inbox")).await {
+            told = Some(f);
+            break;
+        }
+    }
+    let f = told.expect("the new member hears of one of 20 messages");
+    assert_eq!(f["room"], room.as_str());
     c.stop().await;
 }
 

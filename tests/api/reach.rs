@@ -150,3 +150,43 @@ async fn the_conversation_list_counts_unread_from_read_markers_over_the_socket_a
     let list = bob.call(json!({"type": "rooms", "ref": "l"})).await;
     assert_eq!(list["rooms"], json!([]));
 }
+
+#[tokio::test]
+async fn a_member_added_or_removed_gets_or_stops_getting_inbox_from_the_next_message() {
+    let app = spawn_app().await;
+    let room = "reach-members";
+    let (st, _) = app
+        .api(
+            "PUT",
+            &format!("/api/v1/rooms/{room}"),
+            Some(json!({"private": true})),
+        )
+        .await;
+    assert_eq!(st, 204);
+    let member = |m: &'static str| format!("/api/v1/rooms/{room}/members/{m}");
+    for u in ["ann", "bob"] {
+        assert_eq!(app.api("PUT", &member(u), None).await.0, 204);
+    }
+    let mut ann = app.connect("ann").await;
+    ann.join(room).await;
+    let mut bob = app.connect("bob").await;
+    let mut cal = app.connect("cal").await;
+    // The first message reads (and keeps) the members: Bob hears of it, Cal is no member.
+    ann.send_msg(room, "m1", "one").await;
+    assert_eq!(bob.next_of("inbox").await["seq"], 1);
+    cal.assert_quiet(Duration::from_millis(300), &[]).await;
+    // Cal becomes a member: the very next message tells Cal, well before the members kept
+    // from the first message would expire.
+    assert_eq!(app.api("PUT", &member("cal"), None).await.0, 204);
+    ann.send_msg(room, "m2", "two").await;
+    let f = tokio::time::timeout(Duration::from_secs(2), cal.next_of("inbox"))
+        .await
+        .expect("the new member's inbox arrives with the next message");
+    assert_eq!(f["seq"], 2);
+    // Bob is removed: the next message no longer tells Bob.
+    assert_eq!(bob.next_of("inbox").await["seq"], 2);
+    assert_eq!(app.api("DELETE", &member("bob"), None).await.0, 204);
+    ann.send_msg(room, "m3", "three").await;
+    assert_eq!(cal.next_of("inbox").await["seq"], 3);
+    bob.assert_quiet(Duration::from_millis(500), &[]).await;
+}

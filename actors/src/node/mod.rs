@@ -116,6 +116,7 @@ impl Node {
             rooms: rooms.clone(),
             bus: args.bus.clone(),
             conns: conns.clone(),
+            inbox: inbox.clone(),
             metrics: args.metrics.clone(),
         });
         let expiry = Arc::new(Expiry::default());

@@ -126,6 +126,7 @@ impl NodeState {
                     bus: a.bus.clone(),
                     rooms: a.rooms.clone(),
                     conns: a.conns.clone(),
+                    inbox: a.inbox.clone(),
                     metrics: a.metrics.clone(),
                 };
                 let (b, _) = Actor::spawn_linked(None, BusListener, args, cell).await?;
