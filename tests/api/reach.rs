@@ -155,18 +155,8 @@ async fn the_conversation_list_counts_unread_from_read_markers_over_the_socket_a
 async fn a_member_added_or_removed_gets_or_stops_getting_inbox_from_the_next_message() {
     let app = spawn_app().await;
     let room = "reach-members";
-    let (st, _) = app
-        .api(
-            "PUT",
-            &format!("/api/v1/rooms/{room}"),
-            Some(json!({"private": true})),
-        )
-        .await;
-    assert_eq!(st, 204);
+    app.private_room(room, &["ann", "bob"]).await;
     let member = |m: &'static str| format!("/api/v1/rooms/{room}/members/{m}");
-    for u in ["ann", "bob"] {
-        assert_eq!(app.api("PUT", &member(u), None).await.0, 204);
-    }
     let mut ann = app.connect("ann").await;
     ann.join(room).await;
     let mut bob = app.connect("bob").await;

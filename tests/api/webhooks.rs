@@ -21,29 +21,12 @@ async fn app_with_hooks(url: &str, tweak: impl FnOnce(&mut chatty::Settings)) ->
     spawn_with(s).await
 }
 
-async fn private_room(app: &TestApp, room: &str, members: &[&str]) {
-    let (st, _) = app
-        .api(
-            "PUT",
-            &format!("/api/v1/rooms/{room}"),
-            Some(json!({"private": true})),
-        )
-        .await;
-    assert_eq!(st, 204);
-    for u in members {
-        let (st, _) = app
-            .api("PUT", &format!("/api/v1/rooms/{room}/members/{u}"), None)
-            .await;
-        assert_eq!(st, 204);
-    }
-}
-
 #[tokio::test]
 async fn a_receiver_failing_three_times_gets_each_event_once_in_commit_order_per_room_and_signed() {
     let rx = Receiver::start(Mode::FailFirst(3)).await;
     let app = app_with_hooks(&rx.url, |_| {}).await;
-    private_room(&app, "wh-a", &["ann", "bob", "cal"]).await;
-    private_room(&app, "wh-b", &["bob", "dan"]).await;
+    app.private_room("wh-a", &["ann", "bob", "cal"]).await;
+    app.private_room("wh-b", &["bob", "dan"]).await;
     // Ann is online (so never named), Bob sends (never named), Cal and Dan are offline.
     let _ann = app.connect("ann").await;
     let mut bob = app.connect("bob").await;
@@ -121,7 +104,7 @@ async fn users_offline_after_the_grace_make_one_event_and_online_members_none() 
     // A grace long enough for a reconnect on a loaded machine; the quiet checks wait for two.
     let grace = Duration::from_millis(1500);
     let app = app_with_hooks(&rx.url, |s| s.presence.grace_ms = 1500).await;
-    private_room(&app, "wh-dm", &["ann", "bob"]).await;
+    app.private_room("wh-dm", &["ann", "bob"]).await;
     let ann = app.connect("ann").await;
     let ann2 = app.connect_msgpack("ann").await;
     let mut bob = app.connect("bob").await;
@@ -187,7 +170,7 @@ async fn a_receiver_that_times_out_is_retried_and_a_dead_letter_lets_the_room_mo
         s.webhooks.dead_after_s = 1;
     })
     .await;
-    private_room(&app, "wh-slow", &["bob", "cal"]).await;
+    app.private_room("wh-slow", &["bob", "cal"]).await;
     let mut bob = app.connect("bob").await;
     bob.join("wh-slow").await;
     // The send is acked while the receiver hangs: the outbox is not on the send path.
@@ -227,7 +210,7 @@ async fn a_receiver_that_times_out_is_retried_and_a_dead_letter_lets_the_room_mo
 #[tokio::test]
 async fn with_webhooks_off_nothing_is_written_to_the_outbox() {
     let app = spawn_app().await;
-    private_room(&app, "wh-off", &["bob", "cal"]).await;
+    app.private_room("wh-off", &["bob", "cal"]).await;
     let mut bob = app.connect("bob").await;
     bob.join("wh-off").await;
     bob.send_msg("wh-off", "o1", "hi").await;
@@ -253,7 +236,7 @@ async fn a_row_that_cannot_be_read_is_dead_lettered_and_holds_nothing_back() {
     .execute(&app.pool)
     .await
     .unwrap();
-    private_room(&app, "wh-next", &["bob", "cal"]).await;
+    app.private_room("wh-next", &["bob", "cal"]).await;
     let mut bob = app.connect("bob").await;
     bob.join("wh-next").await;
     bob.send_msg("wh-next", "n1", "hi").await;

@@ -129,6 +129,19 @@ impl TestApp {
         self.settings.auth.api_key.expose().to_string()
     }
 
+    /// Make `room` private with `members` (plain members) through the API.
+    pub async fn private_room(&self, room: &str, members: &[&str]) {
+        let private = Some(serde_json::json!({"private": true}));
+        let (st, _) = self
+            .api("PUT", &format!("/api/v1/rooms/{room}"), private)
+            .await;
+        assert_eq!(st, 204);
+        for u in members {
+            let path = format!("/api/v1/rooms/{room}/members/{u}");
+            assert_eq!(self.api("PUT", &path, None).await.0, 204);
+        }
+    }
+
     pub async fn connect(&self, user: &str) -> Client {
         Client::connect(&self.ws_url(), &self.token(user), Some("chatty.v1.json")).await
     }
