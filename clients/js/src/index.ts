@@ -341,6 +341,12 @@ export interface Change {
 
 type Timer = ReturnType<typeof setTimeout>;
 
+/** How long a socket must stay open before the reconnect backoff starts over. */
+const STABLE_MS = 5000;
+
+/** The longest delay setTimeout keeps (a longer one fires at once). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 interface Waiter {
   resolve: (info: JoinInfo) => void;
   reject: (e: ChattyError) => void;
@@ -434,6 +440,9 @@ export class ChattyClient {
   private attempt = 0;
   private nextRef = 1;
   private timer: Timer | null = null;
+  private stableTimer: Timer | null = null;
+  // The one-second retries of joins and sends refused for now: cleared by close().
+  private readonly retries = new Set<Timer>();
   private heartbeat: ReturnType<typeof setInterval> | null = null;
   private lastFrameAt = 0;
   // Binary frames that arrive as Blobs are decoded asynchronously: this keeps them in order.
@@ -574,8 +583,21 @@ export class ChattyClient {
   private clearTimers(): void {
     if (this.timer !== null) clearTimeout(this.timer);
     if (this.refreshTimer !== null) clearTimeout(this.refreshTimer);
+    if (this.stableTimer !== null) clearTimeout(this.stableTimer);
+    for (const t of this.retries) clearTimeout(t);
+    this.retries.clear();
     this.timer = null;
     this.refreshTimer = null;
+    this.stableTimer = null;
+  }
+
+  /** Run `f` in a second, unless the client is closed first. */
+  private later(f: () => void): void {
+    const t = setTimeout(() => {
+      this.retries.delete(t);
+      f();
+    }, 1000);
+    this.retries.add(t);
   }
 
   private setState(state: ConnectionState, extra: Omit<StateEvent, 'state' | 'attempt'> = {}): void {
@@ -664,6 +686,14 @@ export class ChattyClient {
     // the 1008 close at expiry brings a reconnect with a fresh token instead of a refresh loop.
     if (left < 500) return;
     const delay = Math.max(left - this.opts.refreshLeadMs, left / 2);
+    if (delay > MAX_TIMER_MS) {
+      // Timers fire at once past 2^31-1 ms (about 24.8 days): wait that long, then plan again.
+      this.refreshTimer = setTimeout(() => {
+        this.refreshTimer = null;
+        this.useToken(token);
+      }, MAX_TIMER_MS);
+      return;
+    }
     const attempt = () =>
       this.refresh().catch(() => {
         // Refused or lost (a busy server, a closed socket): try once more while it is worth
@@ -706,6 +736,13 @@ export class ChattyClient {
     // A ping first: it is the server's "first frame" and its pong proves the socket works.
     this.raw({ type: 'ping', ref: 'hb' });
     this.heartbeat = setInterval(() => this.beat(), this.opts.heartbeatMs);
+    // The backoff starts over only once a socket has stayed up a while: a server that answers
+    // and then closes at once (overloaded, restarting) must not be hammered.
+    if (this.stableTimer !== null) clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => {
+      this.stableTimer = null;
+      if (ws === this.ws) this.attempt = 0;
+    }, STABLE_MS);
     // Rejoin every room with `since` (the recovery); sends resume once each room is joined.
     for (const room of this.roomState.keys()) this.sendJoin(room);
     // Replies lost with the old socket (history, …) are asked again: each is idempotent.
@@ -850,7 +887,14 @@ export class ChattyClient {
     const r = this.roomState.get(room);
     if (!r) return;
     this.forget(room, r, 'left', 'left the room');
-    if (!r.joined) return;
+    // A join already on its way on this socket will be answered: leave after it, or the
+    // server keeps the socket in the room.
+    if (!r.joined) {
+      if (r.joinRef === null || !this.wsOpened) return;
+      // Best effort: if the join had not been handled yet, the server answers `not_joined`.
+      await this.request({ type: 'leave', room }, 'resolve').catch(noop);
+      return;
+    }
     await this.request({ type: 'leave', room }, 'resolve');
   }
 
@@ -1115,6 +1159,8 @@ export class ChattyClient {
   }
 
   private transmit(p: Pending): void {
+    // Settled since it was scheduled (failed with `left`, `removed`, …): never send it.
+    if (this.pending.get(pendingKey(p.room, p.cid)) !== p) return;
     if (p.inflight || !this.roomState.get(p.room)?.joined) return; // sent on the next `joined`
     p.ref = this.ref();
     const frame: ClientFrame = { type: 'send', ref: p.ref, room: p.room, cid: p.cid, body: p.body };
@@ -1217,8 +1263,6 @@ export class ChattyClient {
         if (this.roomState.has(f.room)) this.emit('read', { room: f.room, seq: f.seq });
         return this.reply(f.ref, f);
       case 'pong':
-        // The first answer on a socket proves it works: the backoff starts over.
-        this.attempt = 0;
         return this.reply(f.ref, f);
       case 'error':
         return this.onError(f);
@@ -1276,7 +1320,6 @@ export class ChattyClient {
     r.presence = new Map(f.presence.map((p) => [p.user, p.name]));
     r.count = f.presence_count ?? f.presence.length;
     r.truncated = !!f.presence_truncated;
-    this.attempt = 0;
     const info: JoinInfo = {
       room: f.room,
       seq: f.seq,
@@ -1426,10 +1469,11 @@ export class ChattyClient {
       // A join?
       for (const [room, r] of this.roomState) {
         if (r.joinRef !== f.ref) continue;
-        if (f.code === 'unavailable') {
-          // The store is busy: ask again shortly, on this socket if it is still up.
+        if (f.code === 'unavailable' || f.code === 'rate_limited') {
+          // The store is busy, or this socket sent too much at once (a rejoin of many rooms):
+          // ask again shortly, on this socket if it is still up.
           const ws = this.ws;
-          setTimeout(() => ws === this.ws && this.roomState.get(room) === r && this.sendJoin(room), 1000);
+          this.later(() => ws === this.ws && this.roomState.get(room) === r && this.sendJoin(room));
         } else {
           for (const w of r.waiters.splice(0)) w.reject(err);
           this.forget(room, r, f.code, f.message);
@@ -1444,7 +1488,7 @@ export class ChattyClient {
         if (!RETRY_SEND.has(f.code)) return this.failSend(p, f.code, f.message, f.ref);
         // Same cid later: the server stores it at most once.
         const ws = this.ws;
-        setTimeout(() => ws === this.ws && this.transmit(p), 1000);
+        this.later(() => ws === this.ws && this.transmit(p));
         return;
       }
       const r = this.requests.get(f.ref);

@@ -297,6 +297,11 @@ for (const encoding of ['json', 'msgpack']) {
       const sent = ta.sockets.flatMap((s, i) => s.out.filter((f) => f.type === 'send' && f.cid === lost.cid).map(() => i));
       assert.equal(sent.length, 2, 'resent once');
       assert.notEqual(sent[0], sent[1], 'on the new socket');
+      // What was acked before the crash is not sent again.
+      assert.ok(
+        !ta.last().out.some((f) => f.type === 'send' && f.cid === first.cid),
+        'an acked send is never resent',
+      );
       const acksOnNew = await until(
         () => ta.last().in.filter((f) => f.type === 'ack' && f.cid === lost.cid),
         5000,
