@@ -97,6 +97,8 @@ export class ChattyClient {
     nextRef = 1;
     timer = null;
     stableTimer = null;
+    // Bumped by every open(): an older one still awaiting its token gives up.
+    generation = 0;
     // The one-second retries of joins and sends refused for now: cleared by close().
     retries = new Set();
     heartbeat = null;
@@ -249,6 +251,10 @@ export class ChattyClient {
         this.emit('state', { state, attempt: this.attempt, ...extra });
     }
     async open() {
+        // Each open is one generation: a close() and connect() while this one awaits the codec or
+        // the token starts another, and this one must then stop rather than open a second socket.
+        const generation = ++this.generation;
+        const stale = () => this.state === 'closed' || generation !== this.generation;
         this.setState(this.attempt === 0 ? 'connecting' : 'reconnecting');
         if (this.encoding === 'msgpack' && !this.codec) {
             try {
@@ -270,7 +276,7 @@ export class ChattyClient {
                 }
                 return;
             }
-            if (this.state === 'closed')
+            if (stale())
                 return;
         }
         let token;
@@ -278,10 +284,11 @@ export class ChattyClient {
             token = typeof this.token === 'function' ? await this.token() : this.token;
         }
         catch (e) {
-            this.retry({ reason: 'token', error: e });
+            if (!stale())
+                this.retry({ reason: 'token', error: e });
             return;
         }
-        if (this.state === 'closed')
+        if (stale())
             return;
         if (typeof this.token === 'string') {
             // A fixed token past its expiry would be refused at every attempt.

@@ -441,6 +441,8 @@ export class ChattyClient {
   private nextRef = 1;
   private timer: Timer | null = null;
   private stableTimer: Timer | null = null;
+  // Bumped by every open(): an older one still awaiting its token gives up.
+  private generation = 0;
   // The one-second retries of joins and sends refused for now: cleared by close().
   private readonly retries = new Set<Timer>();
   private heartbeat: ReturnType<typeof setInterval> | null = null;
@@ -607,6 +609,10 @@ export class ChattyClient {
   }
 
   private async open(): Promise<void> {
+    // Each open is one generation: a close() and connect() while this one awaits the codec or
+    // the token starts another, and this one must then stop rather than open a second socket.
+    const generation = ++this.generation;
+    const stale = () => this.state === 'closed' || generation !== this.generation;
     this.setState(this.attempt === 0 ? 'connecting' : 'reconnecting');
     if (this.encoding === 'msgpack' && !this.codec) {
       try {
@@ -624,16 +630,16 @@ export class ChattyClient {
         }
         return;
       }
-      if (this.state === 'closed') return;
+      if (stale()) return;
     }
     let token: string;
     try {
       token = typeof this.token === 'function' ? await this.token() : this.token;
     } catch (e) {
-      this.retry({ reason: 'token', error: e });
+      if (!stale()) this.retry({ reason: 'token', error: e });
       return;
     }
-    if (this.state === 'closed') return;
+    if (stale()) return;
     if (typeof this.token === 'string') {
       // A fixed token past its expiry would be refused at every attempt.
       const exp = tokenClaims(token).exp;
