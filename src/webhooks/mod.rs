@@ -124,11 +124,29 @@ impl Webhooks {
         };
         let wake = Arc::new(Notify::new());
         let redis_url = settings.redis.url.expose();
-        let redis = (!redis_url.is_empty())
-            .then(|| (redis_url, Arc::<str>::from(settings.node.id.as_str())));
+        // The online sets' namespace: the database's name, shared by every node of a deployment.
+        let namespace = match db {
+            Database::Postgres { pool, .. } => pool
+                .connect_options()
+                .get_database()
+                .unwrap_or("postgres")
+                .to_owned(),
+            Database::Sqlite(_) => "sqlite".to_owned(),
+        };
+        let redis = (!redis_url.is_empty()).then(|| {
+            (
+                redis_url,
+                Arc::<str>::from(settings.node.id.as_str()),
+                namespace.as_str(),
+            )
+        });
         let online = Online::start(
             redis,
             Duration::from_millis(settings.presence.grace_ms),
+            // Renewing the set and looking for dead nodes' sets follows presence's own beat, and
+            // a node counts as dead once its presence entries would have lapsed twice over.
+            Duration::from_millis(settings.presence.heartbeat_ms * 4),
+            Duration::from_millis(settings.presence.ttl_ms),
             outbox.clone(),
             redis_errors,
             wake.clone(),

@@ -3,15 +3,19 @@
 //! did not come back within the presence grace.
 //!
 //! Each node counts a user online from their first socket on it until the grace after their
-//! last one ends. In cluster mode it mirrors that set in Redis (`chatty:online:<node>`) and asks
+//! last one ends. In cluster mode it mirrors that set in Redis (`chatty:online:<db>:<node>`,
+//! one namespace per database, so per deployment) and asks
 //! the sets of the live nodes (those registered in presence's `chatty:pnodes`), so a node that
 //! died stops counting at once. The grace ends with one script that takes the user out of this
 //! node's set and looks at every other live node's in the same atomic step, so when two nodes
 //! lose a user's last sockets at the same time exactly one of them sees "nowhere" and records
 //! the event.
 //!
-//! Known gap: a node that dies (or is stopped) takes its users' grace timers with it; its set
-//! is ignored from then on, but no `user.offline` is recorded for them.
+//! A node that dies takes its users' grace timers with it. Its set is ignored at once (it is
+//! no longer live), and once its registration has been lapsed for `dead_margin` the next
+//! refresh of any node claims the set in one script: it deletes the set and returns the users
+//! no live node has, for which that node records `user.offline`. One script, so exactly one
+//! node claims a dead node's set.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -28,34 +32,77 @@ use tokio::time::Instant;
 use super::outbox::Outbox;
 
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often this node renews its Redis set's expiry (and rewrites it when Redis lost it).
-const REFRESH: Duration = Duration::from_secs(20);
-/// A node's set outlives its last renewal by this much, so the sets of dead nodes go away.
+
+/// A node's set outlives its last renewal by at least this much (three refreshes when those
+/// are slower), so the sets of dead nodes go away even if nobody claims them.
 const SET_TTL_S: u64 = 120;
 /// Arrivals and departures waiting for the worker.
 const QUEUE: usize = 65_536;
 
 const NODES: &str = "chatty:pnodes";
 
-fn set_key(node: &str) -> String {
-    format!("chatty:online:{node}")
+/// The keys of one deployment: nodes that share a database share them. Named after the
+/// database, so two deployments on one Redis (or two test clusters) never read, or claim,
+/// each other's users.
+#[derive(Clone)]
+struct Keys {
+    /// `chatty:online:<db>:`, followed by a node id: that node's set.
+    prefix: Arc<str>,
+    /// `chatty:online:<db>`: the nodes that keep a set (what a claim looks through).
+    registry: Arc<str>,
 }
 
-/// The live nodes (Redis' clock, as presence registers them), then whether `u` is in any of
-/// their sets.
+impl Keys {
+    fn new(namespace: &str) -> Self {
+        Self {
+            prefix: Arc::from(format!("chatty:online:{namespace}:")),
+            registry: Arc::from(format!("chatty:online:{namespace}")),
+        }
+    }
+
+    fn set(&self, node: &str) -> String {
+        format!("{}{node}", self.prefix)
+    }
+}
+
+/// KEYS[1]: pnodes; KEYS[2]: the deployment's set prefix. The live nodes (Redis' clock, as
+/// presence registers them), then whether `u` is in any of their sets.
 const LIVE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+local prefix = KEYS[2]
 local function online(u)
   for _, n in ipairs(nodes) do
-    if redis.call('SISMEMBER', 'chatty:online:' .. n, u) == 1 then return true end
+    if redis.call('SISMEMBER', prefix .. n, u) == 1 then return true end
   end
   return false
 end
 "#;
 
-/// KEYS: pnodes. ARGV: users. The users no live node has.
+/// KEYS: pnodes, prefix, registry. ARGV: this node, the dead margin (ms). Claim the sets of nodes
+/// whose registration lapsed more than the margin ago (or is gone): delete each, and return
+/// its users that no live node has.
+const CLAIM: &str = r#"
+local cutoff = now - tonumber(ARGV[2])
+local gone = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if n ~= ARGV[1] then
+    local s = redis.call('ZSCORE', KEYS[1], n)
+    if not s or tonumber(s) < cutoff then
+      local key = prefix .. n
+      for _, u in ipairs(redis.call('SMEMBERS', key)) do
+        if not online(u) then gone[#gone + 1] = u end
+      end
+      redis.call('DEL', key)
+      redis.call('SREM', KEYS[3], n)
+    end
+  end
+end
+return gone
+"#;
+
+/// KEYS: pnodes, prefix. ARGV: users. The users no live node has.
 const OFFLINE: &str = r#"
 local out = {}
 for i = 1, #ARGV do
@@ -64,10 +111,10 @@ end
 return out
 "#;
 
-/// KEYS: pnodes, this node's set. ARGV: user. Take the user out of this node's set; 1 when no
-/// live node has them any more.
+/// KEYS: pnodes, prefix, this node's set. ARGV: user. Take the user out of this node's set; 1
+/// when no live node has them any more.
 const GONE: &str = r#"
-redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
 if online(ARGV[1]) then return 0 end
 return 1
 "#;
@@ -112,22 +159,26 @@ impl Shared {
 struct Redis {
     conn: ConnectionManager,
     node: Arc<str>,
+    keys: Keys,
     offline: Arc<Script>,
     gone: Arc<Script>,
+    claim: Arc<Script>,
 }
 
 impl Online {
     /// Start the worker. `redis`: the cluster's Redis URL and this node's id; `None` for a
     /// single node.
     pub fn start(
-        redis: Option<(&str, Arc<str>)>,
+        redis: Option<(&str, Arc<str>, &str)>,
         grace: Duration,
+        refresh: Duration,
+        dead_margin: Duration,
         outbox: Arc<dyn Outbox>,
         errors: IntCounter,
         wake: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<Arc<Self>> {
         let redis = match redis {
-            Some((url, node)) => {
+            Some((url, node, namespace)) => {
                 let client = redis::Client::open(url)?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_response_timeout(Some(OP_TIMEOUT))
@@ -135,8 +186,10 @@ impl Online {
                 Some(Redis {
                     conn: ConnectionManager::new_lazy_with_config(client, config)?,
                     node,
+                    keys: Keys::new(namespace),
                     offline: Arc::new(Script::new(&format!("{LIVE}{OFFLINE}"))),
                     gone: Arc::new(Script::new(&format!("{LIVE}{GONE}"))),
+                    claim: Arc::new(Script::new(&format!("{LIVE}{CLAIM}"))),
                 })
             }
             None => None,
@@ -156,6 +209,8 @@ impl Online {
         });
         let worker = Worker {
             shared,
+            refresh,
+            dead_margin,
             grace,
             outbox,
             wake,
@@ -181,6 +236,7 @@ impl Online {
                     return Ok(users);
                 }
                 let mut inv = r.offline.key(NODES);
+                inv.key(&*r.keys.prefix);
                 for u in &users {
                     inv.arg(u.as_str());
                 }
@@ -223,6 +279,11 @@ impl SocketWatch for Online {
 
 struct Worker {
     shared: Arc<Shared>,
+    /// How often this node renews its set (and claims dead nodes' sets).
+    refresh: Duration,
+    /// A registration lapsed this long is a dead node's, whose set is claimed: the margin
+    /// keeps a live node whose heartbeat is only late from having its users reported offline.
+    dead_margin: Duration,
     grace: Duration,
     outbox: Arc<dyn Outbox>,
     wake: Arc<tokio::sync::Notify>,
@@ -233,8 +294,13 @@ struct Worker {
 }
 
 impl Worker {
+    /// The set's expiry: a few refreshes, never under `SET_TTL_S`.
+    fn set_ttl_s(&self) -> u64 {
+        (self.refresh.as_secs() * 3).max(SET_TTL_S)
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut refresh = tokio::time::interval(REFRESH);
+        let mut refresh = tokio::time::interval(self.refresh);
         loop {
             let next = self.expiring.front().map(|(at, _)| *at);
             tokio::select! {
@@ -262,9 +328,9 @@ impl Worker {
         if let Some(r) = &self.shared.redis {
             let mut conn = r.conn.clone();
             let res: Result<(), _> = redis::pipe()
-                .sadd(set_key(&r.node), u.as_str())
+                .sadd(r.keys.set(&r.node), u.as_str())
                 .ignore()
-                .expire(set_key(&r.node), SET_TTL_S as i64)
+                .expire(r.keys.set(&r.node), self.set_ttl_s() as i64)
                 .ignore()
                 .query_async(&mut conn)
                 .await;
@@ -295,7 +361,8 @@ impl Worker {
                 let res: Result<i64, _> = r
                     .gone
                     .key(NODES)
-                    .key(set_key(&r.node))
+                    .key(&*r.keys.prefix)
+                    .key(r.keys.set(&r.node))
                     .arg(u.as_str())
                     .invoke_async(&mut conn)
                     .await;
@@ -345,8 +412,9 @@ impl Worker {
                 self.expiring.push_back((at, u));
             }
         }
+        let ttl = self.set_ttl_s();
         let Some(r) = &self.shared.redis else { return };
-        let key = set_key(&r.node);
+        let key = r.keys.set(&r.node);
         let mut conn = r.conn.clone();
         let users: Vec<String> = self
             .shared
@@ -356,9 +424,12 @@ impl Worker {
             .map(|u| u.as_str().to_owned())
             .collect();
         let res: Result<bool, redis::RedisError> = async {
-            let kept: bool = redis::cmd("EXPIRE")
+            let (kept,): (bool,) = redis::pipe()
+                .cmd("EXPIRE")
                 .arg(&key)
-                .arg(SET_TTL_S)
+                .arg(ttl)
+                .sadd(&*r.keys.registry, &*r.node)
+                .ignore()
                 .query_async(&mut conn)
                 .await?;
             if lost || (!kept && !users.is_empty()) {
@@ -367,7 +438,7 @@ impl Worker {
                 for chunk in users.chunks(1000) {
                     p.sadd(&key, chunk).ignore();
                 }
-                p.expire(&key, SET_TTL_S as i64).ignore();
+                p.expire(&key, ttl as i64).ignore();
                 p.query_async::<()>(&mut conn).await?;
                 return Ok(true);
             }
@@ -384,6 +455,44 @@ impl Worker {
                 self.shared.fail(e);
             }
         }
+        self.claim_dead().await;
+    }
+
+    /// Take over the sets of nodes that died: their users no live node has are offline.
+    async fn claim_dead(&mut self) {
+        let Some(r) = &self.shared.redis else { return };
+        let mut conn = r.conn.clone();
+        let claimed: Result<Vec<String>, _> = r
+            .claim
+            .key(NODES)
+            .key(&*r.keys.prefix)
+            .key(&*r.keys.registry)
+            .arg(&*r.node)
+            .arg(self.dead_margin.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await;
+        let users = match claimed {
+            Ok(u) => u,
+            Err(e) => {
+                self.shared.errors.inc();
+                tracing::warn!(error = %e, "webhooks: cannot claim dead nodes' users");
+                return;
+            }
+        };
+        if users.is_empty() {
+            return;
+        }
+        tracing::info!(
+            users = users.len(),
+            "webhooks: users of a dead node are offline"
+        );
+        let ts = super::now_ms();
+        for u in users.iter().filter_map(|u| UserId::parse(u).ok()) {
+            if let Err(e) = chatty_actors::timed(self.outbox.user_offline(&u, ts)).await {
+                tracing::error!(user = %u, error = %e, "webhooks: user.offline not recorded");
+            }
+        }
+        self.wake.notify_one();
     }
 }
 

@@ -141,9 +141,17 @@ impl Receiver {
 }
 
 impl Receiver {
-    /// The `seq` of each accepted event, in the order accepted.
-    pub fn accepted_seqs(&self) -> Vec<u64> {
+    /// The accepted `message.offline` events, in the order accepted.
+    pub fn accepted_messages(&self) -> Vec<Value> {
         self.accepted()
+            .into_iter()
+            .filter(|e| e["type"] == "message.offline")
+            .collect()
+    }
+
+    /// The `seq` of each accepted `message.offline` event, in the order accepted.
+    pub fn accepted_seqs(&self) -> Vec<u64> {
+        self.accepted_messages()
             .iter()
             .map(|e| e["seq"].as_u64().unwrap_or_default())
             .collect()
