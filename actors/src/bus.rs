@@ -135,8 +135,10 @@ fn route(
             return;
         }
         BusEvent::Inbox { user, items } => {
-            if let Some(room) = items.first().map(|i| i.room.clone()) {
-                crate::inbox::deliver_here(conns, rooms, &room, &user, &items);
+            if let Some(first) = items.first() {
+                let handle = rooms.get(&first.room);
+                let mut frames = crate::inbox::frames(&items);
+                crate::inbox::deliver_here(conns, handle.as_deref(), &user, &mut frames);
             }
             return;
         }

@@ -12,7 +12,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use crate::ids::{ConnId, Meta, UserId};
 use crate::metrics::{Alive, Metrics};
 use crate::outbox::{close, ConnShared, Outbox};
-use crate::ports::{ClusterBus, InboxItem, SocketWatch};
+use crate::ports::{ClusterBus, SocketWatch};
 use crate::protocol::{EncodeOnce, Encoding, ServerFrame};
 
 /// Every live connection of the node, by actor id, and by user: a user's events (v1.1) and
@@ -164,13 +164,13 @@ impl ConnRegistry {
 }
 
 impl ConnRegistry {
-    /// Queue `inbox` frames for `items` (one room's new messages) to the user's sockets on
-    /// this node that have not joined that room (`joined` says which have); how many sockets
-    /// took them.
+    /// Queue a room's `inbox` frames (one per new message, each encoded at most once per
+    /// encoding whoever takes it) to the user's sockets on this node that have not joined that
+    /// room (`joined` says which have); how many sockets took them.
     pub fn send_inbox(
         &self,
         user: &UserId,
-        items: &[InboxItem],
+        frames: &mut [EncodeOnce<'_>],
         joined: impl Fn(ConnId) -> bool,
     ) -> usize {
         let entries: Vec<Entry> = self
@@ -178,23 +178,13 @@ impl ConnRegistry {
             .into_iter()
             .filter(|e| !joined(e.shared.id))
             .collect();
-        if entries.is_empty() {
-            return 0;
-        }
-        for item in items {
-            let mut frame = EncodeOnce::new(ServerFrame::Inbox {
-                room: &item.room,
-                seq: item.seq,
-                from: &item.from,
-                name: &item.name,
-                ts: item.ts,
-            });
+        for frame in frames.iter_mut() {
             for e in &entries {
                 e.outbox.push(frame.get(e.encoding));
             }
         }
         self.inbox_delivered
-            .inc_by((entries.len() * items.len()) as u64);
+            .inc_by((entries.len() * frames.len()) as u64);
         entries.len()
     }
 }

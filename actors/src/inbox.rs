@@ -30,7 +30,8 @@ use crate::ids::{RoomId, UserId};
 use crate::metrics::Metrics;
 use crate::ports::{timed, BusEvent, ClusterBus, InboxItem, MessageStore};
 use crate::protocol::StoredMessage;
-use crate::rooms::RoomRegistry;
+use crate::protocol::{EncodeOnce, ServerFrame};
+use crate::rooms::{RoomHandle, RoomRegistry};
 
 /// The most members a private room may have for its messages to send `inbox` frames.
 pub const INBOX_MEMBERS_MAX: u32 = 1_000;
@@ -166,8 +167,10 @@ async fn run(
         };
         // Too many members: no inbox for this room.
         let Some(members) = members else { continue };
+        let handle = deps.rooms.get(&room);
+        let mut frames = frames(&items);
         for user in members.iter().cloned() {
-            deliver_here(&deps.conns, &deps.rooms, &room, &user, &items);
+            deliver_here(&deps.conns, handle.as_deref(), &user, &mut frames);
             deps.bus.publish(BusEvent::Inbox {
                 user,
                 items: items.clone(),
@@ -176,17 +179,33 @@ async fn run(
     }
 }
 
-/// Queue a room's inbox items to this node's sockets of `user` that have not joined it.
+/// The `inbox` frames of one room's new messages, each to be encoded once per encoding for
+/// every member and socket it goes to.
+pub(crate) fn frames(items: &[InboxItem]) -> Vec<EncodeOnce<'_>> {
+    items
+        .iter()
+        .map(|i| {
+            EncodeOnce::new(ServerFrame::Inbox {
+                room: &i.room,
+                seq: i.seq,
+                from: &i.from,
+                name: &i.name,
+                ts: i.ts,
+            })
+        })
+        .collect()
+}
+
+/// Queue a room's inbox frames to this node's sockets of `user` that have not joined the room
+/// (`room`: the room's handle here, if it has members here).
 pub(crate) fn deliver_here(
     conns: &ConnRegistry,
-    rooms: &RoomRegistry,
-    room: &RoomId,
-    user: &crate::ids::UserId,
-    items: &[InboxItem],
+    room: Option<&RoomHandle>,
+    user: &UserId,
+    frames: &mut [EncodeOnce<'_>],
 ) -> usize {
-    let handle = rooms.get(room);
-    conns.send_inbox(user, items, |conn| {
-        handle.as_ref().is_some_and(|h| h.has_member(conn))
+    conns.send_inbox(user, frames, |conn| {
+        room.is_some_and(|h| h.has_member(conn))
     })
 }
 

@@ -17,6 +17,7 @@ use chatty_actors::{
     ReactionKey, Rev, RoomId, RoomRole, RoomSummary, Seq, StoreError, StoredMessage, StoredUpdate,
     UserId,
 };
+pub(crate) use postgres::now_ms;
 pub use postgres::PgStore;
 pub use roles::AppRole;
 pub use sqlite::SqliteStore;

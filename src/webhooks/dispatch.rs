@@ -161,7 +161,7 @@ impl Dispatcher {
 
     /// One attempt at one event.
     async fn attempt(&self, e: &Event) -> Outcome {
-        let (body, users) = match &e.kind {
+        let (kind, body, users) = match &e.kind {
             EventKind::MessageOffline {
                 room,
                 seq,
@@ -179,9 +179,10 @@ impl Dispatcher {
                 if users.is_empty() {
                     return Outcome::Skipped;
                 }
+                let kind = "message.offline";
                 let body = json!({
                     "id": e.id.to_string(),
-                    "type": "message.offline",
+                    "type": kind,
                     "room": room,
                     "seq": seq,
                     "from": from,
@@ -189,22 +190,22 @@ impl Dispatcher {
                     "ts": e.ts,
                     "users": users,
                 });
-                (body, Some(users))
+                (kind, body, Some(users))
             }
             EventKind::Invalid(error) => {
                 return Outcome::Invalid(error.clone());
             }
             EventKind::UserOffline { user } => {
+                let kind = "user.offline";
                 let body = json!({
                     "id": e.id.to_string(),
-                    "type": "user.offline",
+                    "type": kind,
                     "user": user,
                     "ts": e.ts,
                 });
-                (body, None)
+                (kind, body, None)
             }
         };
-        let kind = body["type"].as_str().unwrap_or_default().to_owned();
         let body = body.to_string();
         let t = now_ms() / 1000;
         let sig = sign(self.settings.secret.expose().as_bytes(), t, body.as_bytes());

@@ -13,7 +13,7 @@ mod online;
 mod outbox;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chatty_actors::SocketWatch;
 use hmac::{Hmac, Mac};
@@ -23,17 +23,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::settings::Settings;
-use crate::store::Database;
+use crate::store::{now_ms, Database};
 use dispatch::Dispatcher;
 pub use online::Online;
 use outbox::{Outbox, PgOutbox, SqliteOutbox};
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// The `Chatty-Signature` header: `t=<t>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
 pub fn sign(secret: &[u8], t: i64, body: &[u8]) -> String {
