@@ -56,13 +56,17 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Healthcheck => healthcheck(&settings),
         Cmd::Migrate => {
-            telemetry::init(&settings.log.format, &settings.log.level);
+            telemetry::init_logs(&settings.log.format, &settings.log.level);
             runtime()?.block_on(startup::migrate_only(&settings))
         }
         Cmd::Serve => {
-            telemetry::init(&settings.log.format, &settings.log.level);
+            let rt = runtime()?;
+            let telemetry = telemetry::init(&settings, rt.handle())?;
             tracing::info!(settings = ?settings, "starting chatty {}", env!("CARGO_PKG_VERSION"));
-            runtime()?.block_on(serve(settings))
+            let outcome = rt.block_on(serve(settings));
+            // The spans of the last messages still go out, on the runtime that is left.
+            telemetry.shutdown();
+            outcome
         }
     }
 }

@@ -117,6 +117,7 @@ impl EdgeMetrics {
         r.register(Box::new(m.draining.clone()))?;
         r.register(Box::new(m.redis_errors.clone()))?;
         r.register(Box::new(m.bus_reconnects.clone()))?;
+        r.register(Box::new(crate::telemetry::SPANS_EXPORTED.clone()))?;
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …: what
         // an operator checks first, and what the memory and fd alerts are written against.
         #[cfg(target_os = "linux")]

@@ -28,6 +28,7 @@ mod rooms;
 mod testkit;
 #[cfg(test)]
 mod tests;
+pub mod trace;
 mod writer;
 
 pub use access::{Identity, RoomRole};

@@ -180,6 +180,7 @@ mod tests {
 
     fn msg() -> StoredMessage {
         StoredMessage {
+            trace: None,
             room: RoomId::parse("r").unwrap(),
             seq: 1,
             from: UserId::parse("ann").unwrap(),

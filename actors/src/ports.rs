@@ -25,6 +25,8 @@ pub struct NewMessage {
     pub body: Body,
     /// v1.1: the metadata, stored as JSON.
     pub meta: Option<Meta>,
+    /// Where the send's span sits in its trace, when the edge sampled it (never stored).
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// A change of a stored message to commit (v1.1): edit, delete or react.

@@ -193,6 +193,7 @@ impl MemStore {
                 room.messages.insert(
                     seq,
                     StoredMessage {
+                        trace: None,
                         room: m.room.clone(),
                         seq,
                         from: m.from.clone(),

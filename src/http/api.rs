@@ -14,12 +14,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
+use chatty_actors::trace::TraceParent;
 use chatty_actors::{
     Body, BodyError, ChangeOp, ChangeOutcome, Cid, DisplayName, HistoryItem, Meta, MetaError,
-    ModError, NewChange, NodeError, PresenceEntry, RoomId, RoomRole, UserId, WriteError,
+    ModError, NewChange, NewMessage, NodeError, PresenceEntry, RoomId, RoomRole, UserId,
+    WriteError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::state::AppState;
 
@@ -240,6 +243,7 @@ struct Published {
 pub async fn publish(
     State(state): State<AppState>,
     ApiPath(room): ApiPath<String>,
+    headers: HeaderMap,
     ApiJson(b): ApiJson<PublishBody>,
 ) -> Result<Response, ApiError> {
     let room = room_id(&room)?;
@@ -248,7 +252,30 @@ pub async fn publish(
     let body = body(&state, &b.body)?;
     let meta = meta(&state, b.meta)?;
     let name = DisplayName::sanitize(b.name.as_deref().unwrap_or(from.as_str()));
-    match state.node.publish(room, from, name, cid, body, meta).await {
+    // The caller's W3C trace context, if any, decides the sampling; else the ratio does.
+    let caller = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    let span = crate::telemetry::receive_span("http", caller, &room, &cid, None);
+    let msg = NewMessage {
+        trace: span.as_ref().and_then(TraceParent::of),
+        room,
+        from,
+        name,
+        cid,
+        body,
+        meta,
+    };
+    let publish = state.node.publish(msg);
+    let outcome = match span {
+        Some(span) => {
+            span.in_scope(|| tracing::debug!("publish received"));
+            publish.instrument(span).await
+        }
+        None => publish.await,
+    };
+    match outcome {
         Ok(a) => Ok((
             StatusCode::CREATED,
             Json(Published {

@@ -109,6 +109,8 @@ struct Outgoing {
     target: Target,
     bytes: Vec<u8>,
     revocation: bool,
+    /// The publish spans of the sampled messages in it, ended once Redis answered.
+    spans: Vec<tracing::Span>,
 }
 
 pub struct RedisBus {
@@ -176,9 +178,10 @@ impl ClusterBus for RedisBus {
             event,
             BusEvent::Remove { .. } | BusEvent::Disconnect { .. } | BusEvent::MembersChanged { .. }
         );
-        let Some((target, wire)) = to_wire(&event) else {
+        let Some((target, mut wire)) = to_wire(&event) else {
             return;
         };
+        let spans = publish_spans(&event, &mut wire);
         let env = Envelope {
             node: self.node.to_string(),
             event: wire,
@@ -190,6 +193,7 @@ impl ClusterBus for RedisBus {
             target,
             bytes,
             revocation,
+            spans,
         };
         if let Err(e) = self.publish_tx.try_send(out) {
             self.metrics.bus_errors.inc();
@@ -290,6 +294,7 @@ impl ClusterBus for RedisBus {
             target: Target::Node(reply.node),
             bytes,
             revocation: false,
+            spans: Vec::new(),
         };
         if self.publish_tx.try_send(out).is_err() {
             self.metrics.bus_errors.inc();
@@ -357,6 +362,13 @@ async fn publisher(
             }
             None => false,
         };
+        for out in &mut batch {
+            for span in out.spans.drain(..) {
+                if !ok {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+        }
         if ok {
             published.inc_by(batch.len() as u64);
             // Redis answers again: the revocations that could not go out go now, then the

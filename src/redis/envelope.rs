@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chatty_actors::trace::{self, TraceParent, TARGET};
 use chatty_actors::{
     Body, BusEvent, ChangeKind, Cid, DisplayName, EventReply, InboxItem, MessageState, Meta,
     Reaction, ReactionKey, RemoveReason, RoomId, StoredMessage, StoredUpdate, UserId,
@@ -132,6 +133,10 @@ pub(super) struct WireMessage {
     pub(super) deleted: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) reactions: Vec<(String, u32)>,
+    /// A sampled message's W3C `traceparent`: its publish span, the parent of the receiving
+    /// node's spans. Absent for every other message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) trace: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -165,12 +170,19 @@ impl WireMessage {
                 .iter()
                 .map(|r| (r.key.as_str().to_owned(), r.count))
                 .collect(),
+            trace: None,
         }
     }
 
     /// Validated like client input: another node's bytes are not trusted either.
     fn into_message(self, room: &RoomId) -> Option<StoredMessage> {
         Some(StoredMessage {
+            // Only a sampled context is sent; a malformed one is dropped, not the message.
+            trace: self
+                .trace
+                .as_deref()
+                .and_then(TraceParent::parse)
+                .map(|(t, _)| t),
             room: room.clone(),
             seq: self.seq,
             from: UserId::parse(&self.from).ok()?,
@@ -203,6 +215,57 @@ impl WireMessage {
                 mine: Vec::new(),
             },
         })
+    }
+}
+
+/// A sampled message's publish: a `chatty.bus.publish` span, the child of its commit, whose
+/// context travels in the envelope. The spans end once Redis took the publish.
+pub(super) fn publish_spans(ev: &BusEvent, wire: &mut WireEvent) -> Vec<tracing::Span> {
+    let (BusEvent::Messages(msgs), WireEvent::Messages { msgs: out, .. }) = (ev, wire) else {
+        return Vec::new();
+    };
+    if msgs.iter().all(|m| m.trace.is_none()) || !trace::enabled() {
+        return Vec::new();
+    }
+    let mut spans = Vec::new();
+    for (m, w) in msgs.iter().zip(out.iter_mut()) {
+        let Some(tp) = m.trace else { continue };
+        let span = tracing::info_span!(
+            target: TARGET, parent: None, "chatty.bus.publish",
+            otel.kind = "producer", trace_id = %tp.trace_id(), room = %m.room, seq = m.seq,
+            otel.status_code = tracing::field::Empty,
+        );
+        w.trace = trace::follow(&span, &tp).map(|t| t.header());
+        spans.push(span);
+    }
+    spans
+}
+
+/// Another node's sampled messages arriving here: a `chatty.bus.receive` span each, the child
+/// of the publish, and the parent of this node's delivery. A node not exporting traces drops
+/// the contexts (and opens nothing).
+pub(super) fn receive_spans(ev: &mut BusEvent, committed_us: Option<u64>) {
+    let BusEvent::Messages(msgs) = ev else { return };
+    if msgs.iter().all(|m| m.trace.is_none()) {
+        return;
+    }
+    // Fresh from the decoder: nobody else holds it yet.
+    let Some(msgs) = Arc::get_mut(msgs) else {
+        return;
+    };
+    let lag_us = committed_us.map_or(0, |c| now_us().saturating_sub(c));
+    for m in msgs.iter_mut() {
+        let Some(tp) = m.trace.take() else { continue };
+        if !trace::enabled() {
+            continue;
+        }
+        let span = tracing::info_span!(
+            target: TARGET, parent: None, "chatty.bus.receive",
+            otel.kind = "consumer", trace_id = %tp.trace_id(), room = %m.room, seq = m.seq,
+            commit_lag_us = lag_us,
+        );
+        m.trace = trace::follow(&span, &tp);
+        span.in_scope(|| tracing::debug!(seq = m.seq, "received from the bus"));
     }
 }
 

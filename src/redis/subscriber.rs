@@ -161,10 +161,11 @@ pub(super) async fn subscriber(
                         }
                         continue;
                     }
-                    let Some((ev, committed_us)) = from_wire(env.event) else {
+                    let Some((mut ev, committed_us)) = from_wire(env.event) else {
                         metrics.bus_errors.inc();
                         continue;
                     };
+                    receive_spans(&mut ev, committed_us);
                     if let Some(us) = committed_us {
                         let lag = now_us().saturating_sub(us) as f64 / 1e6;
                         metrics.commit_delivery_seconds.with_label_values(&["remote"]).observe(lag);

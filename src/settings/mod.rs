@@ -73,6 +73,7 @@ pub struct Settings {
     pub writer: WriterSettings,
     pub presence: PresenceSettings,
     pub webhooks: WebhookSettings,
+    pub telemetry: TelemetrySettings,
     pub log: LogSettings,
     pub debug: DebugSettings,
     #[serde(skip, default = "default_env")]
@@ -219,6 +220,30 @@ pub struct WebhookSettings {
 impl WebhookSettings {
     pub fn enabled(&self) -> bool {
         !self.url.is_empty()
+    }
+}
+
+/// OpenTelemetry traces (see docs/operations.md, "Tracing one message").
+#[derive(Clone, Debug, Deserialize)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP URL (`http://collector:4318`; traces go to `/v1/traces`
+    /// unless the URL has a path of its own). Empty turns tracing off: no exporter is built.
+    pub otlp_endpoint: String,
+    /// The share of messages traced, decided once at the edge (a socket's `send`, an HTTP
+    /// publish without a `traceparent`). A caller's sampled `traceparent` is always followed.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans; `service.instance.id` is the node id.
+    pub service_name: String,
+    /// One export request may take this long.
+    pub export_timeout_ms: u64,
+    /// Finished spans waiting for export; past it new spans are dropped (counted), never
+    /// buffered without bound.
+    pub max_queue: usize,
+}
+
+impl TelemetrySettings {
+    pub fn enabled(&self) -> bool {
+        !self.otlp_endpoint.is_empty()
     }
 }
 

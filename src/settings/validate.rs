@@ -170,6 +170,34 @@ impl Settings {
             "presence.grace_ms",
             "must be at most 3600000 (an hour)",
         );
+        let t = &self.telemetry;
+        need(
+            t.otlp_endpoint.is_empty()
+                || t.otlp_endpoint.starts_with("http://")
+                || t.otlp_endpoint.starts_with("https://"),
+            "telemetry.otlp_endpoint",
+            "must be an http:// or https:// URL (or empty: tracing off)",
+        );
+        need(
+            (0.0..=1.0).contains(&t.sample_ratio),
+            "telemetry.sample_ratio",
+            "must be between 0.0 and 1.0",
+        );
+        need(
+            !t.service_name.is_empty(),
+            "telemetry.service_name",
+            "must not be empty",
+        );
+        need(
+            t.export_timeout_ms >= 1,
+            "telemetry.export_timeout_ms",
+            "must be >= 1",
+        );
+        need(
+            (64..=1_000_000).contains(&t.max_queue),
+            "telemetry.max_queue",
+            "must be between 64 and 1000000",
+        );
         let w = &self.webhooks;
         if w.enabled() {
             need(
@@ -258,6 +286,29 @@ mod tests {
 
     fn local() -> Settings {
         Settings::load(std::path::Path::new("config")).expect("the local settings load")
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_its_settings_are_checked() {
+        let s = local();
+        assert!(!s.telemetry.enabled());
+        let err = |f: &dyn Fn(&mut Settings)| {
+            let mut s = local();
+            f(&mut s);
+            s.validate().err().unwrap_or_default()
+        };
+        assert!(
+            err(&|s| s.telemetry.otlp_endpoint = "collector:4318".into())
+                .contains("telemetry.otlp_endpoint")
+        );
+        assert!(err(&|s| s.telemetry.sample_ratio = 1.5).contains("telemetry.sample_ratio"));
+        assert!(err(&|s| s.telemetry.sample_ratio = -0.1).contains("telemetry.sample_ratio"));
+        assert!(err(&|s| s.telemetry.max_queue = 0).contains("telemetry.max_queue"));
+        assert!(err(&|s| {
+            s.telemetry.otlp_endpoint = "http://collector:4318".into();
+            s.telemetry.sample_ratio = 1.0;
+        })
+        .is_empty());
     }
 
     #[test]

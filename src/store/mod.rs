@@ -259,6 +259,7 @@ where
     let deleted = deleted.unwrap_or(false);
     let reactions: Option<String> = r.try_get("reactions").map_err(store_err)?;
     Ok(StoredMessage {
+        trace: None,
         room: room.clone(),
         seq: seq as Seq,
         from: UserId::parse(&user).map_err(|_| bad("user"))?,

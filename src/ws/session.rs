@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use chatty_actors::trace::TraceParent;
 use chatty_actors::{
-    close, CloseState, CloseWatch, ConnHandle, ConnShared, Connection, Encoding, ErrorCode, Out,
-    ServerFrame, SubmitError,
+    close, CloseState, CloseWatch, Command, ConnHandle, ConnShared, Connection, Encoding,
+    ErrorCode, Out, ServerFrame, SubmitError,
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -140,11 +141,25 @@ where
             }
         };
         match wire::decode(&payload, encoding, bounds, &|t| auth.verify(t).ok()) {
-            Ok(cmd) => {
+            Ok(mut cmd) => {
                 metrics
                     .frames_in
                     .with_label_values(&[cmd.kind(), encoding.label()])
                     .inc();
+                // The one sampling decision for this message: a sampled send carries its
+                // span's context from here to every node's delivery.
+                let _span = match &mut cmd {
+                    Command::Send {
+                        room, cid, trace, ..
+                    } => {
+                        crate::telemetry::receive_span("socket", None, room, cid, Some(&shared.id))
+                            .inspect(|span| {
+                                *trace = TraceParent::of(span);
+                                span.in_scope(|| tracing::debug!("send received"));
+                            })
+                    }
+                    _ => None,
+                };
                 // Waits while the connection's inbound queue is full: a client that sends
                 // faster than it is served is slowed down by TCP, not buffered.
                 match conn.submit(cmd).await {

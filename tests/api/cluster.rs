@@ -7,36 +7,39 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("CHATTY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
 /// A room name no other test (or earlier run) uses: Redis is shared.
-fn unique_room(prefix: &str) -> String {
+pub(crate) fn unique_room(prefix: &str) -> String {
     format!(
         "{prefix}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
 }
 
-struct Cluster {
-    nodes: Vec<(tokio::process::Child, u16)>,
-    /// Each node's environment, to start it again.
-    envs: Vec<Vec<(String, String)>>,
+pub(crate) struct Cluster {
+    pub(crate) nodes: Vec<(tokio::process::Child, u16)>,
+    /// Each node's environment, to start it again (its id is `CHATTY__NODE__ID`).
+    pub(crate) envs: Vec<Vec<(String, String)>>,
     /// Each node's metrics port.
     metrics: Vec<u16>,
+    /// Each node's log lines (stderr), as they arrive.
+    pub(crate) logs: Vec<Logs>,
     auth: chatty::auth::Authenticator,
     pool: sqlx::PgPool,
 }
 
 impl Cluster {
-    async fn start(n: usize, redis: &str, extra: &[(&str, &str)]) -> Cluster {
+    pub(crate) async fn start(n: usize, redis: &str, extra: &[(&str, &str)]) -> Cluster {
         let (settings, db_url) = test_settings().await;
         // Create and migrate the database once, before the nodes race to do it.
         chatty::startup::migrate_only(&settings).await.unwrap();
         let mut nodes = Vec::new();
         let mut envs = Vec::new();
         let mut metrics = Vec::new();
+        let mut logs = Vec::new();
         for i in 0..n {
             let id = format!(
                 "node{i}-{}",
@@ -52,9 +55,10 @@ impl Cluster {
                 ("CHATTY__PRESENCE__HEARTBEAT_MS", "300"),
             ];
             env.extend_from_slice(extra);
-            let (child, port, metrics_port) = start_binary_with_metrics(&env).await;
+            let (child, port, metrics_port, log) = start_binary_logged(&env).await;
             nodes.push((child, port));
             metrics.push(metrics_port);
+            logs.push(log);
             envs.push(
                 env.iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -65,12 +69,13 @@ impl Cluster {
             nodes,
             envs,
             metrics,
+            logs,
             auth: chatty::auth::Authenticator::new(&settings.auth),
             pool: sqlx::PgPool::connect(&db_url).await.unwrap(),
         }
     }
 
-    async fn connect(&self, node: usize, user: &str) -> Client {
+    pub(crate) async fn connect(&self, node: usize, user: &str) -> Client {
         let token = self
             .auth
             .mint(user, None, Duration::from_secs(600))
@@ -88,7 +93,7 @@ impl Cluster {
         Client::connect(&url, &token, Some("chatty.v1.msgpack")).await
     }
 
-    async fn api(
+    pub(crate) async fn api(
         &self,
         node: usize,
         method: &str,
@@ -124,9 +129,10 @@ impl Cluster {
         for (i, env) in self.envs.iter().enumerate() {
             let env: Vec<(&str, &str)> =
                 env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let (child, port, metrics_port) = start_binary_with_metrics(&env).await;
+            let (child, port, metrics_port, log) = start_binary_logged(&env).await;
             self.nodes[i] = (child, port);
             self.metrics[i] = metrics_port;
+            self.logs[i] = log;
         }
     }
 
@@ -141,7 +147,7 @@ impl Cluster {
     }
 
     /// One sample of a node's metrics (0 if absent).
-    async fn metric(&self, node: usize, series: &str) -> f64 {
+    pub(crate) async fn metric(&self, node: usize, series: &str) -> f64 {
         let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics[node]))
             .await
             .unwrap()
@@ -182,7 +188,7 @@ impl Cluster {
             .unwrap()
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         // A node already killed (and reaped) has no pid left to signal.
         for (child, _) in self.nodes.iter_mut().filter(|(c, _)| c.id().is_some()) {
             let _ = terminate(child).await;

@@ -19,4 +19,5 @@ mod presence;
 mod reach;
 mod resilience;
 mod shutdown;
+mod tracing;
 mod webhooks;

@@ -12,6 +12,7 @@ use chatty_actors::{
 
 fn msg(room: &str, user: &str, cid: &str, body: &str) -> NewMessage {
     NewMessage {
+        trace: None,
         room: RoomId::parse(room).unwrap(),
         from: UserId::parse(user).unwrap(),
         name: DisplayName::sanitize(user),

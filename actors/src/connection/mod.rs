@@ -349,6 +349,7 @@ impl ConnState {
                 cid,
                 body,
                 meta,
+                trace,
             } => {
                 if self.joined(r#ref.as_deref(), &room).is_none() {
                     return;
@@ -360,6 +361,7 @@ impl ConnState {
                     cid,
                     body,
                     meta,
+                    trace,
                 };
                 let ack = Ack::Socket {
                     outbox: self.args.outbox.clone(),

@@ -22,7 +22,7 @@ use crate::connection::{ConnArgs, ConnContext, ConnectionActor};
 use crate::connections::{ConnRegistry, ConnectionSupervisorMsg};
 use crate::expiry::Expiry;
 use crate::handle::{ConnHandle, Connection};
-use crate::ids::{Body, Cid, ConnId, DisplayName, Meta, RoomId, Seq, UserId};
+use crate::ids::{ConnId, Meta, RoomId, Seq, UserId};
 use crate::inbox::{Inbox, InboxDeps};
 use crate::metrics::Metrics;
 use crate::moderation::{By, ModError, Moderation};
@@ -235,28 +235,11 @@ impl Node {
         self.moderation.disconnect(user)
     }
 
-    /// Persist a message from the HTTP API; resolves after commit.
-    pub async fn publish(
-        &self,
-        room: RoomId,
-        from: UserId,
-        name: DisplayName,
-        cid: Cid,
-        body: Body,
-        meta: Option<Meta>,
-    ) -> Result<Appended, WriteError> {
+    /// Persist a message from the HTTP API; resolves after commit. `msg.trace` is the
+    /// request's span when the API sampled it.
+    pub async fn publish(&self, msg: NewMessage) -> Result<Appended, WriteError> {
         let (tx, rx) = oneshot::channel();
-        self.writer.submit(
-            NewMessage {
-                room,
-                from,
-                name,
-                cid,
-                body,
-                meta,
-            },
-            Ack::Reply(tx),
-        );
+        self.writer.submit(msg, Ack::Reply(tx));
         rx.await.unwrap_or(Err(WriteError::Unavailable))
     }
 

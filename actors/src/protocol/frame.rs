@@ -390,6 +390,7 @@ mod tests {
 
     fn sample() -> StoredMessage {
         StoredMessage {
+            trace: None,
             room: RoomId::parse("r1").unwrap(),
             seq: 7,
             from: UserId::parse("alice").unwrap(),

@@ -95,6 +95,8 @@ pub enum Command {
         body: Body,
         /// v1.1: the message's metadata, already checked against `max_meta_bytes`.
         meta: Option<Meta>,
+        /// The `chatty.receive` span's context, when the socket reader sampled this send.
+        trace: Option<crate::trace::TraceParent>,
     },
     /// `edit`, `delete` or `react` (v1.1): change a message. Committed through the Writer, then
     /// answered with `updated` and broadcast as `update` in `rev` order.
@@ -253,6 +255,9 @@ pub struct StoredMessage {
     /// v1.1: the message's state after its last change; the default for a message never
     /// changed, which is what every fresh message is.
     pub state: MessageState,
+    /// A freshly committed message's place in its trace, when its send was sampled: the
+    /// parent of its bus and delivery spans. Never stored, never sent to clients.
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// What changes can do to a message: its last revision, edit time, deletion and reactions.

@@ -129,6 +129,16 @@ impl RoomCore {
     /// seen it, encoded once per encoding; the room's head moves to it.
     pub(crate) fn deliver(&mut self, m: &StoredMessage, metrics: &Metrics, hold_cap: usize) {
         self.delivered = m.seq;
+        // A sampled message's last span on this node: its fan-out here.
+        let span = m.trace.filter(|_| crate::trace::enabled()).map(|tp| {
+            let span = tracing::info_span!(
+                target: crate::trace::TARGET, parent: None, "chatty.deliver",
+                trace_id = %tp.trace_id(), room = %m.room, seq = m.seq,
+                sockets = tracing::field::Empty,
+            );
+            crate::trace::follow(&span, &tp);
+            span
+        });
         let mut enc = EncodeOnce::new(ServerFrame::message(m));
         let mut n = 0u64;
         for ms in self.members.values_mut() {
@@ -139,6 +149,10 @@ impl RoomCore {
             ms.send(enc.get(ms.member.encoding), hold_cap);
         }
         metrics.deliveries.inc_by(n);
+        if let Some(span) = span {
+            span.record("sockets", n);
+            span.in_scope(|| tracing::debug!(sockets = n, "delivered"));
+        }
         if !self.parked.is_empty() {
             // This message may be what a waiting change needs: the change follows it.
             self.release_parked(hold_cap);

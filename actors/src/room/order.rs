@@ -111,6 +111,7 @@ mod tests {
 
     fn msg(seq: Seq) -> StoredMessage {
         StoredMessage {
+            trace: None,
             room: RoomId::parse("r").unwrap(),
             seq,
             from: UserId::parse("u").unwrap(),

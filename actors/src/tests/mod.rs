@@ -54,6 +54,7 @@ pub(super) fn user(s: &str) -> UserId {
 /// A send of `body` by `from`.
 pub(super) fn new_msg(r: &str, from: &str, cid: &str) -> NewMessage {
     NewMessage {
+        trace: None,
         room: room(r),
         meta: None,
         from: user(from),
@@ -366,6 +367,7 @@ impl Client {
             room: room(r),
             cid: Cid::parse(cid).unwrap(),
             body: Body::parse(cid, 4096).unwrap(),
+            trace: None,
         })
         .await;
     }

@@ -77,6 +77,7 @@ impl Assembled {
                 ts: r.ts,
                 meta: m.meta.clone(),
                 state: Default::default(),
+                trace: m.trace,
             });
         }
         runs.into_iter()

@@ -110,7 +110,7 @@ impl Lane {
             }
             if !batch.is_empty() {
                 let span = tracing::debug_span!("flush", lane = self.index, size = batch.len());
-                commit(&self.args, &mut batch, &mut doubt)
+                commit(&self.args, self.index, &mut batch, &mut doubt)
                     .instrument(span)
                     .await;
             }
@@ -237,11 +237,15 @@ async fn commit_changes(a: &WriterArgs, batch: &mut Vec<PendingChange>, doubt: &
 
 /// Commit one batch (retrying while the store fails, up to `writer.retry_max`), then make it
 /// visible: messages to the local rooms and onto the bus, acks to the senders.
-async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
-    let asm = Assembled::new(batch.iter().map(|p| &p.msg));
+async fn commit(a: &WriterArgs, lane: usize, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
+    let mut asm = Assembled::new(batch.iter().map(|p| &p.msg));
+    let spans = BatchSpans::open(lane, &mut asm.unique, batch);
     // A send committed by a failed attempt comes back from the retry as a duplicate, which
     // rechecks its room below.
     let (outcome, _) = with_retries(a, asm.unique.len(), || a.store.append(&asm.unique)).await;
+    if let Some(spans) = &spans {
+        spans.close(&asm.unique, outcome.as_ref().ok());
+    }
     let results = match outcome {
         Ok(r) if r.len() == asm.unique.len() => r,
         Ok(_) | Err(StoreError::Other(_)) | Err(StoreError::Unavailable(_)) => {
@@ -285,5 +289,91 @@ async fn commit(a: &WriterArgs, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
             .send_ack_seconds
             .observe(now.duration_since(p.enqueued).as_secs_f64());
         p.ack.answer(&p.msg, Ok(r));
+    }
+}
+
+/// The spans of a batch holding sampled sends: `chatty.lane.batch` for the group commit,
+/// linked to each sampled send, and per sampled send a `chatty.lane.commit`, the child of its
+/// receive span and linked back to the batch. The batch span roots a trace of its own (one
+/// commit serves many traces); the per-send spans keep each message's trace whole.
+struct BatchSpans {
+    batch: tracing::Span,
+    /// Per sampled send: its index in the batch's unique sends, and its span.
+    each: Vec<(usize, tracing::Span)>,
+}
+
+impl BatchSpans {
+    /// Open the spans (none unless a send was sampled) and make each sampled send's trace
+    /// context its commit span, the parent of its delivery and bus spans.
+    fn open(
+        lane: usize,
+        unique: &mut [crate::ports::NewMessage],
+        batch: &[Pending],
+    ) -> Option<Self> {
+        use crate::trace::{follow, link, TraceParent, TARGET};
+        if !crate::trace::enabled() || unique.iter().all(|m| m.trace.is_none()) {
+            return None;
+        }
+        let size = unique.len();
+        let oldest = batch
+            .iter()
+            .map(|p| p.enqueued)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let batch_span = tracing::info_span!(
+            target: TARGET, parent: None, "chatty.lane.batch", lane, size,
+            queued_us = oldest.elapsed().as_micros() as u64,
+            otel.status_code = tracing::field::Empty,
+        );
+        let mut each = Vec::new();
+        for (i, m) in unique.iter_mut().enumerate() {
+            let Some(tp) = m.trace else { continue };
+            link(&batch_span, &tp);
+            let queued = batch
+                .iter()
+                .find(|p| p.msg.trace == Some(tp))
+                .map_or(oldest, |p| p.enqueued);
+            let span = tracing::info_span!(
+                target: TARGET, parent: None, "chatty.lane.commit",
+                trace_id = %tp.trace_id(), room = %m.room, lane, batch_size = size,
+                queued_us = queued.elapsed().as_micros() as u64,
+                seq = tracing::field::Empty, otel.status_code = tracing::field::Empty,
+            );
+            m.trace = follow(&span, &tp);
+            each.push((i, span));
+        }
+        if let Some(b) = TraceParent::of(&batch_span) {
+            for (_, s) in &each {
+                link(s, &b);
+            }
+        }
+        Some(Self {
+            batch: batch_span,
+            each,
+        })
+    }
+
+    /// Record the outcome: each committed send's seq, or the error every span failed with.
+    fn close(
+        &self,
+        unique: &[crate::ports::NewMessage],
+        results: Option<&Vec<crate::ports::Appended>>,
+    ) {
+        for (i, span) in &self.each {
+            match results.and_then(|r| r.get(*i)) {
+                Some(r) => {
+                    span.record("seq", r.seq);
+                    span.in_scope(|| {
+                        tracing::debug!(room = %unique[*i].room, seq = r.seq, duplicate = r.duplicate, "committed")
+                    });
+                }
+                None => {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+        }
+        if results.is_none() {
+            self.batch.record("otel.status_code", "ERROR");
+        }
     }
 }

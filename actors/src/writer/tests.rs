@@ -243,6 +243,7 @@ async fn start_with_bus(
 /// A valid send (also used by the batch tests).
 pub(super) fn msg(room: &str, user: &str, cid: &str) -> NewMessage {
     NewMessage {
+        trace: None,
         room: RoomId::parse(room).unwrap(),
         meta: None,
         from: UserId::parse(user).unwrap(),

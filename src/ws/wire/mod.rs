@@ -324,6 +324,8 @@ fn validate(raw: RawFrame, bounds: Bounds, verify: Verify<'_>) -> Result<Command
                 body: body(raw.body.as_deref())?,
                 meta: meta(raw.meta.clone())?,
                 r#ref: boxed(),
+                // Sampled by the socket reader, after decoding.
+                trace: None,
             }
         }
         "edit" => Command::Change {

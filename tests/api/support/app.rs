@@ -223,7 +223,17 @@ pub async fn start_binary(env: &[(&str, &str)]) -> (tokio::process::Child, u16) 
 
 /// `start_binary`, also returning the metrics port.
 pub async fn start_binary_with_metrics(env: &[(&str, &str)]) -> (tokio::process::Child, u16, u16) {
+    let (child, port, metrics_port, _) = start_binary_logged(env).await;
+    (child, port, metrics_port)
+}
+
+/// A node's log lines, kept while someone holds this.
+pub type Logs = std::sync::Arc<parking_lot::Mutex<Vec<String>>>;
+
+/// `start_binary_with_metrics`, also keeping its log lines (JSON) from the start on.
+pub async fn start_binary_logged(env: &[(&str, &str)]) -> (tokio::process::Child, u16, u16, Logs) {
     use tokio::io::{AsyncBufReadExt, BufReader};
+    let logs = Logs::default();
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatty"));
     cmd.arg("serve")
         .env("CHATTY__SERVER__PORT", "0")
@@ -241,6 +251,7 @@ pub async fn start_binary_with_metrics(env: &[(&str, &str)]) -> (tokio::process:
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let (port, metrics_port) = tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            logs.lock().push(line.clone());
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -255,9 +266,16 @@ pub async fn start_binary_with_metrics(env: &[(&str, &str)]) -> (tokio::process:
     })
     .await
     .expect("chatty did not start listening");
-    // Keep draining its log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, port, metrics_port)
+    // Keep draining its log so it never blocks on a full pipe; kept only while wanted.
+    let keep = std::sync::Arc::downgrade(&logs);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(logs) = keep.upgrade() {
+                logs.lock().push(line);
+            }
+        }
+    });
+    (child, port, metrics_port, logs)
 }
 
 /// Send SIGTERM and wait for a clean exit.

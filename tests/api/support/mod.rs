@@ -10,6 +10,7 @@
 //! - `tokens`: JWTs built by hand (any header, any claims, any signature).
 //! - `fixtures`: bystanders, row counts, the process's memory.
 //! - `webhook`: a real HTTP receiver of webhooks, and the signature check receivers do.
+//! - `otlp`: a real OTLP/HTTP trace receiver, decoding the protobuf exports.
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ mod app;
 mod client;
 mod duplex;
 mod fixtures;
+mod otlp;
 mod prom;
 mod raw;
 mod tokens;
@@ -26,6 +28,7 @@ pub use app::*;
 pub use client::*;
 pub use duplex::*;
 pub use fixtures::*;
+pub use otlp::{Receiver as OtlpReceiver, Span as OtlpSpan};
 pub use prom::*;
 pub use raw::*;
 pub use tokens::*;
