@@ -12,6 +12,8 @@
 # PRIVATE_ROOMS=1 makes many-rooms' rooms private (each with one member who never connects, so
 # every message is one the inbox and webhooks are about); WEBHOOKS=blackhole turns webhooks on,
 # pointed at a listener that accepts connections and never answers (every request times out).
+# TRACE_RATIO=0.01 (say) turns tracing on at that sampling ratio, exported to a stand-in
+# OTLP collector (`chatty-loadtest otlp-sink`); the runs' JSON then counts the spans exported.
 #
 # A scenario whose run is INVALID (planned connections refused or failed, connections closed by
 # the server mid-run, a saturated generator: the generator exits 3) or that fails is recorded
@@ -63,6 +65,15 @@ while True:
     export CHATTY_WEBHOOKS_URL=http://127.0.0.1:18099/hook
 fi
 
+if [ -n "${TRACE_RATIO:-}" ]; then
+    # Tracing on at this sampling ratio, exported to a stand-in collector on the generator's
+    # CPU; its log (otlp-sink.log) shows what it took.
+    nice -n "$BENCH_NICE" taskset -c "$GEN_CPU" "$LOADTEST" otlp-sink --port 18098 >"$OUT/otlp-sink.log" 2>&1 &
+    SINK_PID=$!
+    trap 'stop_server; kill $SINK_PID 2>/dev/null || true; kill ${BLACKHOLE_PID:-} 2>/dev/null || true' EXIT
+    export CHATTY_OTLP_ENDPOINT=http://127.0.0.1:18098
+fi
+
 # PostgreSQL's own speed right now, as a reference for the durable numbers: one client doing
 # one-row transactions (the commit floor), and 8 clients.
 pg_baseline() {
@@ -112,11 +123,12 @@ for s in $SCENARIOS; do
         storm)
             loadtest run --scenario storm --conns "${STORM_CONNS:-10000}" --connect-concurrency 2000 "${common[@]}" --note "$note" ;;
         hot-room)
-            loadtest run --scenario hot-room --conns 5000 --senders 10 --rates "${HOT_RATES:-10,20,30,40}" "${common[@]}" --note "$note" ;;
+            loadtest run --scenario hot-room --conns 5000 --senders 10 --rates "${HOT_RATES:-10,20,30,40}" "${common[@]}" \
+                --note "$note${TRACE_RATIO:+; tracing at $TRACE_RATIO}" ;;
         many-rooms)
             loadtest run --scenario many-rooms --conns 10000 --room-size 5 --rates "${MANY_RATES:-1000,2000,5000,10000}" \
                 ${PRIVATE_ROOMS:+--private-rooms --db-url "$PG_BASE/$DB"} "${common[@]}" \
-                --note "$note${PRIVATE_ROOMS:+; private rooms}${CHATTY_WEBHOOKS_URL:+; webhooks to a black hole}" ;;
+                --note "$note${PRIVATE_ROOMS:+; private rooms}${CHATTY_WEBHOOKS_URL:+; webhooks to a black hole}${TRACE_RATIO:+; tracing at $TRACE_RATIO}" ;;
         durable)
             loadtest run --scenario durable --conns 200 --rates "${DURABLE_RATES:-1000,2000,5000,10000,30000}" \
                 --db-url "$PG_BASE/$DB" --copy-compare "${common[@]}" --note "$note" ;;

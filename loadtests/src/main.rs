@@ -5,9 +5,11 @@
 //! * `smoke`: two clients join, see each other's presence, exchange a message; exit non-zero
 //!   on any failure (used after deploys).
 //! * `bare-server`: the no-persistence broadcast ceiling the comparison measures against.
+//! * `otlp-sink`: a stand-in OTLP/HTTP trace collector for the tracing cost runs.
 //! * `worker`: internal; the coordinator re-executes itself in this mode.
 
 mod bare;
+mod sink;
 mod coord;
 mod plan;
 mod report;
@@ -81,6 +83,11 @@ enum Cmd {
         #[arg(long, default_value_t = 8192)]
         queue: usize,
     },
+    /// A stand-in OTLP/HTTP trace collector: accepts every export, counts requests and bytes.
+    OtlpSink {
+        #[arg(long, default_value_t = 18098)]
+        port: u16,
+    },
     #[command(hide = true)]
     Worker,
 }
@@ -131,6 +138,7 @@ fn main() -> Result<()> {
             threads,
             queue,
         } => bare::main(&host, port, threads, queue),
+        Cmd::OtlpSink { port } => sink::main(port),
         Cmd::Worker => worker::main(),
     }
 }
