@@ -194,6 +194,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Callers (the HTTP header) and other nodes (the envelope) send any string: parsing
+        /// never panics, and whatever parses prints back as the canonical sampled form of the
+        /// same ids.
+        #[test]
+        fn any_string_parses_without_panic_and_what_parses_round_trips(s in ".{0,80}") {
+            if let Some((tp, _)) = TraceParent::parse(&s) {
+                let (again, sampled) = TraceParent::parse(&tp.header()).unwrap();
+                proptest::prop_assert!(sampled);
+                proptest::prop_assert_eq!(again, tp);
+            }
+        }
+
+        #[test]
+        fn every_valid_context_round_trips(t in proptest::array::uniform16(proptest::num::u8::ANY),
+                                           p in proptest::array::uniform8(proptest::num::u8::ANY)) {
+            proptest::prop_assume!(t != [0; 16] && p != [0; 8]);
+            let tp = TraceParent { trace_id: t, span_id: p };
+            proptest::prop_assert_eq!(TraceParent::parse(&tp.header()), Some((tp, true)));
+        }
+    }
+
     #[test]
     fn nothing_is_sampled_while_tracing_is_off() {
         // The only test touching the switch: off by default, and `sample` says no.
