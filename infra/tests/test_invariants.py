@@ -106,6 +106,11 @@ def container_definition(root: Path):
     m = re.fullmatch(r"\$\{jsonencode\((?:concat\()?\[local\.([A-Za-z0-9_]+)\](?:, local\.[A-Za-z0-9_]+\))?\)\}", expr)
     assert m, f"container_definitions must be jsonencode([local.<name>]) or jsonencode(concat([local.<name>], local.<sidecars>)) for this test to read it, got {expr}"
     raw = scope.module.locals[m.group(1)]
+    # merge(local.<literal>, <additions>): the additions (traces' dependsOn) are checked where
+    # they are made; the literal is the definition.
+    merged = re.match(r"\$\{merge\(local\.([A-Za-z0-9_]+),", raw) if isinstance(raw, str) else None
+    if merged:
+        raw = scope.module.locals[merged.group(1)]
     assert isinstance(raw, dict), "the container definition local must be an object literal"
     return scope, raw
 
@@ -254,6 +259,108 @@ def check_metrics_on_aws(root: Path) -> None:
     alarms_main = (root / MODULES_DIR / "alarms" / "main.tf").read_text(encoding="utf-8")
     assert "alias/aws/sns" not in alarms_main, \
         "CloudWatch and AMP cannot publish to a topic under the AWS-managed SNS key"
+
+
+XRAY_WRITE_ACTIONS = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
+    "xray:GetSamplingStatisticsSummary",
+}
+TRACES_ON = "${var.traces_enabled ? 1 : 0}"
+
+
+def _hcl_code(text: str) -> str:
+    """HCL source without comments and descriptions (prose may name what the code must not)."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = re.sub(r'(?m)^\s*(description|error_message)\s*=\s*".*"$', "", text)
+    return re.sub(r"(?m)(^|\s)(#|//).*$", "", text)
+
+
+def check_traces_on_aws(root: Path) -> None:
+    """traces_enabled (default off) adds, and only then: the OTLP receiver and the X-Ray
+    exporter to the ADOT sidecar (which then runs also without metrics), chatty's OTLP
+    settings pointing at that receiver, a dependsOn that waits for the sidecar to START (never
+    to be HEALTHY: chat must not wait on tracing) and the task role's X-Ray permissions."""
+    env = _env(root)
+    ecs_call = env.env.modules.get("ecs", {})
+    assert ecs_call.get("traces_enabled") == "${var.traces_enabled}", "the environment must pass traces_enabled to the ecs module"
+    assert ecs_call.get("trace_sample_ratio") == "${var.trace_sample_ratio}", "the environment must pass trace_sample_ratio to the ecs module"
+    assert env.env_scope.value(ecs_call["traces_enabled"]) is False, "traces must be off unless an environment turns them on"
+    plain = {label(k): v for k, v in (ecs_call.get("environment") or {}).items()}
+    assert not any(k.startswith("CHATTY__TELEMETRY__") for k in plain), \
+        "set the telemetry variables through traces_enabled, not the plain environment (they would bypass the switch)"
+
+    _, scope = _module_holding(env, "aws_ecs_task_definition", "this")
+    mod = scope.module
+    for name, default in (("traces_enabled", False), ("trace_sample_ratio", 0.01)):
+        assert name in mod.variables, f"ecs module must declare {name}"
+        assert literal(mod.variables[name].get("default")) == default, f"ecs {name} must default to {default}"
+    validation = str(mod.variables["trace_sample_ratio"].get("validation", ""))
+    assert re.search(r">=\s*0\b", validation) and re.search(r"<=\s*1\b", validation), "trace_sample_ratio must be validated to 0..1"
+    code = _hcl_code(mod.text)
+
+    # chatty's settings: only in trace_environment, which is empty unless traces are on.
+    port = _resolve(scope, mod.locals.get("otlp_http_port"), "local.otlp_http_port")
+    trace_env = str(mod.locals.get("trace_environment", ""))
+    m = re.fullmatch(r"\$\{var\.traces_enabled \? \{(?P<on>.*)\} : \{\}\}", trace_env, flags=re.S)
+    assert m, f"local.trace_environment must be var.traces_enabled ? {{...}} : {{}}, got {trace_env}"
+    assert re.search(r'CHATTY__TELEMETRY__OTLP_ENDPOINT = "http://(localhost|127\.0\.0\.1):\$\{local\.otlp_http_port\}"', m["on"]), \
+        "chatty must export to the sidecar's OTLP/HTTP receiver on the task's loopback"
+    assert re.search(r"CHATTY__TELEMETRY__SAMPLE_RATIO = tostring\(var\.trace_sample_ratio\)", m["on"]), \
+        "CHATTY__TELEMETRY__SAMPLE_RATIO must come from trace_sample_ratio"
+    assert code.count("CHATTY__TELEMETRY__") == 2, "the telemetry variables must be set in local.trace_environment only"
+    assert "local.trace_environment" in str(mod.locals.get("environment", "")), "the container environment must merge local.trace_environment"
+
+    # Start order: START on the sidecar, added only with traces; nothing ever waits for HEALTHY.
+    _, cdef = container_definition(root)
+    assert "dependsOn" not in cdef, "the container's dependsOn belongs to the traces option (merged in when on)"
+    dep = re.fullmatch(r"\$\{merge\(local\.container_definition, var\.traces_enabled \? \{dependsOn = \[(?P<deps>.*)\]\} : \{\}\)\}",
+                       str(mod.locals.get("chatty_container", "")), flags=re.S)
+    assert dep, "local.chatty_container must be merge(local.container_definition, var.traces_enabled ? {dependsOn = [...]} : {})"
+    assert re.fullmatch(r'\{containerName = local\.adot_container_name, condition = "START"\}', dep["deps"]), \
+        f"chatty must depend on the sidecar with condition START, got {dep['deps']}"
+    assert not re.search(r'condition\s*=\s*"(HEALTHY|SUCCESS|COMPLETE)"', code), \
+        "chatty must never wait for the collector to be HEALTHY (or to exit): chat must not wait on tracing"
+    assert "local.chatty_container" in str(mod.resource("aws_ecs_task_definition", "this")["container_definitions"])
+
+    # The sidecar: runs for metrics or traces; its traces part is selected by traces_enabled.
+    assert mod.locals.get("adot_enabled") == "${local.metrics_enabled || var.traces_enabled}", \
+        "the ADOT sidecar must run when metrics or traces are on"
+    assert str(mod.locals.get("sidecars", "")).startswith("${local.adot_enabled ? ["), "local.sidecars must be gated on local.adot_enabled"
+    assert mod.locals.get("adot_signals") == {"metrics": "${local.metrics_enabled}", "traces": "${var.traces_enabled}"}, \
+        "local.adot_signals must switch the metrics part on metrics and the traces part on traces_enabled"
+    assert re.search(r"\{metrics = local\.adot_metrics, traces = local\.adot_traces\} : part if local\.adot_signals\[name\]",
+                     str(mod.locals.get("adot_parts", ""))), "local.adot_parts must keep the parts whose signal is on"
+    traces = mod.locals.get("adot_traces")
+    assert isinstance(traces, dict), "local.adot_traces must be an object literal"
+    endpoint = literal(traces["receivers"]["otlp"]["protocols"]["http"]["endpoint"].replace("${local.otlp_http_port}", str(port)))
+    assert re.fullmatch(rf"(127\.0\.0\.1|localhost|0\.0\.0\.0):{port}", endpoint), f"otlp http receiver must listen on port {port}, got {endpoint}"
+    assert "awsxray" in traces["exporters"], "traces must be exported to X-Ray (awsxray)"
+    pipeline = {k: literal(v) for k, v in traces["pipelines"]["traces"].items()}
+    assert pipeline["receivers"] == ["otlp"] and pipeline["exporters"] == ["awsxray"], f"traces pipeline: otlp -> awsxray, got {pipeline}"
+    assert "batch" in pipeline["processors"], "the traces pipeline must batch"
+    metrics = str(mod.locals.get("adot_metrics", ""))
+    assert "otlp" not in metrics and "awsxray" not in metrics, "the metrics part must not carry the traces components"
+    assert code.count("awsxray") == len(re.findall(r"awsxray", str(traces))), "awsxray must appear in local.adot_traces only"
+
+    # X-Ray permissions: only with traces on.
+    xray_docs = []
+    for (kind, name), body in list(mod.data.items()) + list(mod.resources.items()):
+        if "xray:" in str(body):
+            assert body.get("count") == TRACES_ON, f"{kind}.{name} grants X-Ray access: its count must be {TRACES_ON}"
+            xray_docs.append(name)
+            actions = {literal(a) for s in body.get("statement", []) for a in s.get("actions", [])}
+            missing = XRAY_WRITE_ACTIONS - actions
+            assert not missing, f"{kind}.{name} lacks {sorted(missing)}"
+    assert xray_docs, "the task role needs the X-Ray write permissions when traces are on"
+    attached = [(n, b) for n, b in mod.resources_of("aws_iam_role_policy").items()
+                if any(f"data.aws_iam_policy_document.{d}" in str(b.get("policy", "")) for d in xray_docs)]
+    assert attached, "the X-Ray policy document must be attached to a role"
+    for n, b in attached:
+        assert b.get("role") == "${aws_iam_role.task.id}", f"aws_iam_role_policy.{n}: X-Ray access belongs to the task role"
+        assert b.get("count") == TRACES_ON, f"aws_iam_role_policy.{n} must exist only with traces on"
 
 
 def check_provider_lock(root: Path) -> None:
@@ -603,6 +710,109 @@ def check_compose_load_balancer(root: Path) -> None:
     assert m and int(m.group(1)) > ping_interval_s(root), "/ws proxy_read_timeout must exceed the ping interval"
 
 
+OTLP_HTTP_PORT = 4318
+JAEGER_UI_PORT = 16686
+
+
+def _pinned(image: str) -> bool:
+    """name:tag with a version number in the tag (or a digest): not latest, not a bare name."""
+    if "@sha256:" in image:
+        return True
+    tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
+    return bool(re.search(r"\d+\.\d+", tag)) and "latest" not in tag
+
+
+def _published(svc: dict) -> set[int]:
+    """Container ports published on the host."""
+    out = set()
+    for p in svc.get("ports", []):
+        target = p.get("target") if isinstance(p, dict) else str(p).rsplit(":", 1)[-1].split("/")[0]
+        out.add(int(target))
+    return out
+
+
+def check_compose_tracing(root: Path) -> None:
+    """`docker compose up` shows traces: the nodes export OTLP/HTTP to an OpenTelemetry
+    Collector (memory_limiter, batch) that forwards to Jaeger, whose UI is published; Grafana
+    has Jaeger as a datasource. Tracing never holds chat back: the nodes do not wait for the
+    collector to be healthy, and the collector (distroless: no shell) has no healthcheck that
+    could never pass and so fail `up --wait`."""
+    compose = _compose(root)
+    services = compose["services"]
+    collectors = [(n, s) for n, s in services.items() if "opentelemetry-collector" in str(s.get("image", ""))]
+    assert len(collectors) == 1, "compose needs one OpenTelemetry Collector service"
+    cname, coll = collectors[0]
+    assert _pinned(str(coll["image"])), f"{cname}: pin the collector image to a version, got {coll['image']}"
+    assert "healthcheck" not in coll or coll["healthcheck"].get("disable"), \
+        f"{cname}: the collector image has no shell or wget, so a healthcheck cannot run (and `up --wait` would fail)"
+    command = [str(c) for c in coll.get("command") or []]
+    config_path = next((c.split("=", 1)[1] for c in command if c.startswith("--config=")), None)
+    if config_path is None and "--config" in command:
+        config_path = command[command.index("--config") + 1]
+    assert config_path, f"{cname}: pass the configuration with --config"
+    mounts = {dst: (src, ro) for src, dst, ro in _volumes(coll)}
+    assert config_path in mounts, f"{cname}: {config_path} must be mounted from the repository"
+    src, ro = mounts[config_path]
+    assert src == "./deploy/otel-collector.yaml" and ro, f"{cname}: mount ./deploy/otel-collector.yaml read-only at {config_path}"
+
+    cfg = yaml.safe_load((root / "deploy" / "otel-collector.yaml").read_text(encoding="utf-8"))
+    pipelines = cfg["service"]["pipelines"]
+    traces = [p for name, p in pipelines.items() if name.split("/")[0] == "traces"]
+    assert traces, "the collector needs a traces pipeline"
+    for kind in ("receivers", "processors", "exporters"):
+        for p in traces:
+            for comp in p.get(kind, []):
+                assert comp in (cfg.get(kind) or {}), f"collector: {kind[:-1]} {comp} is used but not configured"
+    for ext in cfg["service"].get("extensions", []):
+        assert ext in (cfg.get("extensions") or {}), f"collector: extension {ext} is used but not configured"
+    assert any(e.split("/")[0] == "health_check" for e in cfg["service"].get("extensions", [])), \
+        "collector: enable the health_check extension (the only health signal of a distroless image)"
+    pipe = traces[0]
+    otlp = [r for r in pipe["receivers"] if r.split("/")[0] == "otlp"]
+    assert otlp, "the traces pipeline must receive OTLP"
+    http = (cfg["receivers"][otlp[0]].get("protocols") or {}).get("http") or {}
+    assert str(http.get("endpoint", "")).endswith(f":{OTLP_HTTP_PORT}"), f"collector: OTLP/HTTP must listen on {OTLP_HTTP_PORT}"
+    procs = [p.split("/")[0] for p in pipe["processors"]]
+    assert procs and procs[0] == "memory_limiter", "collector: memory_limiter must come first in the pipeline"
+    assert "batch" in procs, "collector: the traces pipeline must batch"
+    jaegers = [(n, s) for n, s in services.items() if str(s.get("image", "")).startswith("jaegertracing/")]
+    assert len(jaegers) == 1, "compose needs one Jaeger service"
+    jname, jaeger = jaegers[0]
+    exporters = {e: cfg["exporters"][e] for e in pipe["exporters"] if e.split("/")[0] in ("otlp", "otlp_grpc")}
+    assert exporters, "collector: the traces pipeline must export OTLP (gRPC) to Jaeger"
+    for e, ecfg in exporters.items():
+        assert ecfg.get("endpoint") == f"{jname}:4317", f"collector: exporter {e} must send to {jname}:4317"
+        assert (ecfg.get("tls") or {}).get("insecure") is True, f"collector: exporter {e} needs tls.insecure (plain gRPC in the network)"
+
+    image = str(jaeger["image"])
+    assert re.fullmatch(r"jaegertracing/jaeger:2\.\d+\.\d+", image), f"{jname}: pin a Jaeger v2 all-in-one image, got {image}"
+    published = _published(jaeger)
+    assert JAEGER_UI_PORT in published, f"{jname}: publish the UI ({JAEGER_UI_PORT})"
+    assert not published & {4317, 4318}, f"{jname}: OTLP stays inside the compose network"
+
+    for name, svc in _chatty_services(compose).items():
+        env = _env_map(svc)
+        assert env.get("CHATTY__TELEMETRY__OTLP_ENDPOINT") == f"http://{cname}:{OTLP_HTTP_PORT}", \
+            f"{name}: CHATTY__TELEMETRY__OTLP_ENDPOINT must be http://{cname}:{OTLP_HTTP_PORT}"
+        # ${VAR:-default} as compose resolves it without a .env.
+        raw = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", str(env.get("CHATTY__TELEMETRY__SAMPLE_RATIO", "")))
+        assert re.fullmatch(r"(0(\.\d+)?|1(\.0+)?)", raw), f"{name}: CHATTY__TELEMETRY__SAMPLE_RATIO must be within 0..1, got {raw!r}"
+        dep = (svc.get("depends_on") or {}).get(cname)
+        assert dep is None or dep.get("condition") != "service_healthy", \
+            f"{name}: must not wait for the collector to be healthy (tracing never holds chat back)"
+
+    grafana_ds = root / "grafana" / "provisioning" / "datasources"
+    found = [
+        ds
+        for f in sorted(grafana_ds.glob("*.y*ml"))
+        for ds in (yaml.safe_load(f.read_text(encoding="utf-8")) or {}).get("datasources", [])
+        if ds.get("type") == "jaeger"
+    ]
+    assert found, "Grafana needs a Jaeger datasource (grafana/provisioning/datasources/)"
+    assert found[0].get("url") == f"http://{jname}:{JAEGER_UI_PORT}", f"the Jaeger datasource must query http://{jname}:{JAEGER_UI_PORT}"
+    assert not found[0].get("isDefault"), "Prometheus stays the default datasource"
+
+
 def check_trusted_proxies(root: Path) -> None:
     """Per-IP caps must count clients, not the load balancer: every node trusts exactly the
     proxy in front of it (compose: nginx at a fixed address; ECS: the ALB's public subnets)."""
@@ -728,6 +938,7 @@ CHECKS = [
     check_rds,
     check_database_roles,
     check_metrics_on_aws,
+    check_traces_on_aws,
     check_provider_lock,
     check_redis,
     check_ecr,
@@ -740,6 +951,7 @@ CHECKS = [
     check_compose_start_order,
     check_compose_grafana_mounts,
     check_compose_load_balancer,
+    check_compose_tracing,
     check_alert_rules,
     check_trusted_proxies,
     check_alarms,
@@ -926,6 +1138,71 @@ MUTATIONS = {
     "topic_under_aws_managed_key": (
         check_metrics_on_aws,
         [(MODULES_DIR / "alarms/main.tf", r"kms_master_key_id = aws_kms_key\.topic\.arn", 'kms_master_key_id = "alias/aws/sns"')],
+    ),
+    "traces_wait_for_healthy_sidecar": (
+        check_traces_on_aws,
+        [(MODULES_DIR / "ecs/main.tf", r'condition = "START"', 'condition = "HEALTHY"')],
+    ),
+    "trace_settings_always_on": (
+        check_traces_on_aws,
+        [(MODULES_DIR / "ecs/main.tf", r"trace_environment = var\.traces_enabled \?", "trace_environment = true ?")],
+    ),
+    "xray_policy_always_on": (
+        check_traces_on_aws,
+        [(MODULES_DIR / "ecs/main.tf", r"^  count = var\.traces_enabled \? 1 : 0$", "  count = 1")],
+    ),
+    "traces_not_wired": (
+        check_traces_on_aws,
+        [(ENV_DIR / "main.tf", r"^\s*traces_enabled\s*=.*\n", "")],
+    ),
+    "traces_on_by_default": (
+        check_traces_on_aws,
+        [(ENV_DIR / "variables.tf", r'(variable "traces_enabled" \{[^}]*default\s*=\s*)false', r"\g<1>true")],
+    ),
+    "traces_not_to_xray": (
+        check_traces_on_aws,
+        [(MODULES_DIR / "ecs/main.tf", r'\["awsxray"\]', '["debug"]')],
+    ),
+    "chatty_traces_to_wrong_port": (
+        check_traces_on_aws,
+        [(MODULES_DIR / "ecs/main.tf", r'"http://localhost:\$\{local\.otlp_http_port\}"', '"http://localhost:4317"')],
+    ),
+    "sidecar_only_with_metrics": (
+        check_traces_on_aws,
+        [(MODULES_DIR / "ecs/main.tf", r"sidecars = local\.adot_enabled \?", "sidecars = local.metrics_enabled ?")],
+    ),
+    "compose_waits_for_healthy_collector": (
+        check_compose_tracing,
+        [("docker-compose.yml", r"(otel-collector:\n\s+condition: )service_started", r"\g<1>service_healthy")],
+    ),
+    "collector_unpinned": (
+        check_compose_tracing,
+        [("docker-compose.yml", r"otel/opentelemetry-collector:[\d.]+", "otel/opentelemetry-collector:latest")],
+    ),
+    "collector_healthcheck_without_shell": (
+        check_compose_tracing,
+        [("docker-compose.yml", r'^(    command: \["--config", "/etc/otelcol/config\.yaml"\]\n)',
+          r'\1    healthcheck:\n      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:13133/"]\n')],
+    ),
+    "collector_without_memory_limiter": (
+        check_compose_tracing,
+        [("deploy/otel-collector.yaml", r"processors: \[memory_limiter, batch\]", "processors: [batch]")],
+    ),
+    "collector_exports_elsewhere": (
+        check_compose_tracing,
+        [("deploy/otel-collector.yaml", r"endpoint: jaeger:4317", "endpoint: localhost:4317")],
+    ),
+    "nodes_trace_elsewhere": (
+        check_compose_tracing,
+        [("docker-compose.yml", r"CHATTY__TELEMETRY__OTLP_ENDPOINT: .*$", "CHATTY__TELEMETRY__OTLP_ENDPOINT: http://otel-collector:4317")],
+    ),
+    "jaeger_otlp_published": (
+        check_compose_tracing,
+        [("docker-compose.yml", r'^(      - "\$\{JAEGER_PORT:-16686\}:16686"\n)', r'\1      - "4317:4317"\n')],
+    ),
+    "no_jaeger_datasource": (
+        check_compose_tracing,
+        [("grafana/provisioning/datasources/jaeger.yml", None, "apiVersion: 1\n")],
     ),
     "provider_lock_emptied": (
         check_provider_lock,

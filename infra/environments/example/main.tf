@@ -123,6 +123,9 @@ module "ecs" {
   metrics_remote_write_url = module.prometheus.remote_write_url
   metrics_workspace_arn    = module.prometheus.workspace_arn
   migration_secrets        = module.secrets.migration_secrets
+  # The same sidecar sends sampled traces to X-Ray when traces_enabled (off by default).
+  traces_enabled     = var.traces_enabled
+  trace_sample_ratio = var.trace_sample_ratio
 
   environment = {
     CHATTY__AUTH__ALLOWED_ORIGINS = join(",", concat(["https://${var.public_hostname}"], var.extra_allowed_origins))

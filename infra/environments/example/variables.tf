@@ -130,6 +130,18 @@ variable "log_retention_days" {
   default     = 30
 }
 
+variable "traces_enabled" {
+  description = "Send chatty's sampled traces to AWS X-Ray through each task's ADOT sidecar."
+  type        = bool
+  default     = false
+}
+
+variable "trace_sample_ratio" {
+  description = "Share of messages traced when traces_enabled (0 to 1)."
+  type        = number
+  default     = 0.01
+}
+
 variable "db_instance_class" {
   description = "RDS instance class."
   type        = string

@@ -11,8 +11,16 @@
 data "aws_caller_identity" "current" {}
 
 locals {
-  container_name = "chatty"
-  log_group_name = "/ecs/${var.name}"
+  container_name      = "chatty"
+  adot_container_name = "adot-collector"
+  log_group_name      = "/ecs/${var.name}"
+
+  metrics_enabled = var.metrics_remote_write_url != null
+  # One ADOT sidecar serves both signals: it runs when either is on.
+  adot_enabled = local.metrics_enabled || var.traces_enabled
+  # OTLP/HTTP port of the sidecar's receiver, on the task's loopback (awsvpc: the containers
+  # of a task share one network namespace).
+  otlp_http_port = 4318
 
   environment = merge(
     {
@@ -21,8 +29,16 @@ locals {
       # The serving role cannot change the schema: migrations run before, as their own task.
       CHATTY__DATABASE__MIGRATE_ON_START = "false"
     },
+    local.trace_environment,
     var.environment,
   )
+
+  # Traces on: chatty exports its sampled spans to the sidecar. Empty when off, so the
+  # container's environment is exactly what it was without the option.
+  trace_environment = var.traces_enabled ? {
+    CHATTY__TELEMETRY__OTLP_ENDPOINT = "http://localhost:${local.otlp_http_port}"
+    CHATTY__TELEMETRY__SAMPLE_RATIO  = tostring(var.trace_sample_ratio)
+  } : {}
 
   container_definition = {
     name        = local.container_name
@@ -68,12 +84,19 @@ locals {
     ]
   }
 
+  # Traces on: chatty starts after the collector has started (START), so the first spans find
+  # it. Never HEALTHY: chat must not wait on tracing (and the sidecar is not essential). No
+  # dependsOn at all when off, so the task definition stays the same.
+  chatty_container = merge(local.container_definition, var.traces_enabled ? {
+    dependsOn = [{ containerName = local.adot_container_name, condition = "START" }]
+  } : {})
+
   # Metrics on AWS: an ADOT collector beside chatty scrapes its /metrics over the task's
   # loopback every 15 s and remote-writes to Amazon Managed Prometheus with SigV4 (the task
   # role may aps:RemoteWrite to that one workspace). The ECS resource detector labels every
   # series with the task, so tasks never overwrite each other's series. Off when no
   # remote-write URL is given.
-  adot_config = yamlencode({
+  adot_metrics = {
     extensions = { sigv4auth = { region = var.aws_region, service = "aps" } }
     receivers = {
       prometheus = {
@@ -97,20 +120,57 @@ locals {
         resource_to_telemetry_conversion = { enabled = true }
       }
     }
-    service = {
-      extensions = ["sigv4auth"]
-      pipelines = {
-        metrics = {
-          receivers  = ["prometheus"]
-          processors = ["resourcedetection/ecs", "batch"]
-          exporters  = ["prometheusremotewrite"]
-        }
+    pipelines = {
+      metrics = {
+        receivers  = ["prometheus"]
+        processors = ["resourcedetection/ecs", "batch"]
+        exporters  = ["prometheusremotewrite"]
       }
+    }
+  }
+
+  # Traces on AWS (traces_enabled): the same sidecar receives chatty's spans over OTLP/HTTP on
+  # the task's loopback only and sends them to X-Ray (the task role may write segments).
+  # X-Ray takes chatty's random W3C trace ids: the exporter's timestamp check is off by
+  # default (feature gate exporter.awsxray.skiptimestampvalidation).
+  adot_traces = {
+    extensions = {}
+    receivers = {
+      otlp = { protocols = { http = { endpoint = "127.0.0.1:${local.otlp_http_port}" } } }
+    }
+    processors = { batch = {} }
+    exporters  = { awsxray = { region = var.aws_region } }
+    pipelines = {
+      traces = {
+        receivers  = ["otlp"]
+        processors = ["batch"]
+        exporters  = ["awsxray"]
+      }
+    }
+  }
+
+  # The sidecar's configuration: the parts that are on, merged. With metrics alone it is
+  # exactly the metrics configuration above. (A for expression keeps each part's own types;
+  # a conditional between the two objects would have to unify them.)
+  adot_signals = { metrics = local.metrics_enabled, traces = var.traces_enabled }
+  adot_parts = [
+    for name, part in { metrics = local.adot_metrics, traces = local.adot_traces } : part
+    if local.adot_signals[name]
+  ]
+  adot_extensions = merge({}, [for p in local.adot_parts : p.extensions]...)
+  adot_config = yamlencode({
+    extensions = local.adot_extensions
+    receivers  = merge({}, [for p in local.adot_parts : p.receivers]...)
+    processors = merge({}, [for p in local.adot_parts : p.processors]...)
+    exporters  = merge({}, [for p in local.adot_parts : p.exporters]...)
+    service = {
+      extensions = keys(local.adot_extensions)
+      pipelines  = merge({}, [for p in local.adot_parts : p.pipelines]...)
     }
   })
 
-  sidecars = var.metrics_remote_write_url == null ? [] : [{
-    name              = "adot-collector"
+  sidecars = local.adot_enabled ? [{
+    name              = local.adot_container_name
     image             = var.adot_image
     essential         = false
     memoryReservation = 64
@@ -125,7 +185,7 @@ locals {
         max-buffer-size       = "1m"
       }
     }
-  }]
+  }] : []
 
   # `chatty migrate` as a one-off task (the deploy workflow runs it before rolling the
   # service): the same image and settings, plus the schema owner's URL, which the serving
@@ -244,8 +304,9 @@ resource "aws_iam_role_policy" "execution" {
   policy = data.aws_iam_policy_document.execution.json
 }
 
-# Task role: what the chatty process itself may call. It needs no AWS API; only ECS Exec
-# (when enabled) needs the SSM message channels.
+# Task role: what the containers of the task may call. Chatty itself needs no AWS API; ECS
+# Exec (when enabled) needs the SSM message channels, the ADOT sidecar the Prometheus
+# workspace (metrics) and X-Ray (traces).
 resource "aws_iam_role" "task" {
   name_prefix        = "${substr(var.name, 0, 20)}-task-"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
@@ -282,6 +343,30 @@ resource "aws_iam_role_policy" "remote_write" {
   policy = data.aws_iam_policy_document.remote_write[0].json
 }
 
+# X-Ray's write and sampling actions take no resource ARN.
+data "aws_iam_policy_document" "xray" {
+  count = var.traces_enabled ? 1 : 0
+
+  statement {
+    actions = [
+      "xray:PutTraceSegments",
+      "xray:PutTelemetryRecords",
+      "xray:GetSamplingRules",
+      "xray:GetSamplingTargets",
+      "xray:GetSamplingStatisticsSummary",
+    ]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "xray" {
+  count = var.traces_enabled ? 1 : 0
+
+  name   = "xray-write"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.xray[0].json
+}
+
 resource "aws_iam_role_policy" "exec_command" {
   count = var.enable_execute_command ? 1 : 0
 
@@ -306,7 +391,7 @@ resource "aws_ecs_task_definition" "this" {
     cpu_architecture        = var.cpu_architecture
   }
 
-  container_definitions = jsonencode(concat([local.container_definition], local.sidecars))
+  container_definitions = jsonencode(concat([local.chatty_container], local.sidecars))
 
   tags = var.tags
 }

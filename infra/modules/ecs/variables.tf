@@ -238,7 +238,24 @@ variable "metrics_workspace_arn" {
 }
 
 variable "adot_image" {
-  description = "AWS Distro for OpenTelemetry collector image of the metrics sidecar."
+  description = "AWS Distro for OpenTelemetry collector image of the sidecar (metrics and traces)."
   type        = string
   default     = "public.ecr.aws/aws-observability/aws-otel-collector:v0.43.1"
+}
+
+variable "traces_enabled" {
+  description = "Send chatty's sampled traces to AWS X-Ray: the ADOT sidecar (run also without metrics) receives them over OTLP/HTTP on the task's loopback, and the task role may write to X-Ray."
+  type        = bool
+  default     = false
+}
+
+variable "trace_sample_ratio" {
+  description = "Share of messages traced when traces_enabled (CHATTY__TELEMETRY__SAMPLE_RATIO), 0 to 1. A caller's sampled traceparent is always followed."
+  type        = number
+  default     = 0.01
+
+  validation {
+    condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
+    error_message = "trace_sample_ratio must be between 0 and 1."
+  }
 }
