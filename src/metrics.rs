@@ -118,6 +118,10 @@ impl EdgeMetrics {
         r.register(Box::new(m.redis_errors.clone()))?;
         r.register(Box::new(m.bus_reconnects.clone()))?;
         r.register(Box::new(crate::telemetry::SPANS_EXPORTED.clone()))?;
+        // Both series exist from the start (at 0), tracing on or off.
+        for result in ["ok", "failed"] {
+            crate::telemetry::SPANS_EXPORTED.with_label_values(&[result]);
+        }
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …: what
         // an operator checks first, and what the memory and fd alerts are written against.
         #[cfg(target_os = "linux")]

@@ -179,6 +179,7 @@ pub fn receive_span(
         target: TARGET, parent: None, "chatty.receive",
         otel.kind = "server", source, room = %room, cid = %cid,
         conn = tracing::field::Empty, trace_id = tracing::field::Empty,
+        decode_us = tracing::field::Empty,
     );
     if let Some(c) = conn {
         span.record("conn", c.0);

@@ -140,6 +140,8 @@ where
                 continue;
             }
         };
+        // Timed only while tracing is on, for a sampled send's span.
+        let decoding = chatty_actors::trace::enabled().then(Instant::now);
         match wire::decode(&payload, encoding, bounds, &|t| auth.verify(t).ok()) {
             Ok(mut cmd) => {
                 metrics
@@ -154,6 +156,9 @@ where
                     } => {
                         crate::telemetry::receive_span("socket", None, room, cid, Some(&shared.id))
                             .inspect(|span| {
+                                if let Some(t) = decoding {
+                                    span.record("decode_us", t.elapsed().as_micros() as u64);
+                                }
                                 *trace = TraceParent::of(span);
                                 span.in_scope(|| tracing::debug!("send received"));
                             })

@@ -150,6 +150,8 @@ async fn one_send_is_one_trace_with_spans_from_all_three_nodes_and_its_log_lines
         .unwrap();
     assert_eq!(receive.parent, "", "a socket's send starts its trace");
     assert_eq!(receive.attrs["source"], "socket");
+    assert!(receive.attrs.contains_key("decode_us"), "{receive:?}");
+    assert!(receive.attrs.contains_key("conn"), "{receive:?}");
     let trace = receive.trace_id.clone();
     let spans = trace_of(&rx, &trace, 8).await;
     check_causal_chain(&spans, &nodes, 0, &room, seq);
