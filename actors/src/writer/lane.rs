@@ -239,7 +239,7 @@ async fn commit_changes(a: &WriterArgs, batch: &mut Vec<PendingChange>, doubt: &
 /// visible: messages to the local rooms and onto the bus, acks to the senders.
 async fn commit(a: &WriterArgs, lane: usize, batch: &mut Vec<Pending>, doubt: &mut Doubt) {
     let mut asm = Assembled::new(batch.iter().map(|p| &p.msg));
-    let spans = BatchSpans::open(lane, &mut asm.unique, batch);
+    let spans = BatchSpans::open(lane, &mut asm.unique, &asm.slot_of, batch);
     // A send committed by a failed attempt comes back from the retry as a duplicate, which
     // rechecks its room below.
     let (outcome, _) = with_retries(a, asm.unique.len(), || a.store.append(&asm.unique)).await;
@@ -308,6 +308,7 @@ impl BatchSpans {
     fn open(
         lane: usize,
         unique: &mut [crate::ports::NewMessage],
+        slot_of: &[(usize, bool)],
         batch: &[Pending],
     ) -> Option<Self> {
         use crate::trace::{follow, link, TraceParent, TARGET};
@@ -325,14 +326,16 @@ impl BatchSpans {
             queued_us = oldest.elapsed().as_micros() as u64,
             otel.status_code = tracing::field::Empty,
         );
+        // When each unique send was first queued (a repeat of its cid may follow it).
+        let mut enqueued = vec![None; unique.len()];
+        for (p, &(i, _)) in batch.iter().zip(slot_of) {
+            enqueued[i].get_or_insert(p.enqueued);
+        }
         let mut each = Vec::new();
         for (i, m) in unique.iter_mut().enumerate() {
             let Some(tp) = m.trace else { continue };
             link(&batch_span, &tp);
-            let queued = batch
-                .iter()
-                .find(|p| p.msg.trace == Some(tp))
-                .map_or(oldest, |p| p.enqueued);
+            let queued = enqueued[i].unwrap_or(oldest);
             let span = tracing::info_span!(
                 target: TARGET, parent: None, "chatty.lane.commit",
                 trace_id = %tp.trace_id(), room = %m.room, lane, batch_size = size,
