@@ -58,11 +58,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether an exporter was built.
-    pub fn tracing(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Export what is queued and stop the exporter (bounded by its export timeout). Call it
     /// after the server stopped, while the runtime still runs: the export's HTTP request is
     /// a task on it.
@@ -160,14 +155,15 @@ where
 
 /// The span of a message arriving at this node's edge (`source`: `socket` or `http`), if it
 /// is to be traced: a caller's `traceparent` decides (a sampled one is followed, an unsampled
-/// one is not traced), else `telemetry.sample_ratio` does. `None` while tracing is off.
+/// one is not traced), else `telemetry.sample_ratio` does: the span and its context, which
+/// the message carries on. `None` while tracing is off.
 pub fn receive_span(
     source: &'static str,
     caller: Option<(TraceParent, bool)>,
     room: &RoomId,
     cid: &Cid,
     conn: Option<&ConnId>,
-) -> Option<tracing::Span> {
+) -> Option<(tracing::Span, TraceParent)> {
     let sampled = match caller {
         Some((_, sampled)) => sampled && trace::enabled(),
         None => trace::sample(),
@@ -189,7 +185,7 @@ pub fn receive_span(
         None => TraceParent::of(&span),
     }?;
     span.record("trace_id", tp.trace_id());
-    Some(span)
+    Some((span, tp))
 }
 
 /// `http://collector:4318` → `http://collector:4318/v1/traces`; a URL with a path of its own

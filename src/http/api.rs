@@ -257,9 +257,9 @@ pub async fn publish(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(TraceParent::parse);
-    let span = crate::telemetry::receive_span("http", caller, &room, &cid, None);
+    let traced = crate::telemetry::receive_span("http", caller, &room, &cid, None);
     let msg = NewMessage {
-        trace: span.as_ref().and_then(TraceParent::of),
+        trace: traced.as_ref().map(|(_, tp)| *tp),
         room,
         from,
         name,
@@ -268,8 +268,8 @@ pub async fn publish(
         meta,
     };
     let publish = state.node.publish(msg);
-    let outcome = match span {
-        Some(span) => {
+    let outcome = match traced {
+        Some((span, _)) => {
             span.in_scope(|| tracing::debug!("publish received"));
             publish.instrument(span).await
         }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use chatty_actors::trace::TraceParent;
 use chatty_actors::{
     close, CloseState, CloseWatch, Command, ConnHandle, ConnShared, Connection, Encoding,
     ErrorCode, Out, ServerFrame, SubmitError,
@@ -155,12 +154,13 @@ where
                         room, cid, trace, ..
                     } => {
                         crate::telemetry::receive_span("socket", None, room, cid, Some(&shared.id))
-                            .inspect(|span| {
+                            .map(|(span, tp)| {
                                 if let Some(t) = decoding {
                                     span.record("decode_us", t.elapsed().as_micros() as u64);
                                 }
-                                *trace = TraceParent::of(span);
+                                *trace = Some(tp);
                                 span.in_scope(|| tracing::debug!("send received"));
+                                span
                             })
                     }
                     _ => None,

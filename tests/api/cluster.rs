@@ -93,7 +93,7 @@ impl Cluster {
         Client::connect(&url, &token, Some("chatty.v1.msgpack")).await
     }
 
-    pub(crate) async fn api(
+    async fn api(
         &self,
         node: usize,
         method: &str,

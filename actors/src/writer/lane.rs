@@ -244,7 +244,7 @@ async fn commit(a: &WriterArgs, lane: usize, batch: &mut Vec<Pending>, doubt: &m
     // rechecks its room below.
     let (outcome, _) = with_retries(a, asm.unique.len(), || a.store.append(&asm.unique)).await;
     if let Some(spans) = &spans {
-        spans.close(&asm.unique, outcome.as_ref().ok());
+        spans.close(outcome.as_ref().ok());
     }
     let results = match outcome {
         Ok(r) if r.len() == asm.unique.len() => r,
@@ -357,17 +357,14 @@ impl BatchSpans {
     }
 
     /// Record the outcome: each committed send's seq, or the error every span failed with.
-    fn close(
-        &self,
-        unique: &[crate::ports::NewMessage],
-        results: Option<&Vec<crate::ports::Appended>>,
-    ) {
+    fn close(&self, results: Option<&Vec<crate::ports::Appended>>) {
         for (i, span) in &self.each {
             match results.and_then(|r| r.get(*i)) {
                 Some(r) => {
                     span.record("seq", r.seq);
                     span.in_scope(|| {
-                        tracing::debug!(room = %unique[*i].room, seq = r.seq, duplicate = r.duplicate, "committed")
+                        // The span names the room (a log line lifts it from there).
+                        tracing::debug!(seq = r.seq, duplicate = r.duplicate, "committed")
                     });
                 }
                 None => {
